@@ -1,0 +1,298 @@
+"""`ssddet` command line: train, eval, noise, data (synth | voc2coco)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Config
+from .data.errors import DataError
+
+log = logging.getLogger("ssddet")
+
+
+# ------------------------------------------------------------------------------------------------- arguments
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("dataset (default: the built-in synthetic set)")
+    g.add_argument("--data", metavar="DIR", help="dataset directory: DIR/annotations.json + images, `split` field")
+    g.add_argument("--train-ann", metavar="JSON", help="training annotations (COCO JSON)")
+    g.add_argument("--val-ann", metavar="JSON", help="validation annotations (COCO JSON)")
+    g.add_argument("--images", metavar="DIR", help="image root that file_name is relative to "
+                   "(default: the directory of the JSON / --data)")
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not (0.0 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"noise level must be in [0, 1), got {s}")
+    return v
+
+
+def _train_parser(sub) -> None:
+    from .models.detector import BACKBONES
+    from .models.methods import METHODS
+
+    p = sub.add_parser("train", help="train a detector (SSD-Det by default)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_args(p)
+    d = Config()
+    p.add_argument("--method", choices=METHODS, default=d.train.method, help="training method")
+    p.add_argument("--noise", type=_positive_float, default=0.0,
+                   help="inject OA-MIL box noise of this level into the training split (clean boxes are logged)")
+    p.add_argument("--noise-seed", type=int, default=d.data.noise_seed, help="seed of the box-noise generator")
+    p.add_argument("--output", help="run directory (default: runs/<method>-<time>)")
+    p.add_argument("--device", default=d.train.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--backbone", choices=BACKBONES, default=d.model.backbone, help="detector backbone")
+    p.add_argument("--min-size", type=int, default=d.model.min_size, help="shorter image side after resize")
+    p.add_argument("--max-size", type=int, default=d.model.max_size, help="longer image side cap")
+    p.add_argument("--epochs", type=int, default=d.train.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.train.batch_size, help="images per step (per GPU)")
+    p.add_argument("--lr", type=float, default=d.train.lr, help="base SGD learning rate")
+    p.add_argument("--lr-schedule", choices=("multistep", "cosine"), default=d.train.lr_schedule, help="LR decay")
+    p.add_argument("--warmup-iters", type=int, default=d.train.warmup_iters, help="linear LR warm-up iterations")
+    p.add_argument("--seed", type=int, default=d.train.seed, help="training seed")
+    p.add_argument("--workers", type=int, default=d.data.num_workers, help="data-loading worker processes")
+    p.add_argument("--eval-every", type=int, default=d.train.eval_every, help="evaluate every N epochs")
+    p.add_argument("--max-iters-per-epoch", type=int, help="cap iterations per epoch (quick runs)")
+    p.add_argument("--keep-empty", action="store_true", help="keep training images without boxes")
+    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    p.add_argument("--nan-policy", choices=("stop", "skip"), default=d.train.nan_policy,
+                   help="on a non-finite loss: stop with a message, or skip the step (counted)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="local ImageNet weights for the backbone")
+    p.add_argument("--weights", metavar="FILE", help="local whole-detector weights (state_dict)")
+    p.add_argument("--config", metavar="JSON", help="a config.json (e.g. from a run directory) to start from")
+    p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                   help="override any config field, e.g. --set ssddet.top_k=5 --set ssddet.sampler=small "
+                        "(value parsed as JSON when possible)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="COCO AP of a checkpoint (or of an existing results file) on a split",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_args(p)
+    p.add_argument("--checkpoint", metavar="PT", help="model_best.pt / model_final.pt / checkpoint.pt")
+    p.add_argument("--results", metavar="JSON", help="score this COCO results file instead of running a model")
+    p.add_argument("--split", default="val", help="split to evaluate (train | val | test | ...)")
+    p.add_argument("--save-results", metavar="JSON", help="write the model's detections as COCO results")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=2, help="images per forward")
+    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _noise_parser(sub) -> None:
+    p = sub.add_parser("noise", help="write a noisy copy of a COCO file (OA-MIL protocol; bbox=noisy, "
+                       "true_bbox=clean)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ann", metavar="JSON", help="clean COCO annotations")
+    src.add_argument("--data", metavar="DIR", help="dataset directory (DIR/annotations.json)")
+    p.add_argument("--level", type=_positive_float, default=0.4, help="noise level r in [0, 1)")
+    p.add_argument("--seed", type=int, default=45, help="seed (legacy numpy RandomState, as the official code)")
+    p.add_argument("--split", help="only perturb images of this split (others are copied unchanged)")
+    p.add_argument("--out", metavar="JSON", help="output file (default: print the mean IoU only)")
+
+
+def _data_parser(sub) -> None:
+    p = sub.add_parser("data", help="datasets: build the synthetic set, convert Pascal VOC")
+    dsub = p.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="generate the built-in synthetic digits set",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--out", metavar="DIR", help="output directory (default: the built-in data location)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed")
+    s.add_argument("--num-train", type=int, default=600, help="training images")
+    s.add_argument("--num-val", type=int, default=100, help="validation images")
+    s.add_argument("--num-test", type=int, default=100, help="test images")
+    v = dsub.add_parser("voc2coco", help="Pascal VOC XML folders -> COCO JSON with splits from ImageSets/Main",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("--voc-root", required=True, metavar="DIR", help="folder with Annotations/, JPEGImages/, "
+                   "ImageSets/Main/")
+    v.add_argument("--out", required=True, metavar="JSON", help="output COCO JSON")
+    v.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="ImageSets/Main lists to read")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssddet", description="Object detection with inaccurate boxes: "
+                                "SSD-Det, OA-MIL and Faster R-CNN on torchvision.")
+    p.add_argument("--version", action="version", version=f"ssddet {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _train_parser(sub)
+    _eval_parser(sub)
+    _noise_parser(sub)
+    _data_parser(sub)
+    from .tools.check import add_check_parser
+
+    add_check_parser(sub)
+    return p
+
+
+# ------------------------------------------------------------------------------------------------- commands
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def apply_overrides(cfg: Config, items: list[str]) -> None:
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, _, field = key.partition(".")
+        sub = getattr(cfg, section, None)
+        if not sep or sub is None or not dataclasses.is_dataclass(sub) or field not in sub.__dataclass_fields__:
+            raise DataError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
+                            f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
+        setattr(sub, field, _parse_value(value))
+
+
+def config_from_args(a) -> Config:
+    cfg = Config()
+    if a.config:
+        from .data.coco import read_json
+
+        cfg = Config.from_dict(read_json(a.config))
+    cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann, cfg.data.images = a.data, a.train_ann, a.val_ann, a.images
+    cfg.data.noise, cfg.data.noise_seed, cfg.data.keep_empty = a.noise, a.noise_seed, a.keep_empty
+    cfg.data.num_workers = a.workers
+    cfg.model.backbone, cfg.model.min_size, cfg.model.max_size = a.backbone, a.min_size, a.max_size
+    cfg.model.backbone_weights, cfg.model.weights = a.backbone_weights, a.weights
+    t = cfg.train
+    t.method, t.device, t.epochs, t.batch_size, t.lr = a.method, a.device, a.epochs, a.batch_size, a.lr
+    t.lr_schedule, t.warmup_iters, t.seed, t.eval_every = a.lr_schedule, a.warmup_iters, a.seed, a.eval_every
+    t.max_iters_per_epoch, t.amp, t.nan_policy = a.max_iters_per_epoch, a.amp, a.nan_policy
+    t.output = a.output or f"runs/{a.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    apply_overrides(cfg, a.set)
+    if a.resume and not a.output:
+        raise DataError("--resume needs --output DIR (the run directory to continue)")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise DataError("--epochs and --batch-size must be >= 1")
+    return cfg
+
+
+def cmd_train(a) -> int:
+    from .engine.train import train
+
+    cfg = config_from_args(a)
+    metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *sys.argv[1:]]))
+    if metrics:
+        from .engine.evaluate import format_metrics
+
+        print(f"final val: {format_metrics(metrics)}\nrun directory: {cfg.train.output}")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .config import DataConfig
+    from .engine.evaluate import coco_evaluate, format_metrics, load_results
+
+    dcfg = DataConfig(data_dir=a.data, train_ann=a.train_ann, val_ann=a.val_ann, images=a.images,
+                      num_workers=a.workers)
+    if not a.checkpoint and not a.results:
+        raise DataError("give --checkpoint (a trained model) or --results (a COCO results file)")
+    from .engine.datasets import load_split
+
+    data, records = load_split(dcfg, a.split)
+    gt = data.gt_dict(records)
+    if a.results:
+        results = load_results(a.results, gt)
+    else:
+        results = _predict_checkpoint(a, data, records)
+    metrics = coco_evaluate(gt, results)
+    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({len(records)} images): "
+          f"{format_metrics(metrics)}")
+    return 0
+
+
+def _predict_checkpoint(a, data, records) -> list[dict]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data.dataset import CocoDetection, collate
+    from .engine.evaluate import predict
+    from .engine.inference import load_detector
+
+    detector, meta = load_detector(a.checkpoint)
+    cats = meta.get("categories")
+    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
+        raise DataError(f"{a.checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
+                        f"has {[c['id'] for c in data.categories]}")
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if a.device == "auto" else a.device))
+    loader = DataLoader(CocoDetection(records), batch_size=a.batch_size, num_workers=a.workers, collate_fn=collate)
+    results = predict(detector.to(device), loader, device, data.label_to_cat)
+    if a.save_results:
+        Path(a.save_results).write_text(json.dumps(results))
+        log.info("wrote %d detections to %s", len(results), a.save_results)
+    return results
+
+
+def cmd_noise(a) -> int:
+    import numpy as np
+
+    from .data.coco import read_json
+    from .data.noise import add_box_noise
+
+    src = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
+    d = read_json(src)
+    ids = None
+    if a.split:
+        ids = [im.get("id") for im in d.get("images", []) if isinstance(im, dict) and im.get("split") == a.split]
+        if not ids:
+            raise DataError(f"{src}: no image has split '{a.split}'")
+    noisy, ious = add_box_noise(d, a.level, a.seed, ids, src=str(src))
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(noisy))
+    mean = float(np.mean(ious)) if len(ious) else float("nan")
+    print(f"noise level {a.level} seed {a.seed}: {len(ious)} boxes perturbed, mean IoU(noisy, clean) = {mean:.4f}"
+          + (f"\nwrote {a.out}" if a.out else ""))
+    return 0
+
+
+def cmd_data(a) -> int:
+    if a.data_cmd == "synth":
+        from .data.synth import default_data_dir, make_synth
+
+        out = Path(a.out) if a.out else default_data_dir()
+        path = make_synth(out, seed=a.seed, num_train=a.num_train, num_val=a.num_val, num_test=a.num_test)
+        print(f"wrote {path}")
+    else:
+        from .data.voc import voc2coco
+
+        try:
+            d = voc2coco(a.voc_root, a.out, splits=tuple(a.splits))
+        except (ValueError, FileNotFoundError) as e:
+            raise DataError(str(e)) from None
+        print(f"wrote {a.out}: {len(d['images'])} images, {len(d['annotations'])} boxes, "
+              f"{len(d['categories'])} categories")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .engine.train import TrainingError
+    from .tools.check import cmd_check
+
+    commands = {"train": cmd_train, "eval": cmd_eval, "noise": cmd_noise, "data": cmd_data, "check": cmd_check}
+    try:
+        return commands[args.cmd](args)
+    except (DataError, TrainingError, FileExistsError) as e:
+        print(f"ssddet {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

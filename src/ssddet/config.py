@@ -1,0 +1,137 @@
+"""Configuration dataclasses. Every tunable lives here, so a run directory's `config.json` reproduces it."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class DataConfig:
+    data_dir: Optional[str] = None  # DIR/annotations.json + images, `split` field per image
+    train_ann: Optional[str] = None
+    val_ann: Optional[str] = None
+    images: Optional[str] = None  # image root; file_name is resolved relative to it
+    train_split: str = "train"
+    val_split: str = "val"
+    noise: float = 0.0  # OA-MIL box-noise level injected on the fly into the training split
+    noise_seed: int = 45
+    keep_empty: bool = False  # keep training images with no boxes (negatives only)
+    flip: float = 0.5  # horizontal-flip probability for training
+    num_workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "mobilenet_v3_large_fpn"  # | resnet18_fpn | resnet50_fpn
+    min_size: int = 320
+    max_size: int = 640
+    # "lean" sampling sizes: ~2-3x faster on CPU than torchvision's 2000/2000/512
+    rpn_pre_nms_top_n_train: int = 1000
+    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_test: int = 500
+    rpn_post_nms_top_n_test: int = 300
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 128
+    box_detections_per_img: int = 100
+    box_score_thresh: float = 0.05
+    backbone_weights: Optional[str] = None  # local file with backbone (or torchvision classification) weights
+    weights: Optional[str] = None  # local file with a whole-detector state_dict
+    trainable_backbone_layers: Optional[int] = None  # None: all layers when from scratch
+
+
+@dataclass
+class SSDDetConfig:
+    """SSD-Det refiner (method.md section 3). Defaults follow the released code."""
+
+    num_stages: int = 2  # 1: stage-I MIL only; 2: + stage-II MIL
+    spsd: bool = True  # SPSD regressors (off: bags are the raw neighbourhood samples)
+    sisd: bool = True  # SISD IoU branch
+    ore: bool = True  # object relevance enhancement (add bag mean feature)
+    top_k: int = 7
+    sampler: str = "large"  # large (P=125) | small (P=45) | auto
+    auto_iters: int = 200  # sampler="auto": training iterations measured before choosing large/small
+    auto_thresh: float = 0.1  # sampler="auto": choose "small" if the median relative SPSD-I correction is below
+    scale_ranges: Optional[list] = None  # overrides the preset if given
+    shift_ratio: Optional[float] = None
+    valid_iof: float = 0.7
+    num_negatives: int = 500
+    neg_iou_thresh: float = 0.3
+    max_objects_per_image: int = 32  # refiner cost cap; the rest keep their last/noisy box
+    # loss weights (method.md 3.2)
+    w_spsd1: float = 0.25
+    w_mil1: float = 0.25
+    w_spsd2: float = 0.25
+    w_mil2: float = 0.25
+    w_neg: float = 0.75
+    w_sisd: float = 5.0
+    w_det: float = 4.0  # RPN objectness, R-CNN cls and R-CNN box
+    w_rpn_box: float = 1.0
+    # warm-up: the detector trains on a blend noisy->refined over this fraction of training
+    warmup_frac: float = 0.0
+    trunk_dim: int = 1024
+
+
+@dataclass
+class OAMILConfig:
+    """OA-MIL (method.md section 2); epochs are fractions of the schedule (2/12 and 9/12 in the paper)."""
+
+    oamil_lambda: float = 0.1
+    oais: bool = True
+    oais_start: float = 1.0 / 12.0  # 0-based epoch 1 of 12
+    oais_gamma: float = 7.5
+    oais_theta: float = 0.85
+    oaie: bool = True
+    oaie_start: float = 8.0 / 12.0  # 0-based epoch 8 of 12
+    oaie_num: int = 4
+    oaie_type: str = "refine"  # refine | random
+    oaie_coef: float = 1.0
+    box_coder: str = "xywh"  # xywh (torchvision) | xyxy (official corner offsets, std 0.1, L1)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "ssddet"  # vanilla | ssddet | oamil
+    output: str = "runs/default"
+    device: str = "auto"
+    epochs: int = 12
+    batch_size: int = 2
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 200
+    warmup_factor: float = 0.001
+    lr_schedule: str = "multistep"  # multistep | cosine
+    lr_steps: list = field(default_factory=lambda: [8 / 12, 11 / 12])  # fractions of total epochs
+    lr_gamma: float = 0.1
+    clip_grad_norm: float = 10.0
+    eval_every: int = 1
+    seed: int = 0
+    amp: bool = False
+    nan_policy: str = "stop"  # stop | skip
+    max_iters_per_epoch: Optional[int] = None  # cap for quick runs/tests
+    time_budget_min: Optional[float] = None  # stop cleanly after this many minutes (benchmarks)
+    deterministic: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ssddet: SSDDetConfig = field(default_factory=SSDDetConfig)
+    oamil: OAMILConfig = field(default_factory=OAMILConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name in sections:
+            sub_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                       "ssddet": SSDDetConfig, "oamil": OAMILConfig}[name]
+            known = {f.name for f in dataclasses.fields(sub_cls)}
+            kwargs[name] = sub_cls(**{k: v for k, v in d.get(name, {}).items() if k in known})
+        return cls(**kwargs)

@@ -1,0 +1,281 @@
+"""COCO-JSON loading and validation -> per-image records that torchvision detection models can train on.
+
+Labels are contiguous: the sorted category ids map to 1..K (0 is background, as torchvision expects), and the
+mapping is kept so detections are written back with the original category ids.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .boxes import xywh_to_xyxy, xyxy_to_xywh
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_BOX_SIDE = 0.5  # px; thinner boxes (after clipping to the image) carry no trainable signal
+
+
+@dataclass
+class ImageRecord:
+    """One image and its usable boxes. Boxes are xyxy in the pixel frame of (width, height)."""
+
+    image_id: int
+    path: Path
+    width: int
+    height: int
+    split: str | None
+    boxes: np.ndarray  # float32[N, 4]
+    labels: np.ndarray  # int64[N], 1..K
+    ann_ids: np.ndarray  # int64[N]
+    true_boxes: np.ndarray | None = None  # float32[N, 4], clean boxes (only for monitoring)
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+
+@dataclass
+class CocoData:
+    ann_path: str
+    images_root: Path
+    categories: list[dict]  # sorted by id
+    records: list[ImageRecord]
+    warnings: Counter
+    info: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c.get("name", c["id"])) for c in self.categories]
+
+    @property
+    def label_to_cat(self) -> dict[int, int]:
+        return {i + 1: int(c["id"]) for i, c in enumerate(self.categories)}
+
+    def select(self, split: str | None) -> list[ImageRecord]:
+        """Records of one split (None: all). Raises if the split is requested but absent."""
+        if split is None:
+            return list(self.records)
+        out = [r for r in self.records if r.split == split]
+        if not out:
+            found = sorted({str(r.split) for r in self.records})
+            raise DataError(f"{self.ann_path}: no image has split '{split}' (splits found: {found})")
+        return out
+
+    def gt_dict(self, records: list[ImageRecord]) -> dict:
+        """COCO ground-truth dict (clean/valid boxes, crowd kept) for `records`, for evaluation."""
+        images, anns = [], []
+        for r in records:
+            images.append({"id": r.image_id, "width": r.width, "height": r.height, "file_name": str(r.path)})
+            for box, lab, aid in zip(r.boxes, r.labels, r.ann_ids):
+                xywh = xyxy_to_xywh(box).tolist()
+                anns.append({"id": int(aid), "image_id": r.image_id, "category_id": self.label_to_cat[int(lab)],
+                             "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
+            for box, lab in zip(r.crowd_boxes, r.crowd_labels):
+                xywh = xyxy_to_xywh(box).tolist()
+                anns.append({"id": 0, "image_id": r.image_id, "category_id": self.label_to_cat[int(lab)],
+                             "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 1})
+        for i, a in enumerate(anns):  # ids must be unique and positive for COCOeval
+            a["id"] = i + 1
+        return {"images": images, "annotations": anns, "categories": self.categories}
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a COCO JSON file with a clear error for missing, truncated or non-object files."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: annotation file not found")
+    try:
+        with open(p, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{p}: top level must be a JSON object with images/annotations/categories")
+    return d
+
+
+def _as_number(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _check_structure(d: dict, src: str) -> None:
+    for key in ("images", "annotations", "categories"):
+        if key not in d:
+            raise DataError(f"{src}: missing top-level key '{key}'")
+        if not isinstance(d[key], list):
+            raise DataError(f"{src}: '{key}' must be a list, got {type(d[key]).__name__}")
+    if not d["categories"]:
+        raise DataError(f"{src}: 'categories' is empty")
+
+
+def _parse_categories(d: dict, src: str) -> list[dict]:
+    seen = set()
+    cats = []
+    for i, c in enumerate(d["categories"]):
+        if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
+            raise DataError(f"{src}: categories[{i}] needs an integer 'id'")
+        if c["id"] in seen:
+            raise DataError(f"{src}: duplicate category id {c['id']}")
+        seen.add(c["id"])
+        cats.append({"id": c["id"], "name": str(c.get("name", c["id"])), **({"supercategory": c["supercategory"]}
+                                                                          if "supercategory" in c else {})})
+    return sorted(cats, key=lambda c: c["id"])
+
+
+def _image_size_from_file(path: Path) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError):
+        return None
+
+
+def _parse_images(d: dict, src: str, root: Path, warn: Counter) -> dict[int, dict]:
+    images: dict[int, dict] = {}
+    for i, im in enumerate(d["images"]):
+        if not isinstance(im, dict) or isinstance(im.get("id"), bool) or not isinstance(im.get("id"), int):
+            raise DataError(f"{src}: images[{i}] needs an integer 'id'")
+        iid = im["id"]
+        if iid in images:
+            raise DataError(f"{src}: duplicate image id {iid}")
+        fn = im.get("file_name")
+        if not isinstance(fn, str) or not fn:
+            raise DataError(f"{src}: image {iid} has no 'file_name'")
+        w, h = _as_number(im.get("width")), _as_number(im.get("height"))
+        path = root / fn
+        if not w or not h or w <= 0 or h <= 0:
+            size = _image_size_from_file(path)
+            if size is None:
+                raise DataError(f"{src}: image {iid} ({fn}) has no valid width/height and the file cannot be read")
+            w, h = size
+            warn["image size missing in JSON, read from file"] += 1
+        split = im.get("split")
+        images[iid] = {"id": iid, "path": path, "width": int(round(w)), "height": int(round(h)),
+                       "split": None if split is None else str(split), "order": i}
+    return images
+
+
+def _parse_box(bbox: Any) -> np.ndarray | None:
+    """COCO [x, y, w, h] -> float64[4] xyxy, or None if not 4 finite numbers."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return None
+    vals = [_as_number(v) for v in bbox]
+    if any(v is None for v in vals):
+        return None
+    return xywh_to_xyxy(vals)
+
+
+def _clip_box(box: np.ndarray, w: int, h: int) -> tuple[np.ndarray | None, str | None]:
+    """Clip xyxy to the image; return (box, None) or (None, reason) when nothing usable is left."""
+    if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+        return None, "non-positive width/height"
+    clipped = np.array([min(max(box[0], 0), w), min(max(box[1], 0), h),
+                        min(max(box[2], 0), w), min(max(box[3], 0), h)])
+    if clipped[2] - clipped[0] < MIN_BOX_SIDE or clipped[3] - clipped[1] < MIN_BOX_SIDE:
+        return None, "outside the image (nothing left after clipping)"
+    if not np.array_equal(clipped, box):
+        return clipped, "clipped"
+    return clipped, None
+
+
+def _note(warn: Counter, examples: dict, reason: str, ann_id: Any, src: str) -> None:
+    warn[reason] += 1
+    if warn[reason] <= 3:
+        examples.setdefault(reason, []).append(ann_id)
+        log.debug("%s: annotation %s: %s", src, ann_id, reason)
+
+
+def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
+    """Validate a COCO dict and build per-image records. Fatal structure problems raise `DataError`;
+    per-annotation problems drop (or clip) the box and are counted in `CocoData.warnings`."""
+    _check_structure(d, src)
+    root = Path(images_root)
+    cats = _parse_categories(d, src)
+    cat_to_label = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    warn: Counter = Counter()
+    examples: dict[str, list] = {}
+    images = _parse_images(d, src, root, warn)
+    per_image: dict[int, dict[str, list]] = {iid: {"boxes": [], "labels": [], "ids": [], "true": [], "crowd": [], "crowd_labels": []}
+                                             for iid in images}
+    ann_ids = set()
+    for i, a in enumerate(d["annotations"]):
+        if not isinstance(a, dict):
+            raise DataError(f"{src}: annotations[{i}] is not an object")
+        aid = a.get("id", f"#{i}")
+        if aid in ann_ids:
+            raise DataError(f"{src}: duplicate annotation id {aid}")
+        ann_ids.add(aid)
+        iid = a.get("image_id")
+        if iid not in images:
+            _note(warn, examples, "unknown image_id (skipped)", aid, src)
+            continue
+        if a.get("category_id") not in cat_to_label:
+            _note(warn, examples, "unknown category_id (skipped)", aid, src)
+            continue
+        box = _parse_box(a.get("bbox"))
+        if box is None:
+            _note(warn, examples, "bbox is not 4 finite numbers (skipped)", aid, src)
+            continue
+        im = images[iid]
+        box, reason = _clip_box(box, im["width"], im["height"])
+        if reason:
+            _note(warn, examples, reason if box is not None else f"{reason} (skipped)", aid, src)
+        if box is None:
+            continue
+        slot = per_image[iid]
+        if a.get("iscrowd", 0):
+            slot["crowd"].append(box)
+            slot["crowd_labels"].append(cat_to_label[a["category_id"]])
+            continue
+        true = _parse_box(a.get("true_bbox")) if "true_bbox" in a else None
+        slot["boxes"].append(box)
+        slot["labels"].append(cat_to_label[a["category_id"]])
+        slot["ids"].append(aid if isinstance(aid, int) else -i - 1)
+        slot["true"].append(true)
+    for reason, n in warn.items():
+        ex = examples.get(reason)
+        log.warning("%s: %d annotation(s): %s%s", src, n, reason, f" (e.g. ids {ex})" if ex else "")
+    records = [_make_record(images[iid], per_image[iid]) for iid in sorted(images, key=lambda k: images[k]["order"])]
+    return CocoData(ann_path=src, images_root=root, categories=cats, records=records, warnings=warn,
+                    info=d.get("info", {}) if isinstance(d.get("info"), dict) else {})
+
+
+def _make_record(im: dict, slot: dict) -> ImageRecord:
+    n = len(slot["boxes"])
+    boxes = np.asarray(slot["boxes"], np.float32).reshape(n, 4)
+    has_true = n > 0 and all(t is not None for t in slot["true"])
+    true = np.asarray(slot["true"], np.float32).reshape(n, 4) if has_true else None
+    return ImageRecord(image_id=im["id"], path=im["path"], width=im["width"], height=im["height"],
+                       split=im["split"], boxes=boxes, labels=np.asarray(slot["labels"], np.int64),
+                       ann_ids=np.asarray(slot["ids"], np.int64), true_boxes=true,
+                       crowd_boxes=np.asarray(slot["crowd"], np.float32).reshape(-1, 4),
+                       crowd_labels=np.asarray(slot["crowd_labels"], np.int64))
+
+
+def load_coco(ann_path: str | Path, images_root: str | Path | None = None) -> CocoData:
+    """Load and validate a COCO file. `images_root` defaults to the JSON's directory."""
+    ann_path = Path(ann_path)
+    root = Path(images_root) if images_root is not None else ann_path.parent
+    return parse_coco(read_json(ann_path), str(ann_path), root)
+
+
+def check_image_files(records: list[ImageRecord], src: str) -> None:
+    """Fail early (before a long run starts) when image files are missing."""
+    missing = [r for r in records if not r.path.is_file()]
+    if missing:
+        names = ", ".join(f"{r.path} (image {r.image_id})" for r in missing[:5])
+        raise DataError(f"{src}: {len(missing)} image file(s) not found, e.g. {names}")

@@ -1,0 +1,97 @@
+"""OA-MIL box-noise simulator (method.md section 1), reproducing the official generator box for box.
+
+Per kept box (x1, y1, x2, y2) of image (W, H) and level r, four draws in this order from ONE legacy
+`np.random.RandomState(seed)` stream: dx = w*U(-r,r), dy = h*U(-r,r), w' = w*(1+U(-r,r)), h' = h*(1+U(-r,r)).
+The new box keeps the moved centre, is clipped to [0, W-1] x [0, H-1], and falls back to the clean box when
+degenerate. Images go in JSON order, boxes in annotation order; boxes the official parser drops (crowd, area<=0,
+w<1 or h<1, no overlap with the image, unknown category) consume no draws and are left untouched.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+
+from .. import __version__
+from .boxes import pairwise_iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from .errors import DataError
+
+
+def perturb_box(box: np.ndarray, level: float, width: float, height: float,
+                rng: np.random.RandomState) -> np.ndarray:
+    """One OA-MIL perturbation. box: float64[4] xyxy -> float64[4] xyxy (consumes exactly 4 draws)."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    dx = w * rng.uniform(-level, level)
+    dy = h * rng.uniform(-level, level)
+    nw = w * (1 + rng.uniform(-level, level))
+    nh = h * (1 + rng.uniform(-level, level))
+    cx, cy = cx + dx, cy + dy
+    out = np.array([max(0.0, cx - nw / 2), max(0.0, cy - nh / 2),
+                    min(cx + nw / 2, width - 1), min(cy + nh / 2, height - 1)])
+    if out[2] <= out[0] or out[3] <= out[1]:
+        return np.asarray(box, dtype=np.float64)  # degenerate after clipping: keep the clean box
+    return out
+
+
+def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
+    """The official (mmdet CocoDataset) parser's filter; boxes it drops are never perturbed."""
+    if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+        return False
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return False
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return False
+    if not all(np.isfinite([x, y, w, h])):
+        return False
+    inter_w = max(0.0, min(x + w, img["width"]) - max(x, 0.0))
+    inter_h = max(0.0, min(y + h, img["height"]) - max(y, 0.0))
+    if inter_w * inter_h == 0:
+        return False
+    area = ann.get("area", w * h)
+    if not isinstance(area, (int, float)) or area <= 0 or w < 1 or h < 1:
+        return False
+    return ann.get("category_id") in cat_ids
+
+
+def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[int] | None = None,
+                  src: str = "<dict>") -> tuple[dict, np.ndarray]:
+    """Return (noisy COCO dict, IoU of each perturbed box with its clean box).
+
+    `bbox` becomes the noisy box and `true_bbox` keeps the clean one (an existing `true_bbox` is kept, so
+    re-noising a noisy file still remembers the original clean box). `image_ids` limits noise to those images
+    (e.g. the train split); the others are copied unchanged and consume no draws.
+    """
+    if not (0.0 <= level < 1.0) or not np.isfinite(level):
+        raise DataError(f"noise level must be in [0, 1), got {level}")
+    out = copy.deepcopy(coco)
+    selected = None if image_ids is None else set(image_ids)
+    images = [im for im in out.get("images", []) if selected is None or im.get("id") in selected]
+    by_image: dict = {}
+    for ann in out.get("annotations", []):
+        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    cat_ids = {c.get("id") for c in out.get("categories", [])}
+    rng = np.random.RandomState(seed)  # seeded once per output file, as the official generator
+    ious = []
+    for im in images:
+        if not isinstance(im.get("width"), (int, float)) or not isinstance(im.get("height"), (int, float)):
+            raise DataError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise")
+        for ann in by_image.get(im.get("id"), []):
+            ann.setdefault("true_bbox", list(ann["bbox"]) if isinstance(ann.get("bbox"), list) else ann.get("bbox"))
+            if level == 0 or not _official_keeps(ann, im, cat_ids):
+                continue
+            clean = xywh_to_xyxy(ann["bbox"])
+            noisy = perturb_box(clean, level, im["width"], im["height"], rng)
+            ann["bbox"] = [float(v) for v in xyxy_to_xywh(noisy)]
+            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+            ious.append(pairwise_iou_xyxy(noisy, clean)[0])
+    info = dict(out.get("info") or {}) if isinstance(out.get("info"), dict) else {}
+    info["box_noise"] = {"level": level, "seed": seed, "generator": "OA-MIL (RandomState, 4 draws/box)",
+                         "ssddet_version": __version__, "boxes_perturbed": len(ious)}
+    out["info"] = info
+    return out, np.asarray(ious)

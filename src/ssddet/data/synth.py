@@ -1,0 +1,304 @@
+"""Built-in synthetic detection set: scikit-learn digits pasted onto scikit-image photos.
+
+The set needs no download: digit glyphs come from ``sklearn.datasets.load_digits``
+(8x8, 10 classes) and backgrounds from the photos/textures bundled with
+``skimage.data``.  Generation is fully determined by the arguments of
+:func:`make_synth` (one ``np.random.RandomState(seed)`` drives everything), so
+the same call yields byte-identical ``annotations.json`` and identical pixels.
+
+Layout written to ``out_dir``::
+
+    annotations.json            COCO detection JSON (images carry a "split" key)
+    images/<split>_<idx:05d>.jpg
+
+Each box is the exact tight extent of the pasted digit's stroke mask (full
+object extent, measured before later pastes occlude it).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+GENERATOR = "ssddet.data.synth"
+DATA_VERSION = "synth-v1"
+SPLITS = ("train", "val", "test")
+# Bundled with scikit-image (no pooch download needed).
+BACKGROUND_NAMES = (
+    "astronaut", "coffee", "chelsea", "rocket", "camera", "brick", "grass",
+    "gravel", "text", "moon", "page", "coins", "clock", "immunohistochemistry",
+)
+MAX_PAIR_IOU = 0.3      # rejection threshold between pasted boxes
+MIN_VISIBLE = 0.5       # every object keeps at least this fraction of its strokes
+MAX_TRIES = 30          # placement attempts per object
+STRETCH = 0.2           # independent +-20% stretch of width and height
+JPEG_QUALITY = 90
+
+
+def _load_backgrounds() -> list[tuple[str, np.ndarray]]:
+    """Return ``(name, HxWx3 uint8)`` for every bundled skimage image that loads offline."""
+    import skimage.data
+
+    out = []
+    for name in BACKGROUND_NAMES:
+        try:
+            img = np.asarray(getattr(skimage.data, name)())
+        except Exception as exc:  # missing file / would need a download
+            logger.warning("skipping skimage background %r: %s", name, exc)
+            continue
+        if img.dtype != np.uint8:
+            continue
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        out.append((name, np.ascontiguousarray(img[:, :, :3])))
+    if not out:
+        raise RuntimeError("no scikit-image background could be loaded")
+    return out
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """Return the 1797 sklearn digit images as uint8 0..255 (N,8,8) and labels 0..9."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    return imgs, d.target.astype(np.int64)
+
+
+def _random_crop(rs: np.random.RandomState, bg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Random crop of ``bg`` with the aspect ratio of ``size`` (W,H), resized to it, float [0,1]."""
+    W, H = size
+    bh, bw = bg.shape[:2]
+    scale_max = min(bw / W, bh / H)
+    scale = scale_max * rs.uniform(0.35, 1.0)
+    cw, ch = max(1, int(round(W * scale))), max(1, int(round(H * scale)))
+    x0 = rs.randint(0, bw - cw + 1)
+    y0 = rs.randint(0, bh - ch + 1)
+    crop = Image.fromarray(bg[y0:y0 + ch, x0:x0 + cw]).resize((W, H), Image.BILINEAR)
+    arr = np.asarray(crop, dtype=np.float32) / 255.0
+    if rs.rand() < 0.5:
+        arr = arr[:, ::-1]
+    return arr
+
+
+def _digit_mask(glyph: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Upscale an 8x8 glyph to ``h x w`` and turn it into a thick, soft-edged alpha mask.
+
+    Bicubic upsampling provides the smoothing; a linear ramp between two
+    intensity levels gives thick strokes and exact zeros outside them.
+    """
+    up = np.asarray(Image.fromarray(glyph).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return np.clip((up / 255.0 - 0.3) / 0.2, 0.0, 1.0)
+
+
+def _contrast_colour(rs: np.random.RandomState, bg_lum: float) -> np.ndarray:
+    """Saturated random RGB colour (float [0,1]) whose luminance differs from ``bg_lum``."""
+    rgb = np.array(colorsys.hsv_to_rgb(rs.rand(), rs.uniform(0.75, 1.0), 1.0), dtype=np.float32)
+    lum = float(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
+    if bg_lum > 0.55:  # bright background: darken to lum ~ bg_lum - 0.45
+        rgb = rgb * max(0.05, bg_lum - 0.45) / lum
+    elif lum - bg_lum < 0.4:  # dark background: lighten towards white
+        t = min(1.0, (bg_lum + 0.4 - lum) / max(1e-6, 1.0 - lum))
+        rgb = rgb + (1.0 - rgb) * t
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """IoU of two ``[x0, y0, x1, y1]`` boxes."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def _propose(rs, glyph, size, min_digit, max_digit):
+    """Draw one placement: returns ``(alpha HxW canvas-sized, box xyxy)`` or None if empty."""
+    W, H = size
+    base = rs.uniform(min_digit, max_digit)
+    w = int(round(min(base * rs.uniform(1 - STRETCH, 1 + STRETCH), 0.95 * W)))
+    h = int(round(min(base * rs.uniform(1 - STRETCH, 1 + STRETCH), 0.95 * H)))
+    x = rs.randint(0, W - w + 1)
+    y = rs.randint(0, H - h + 1)
+    m = _digit_mask(glyph, max(w, 2), max(h, 2))
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return None
+    alpha = np.zeros((H, W), dtype=np.float32)
+    alpha[y:y + m.shape[0], x:x + m.shape[1]] = m
+    box = (float(x + xs.min()), float(y + ys.min()), float(x + xs.max() + 1), float(y + ys.max() + 1))
+    return alpha, box
+
+
+def _accept(alpha, box, placed) -> bool:
+    """True if a proposal keeps pairwise IoU <= MAX_PAIR_IOU and every earlier object visible enough."""
+    if any(_iou(box, p["box"]) > MAX_PAIR_IOU for p in placed):
+        return False
+    cover = alpha > 0.5
+    return all((p["visible"] & ~cover).sum() >= MIN_VISIBLE * p["full"] for p in placed)
+
+
+def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range):
+    """Render one image; returns ``(HxWx3 uint8, [(label, box_xyxy, visible_fraction), ...])``."""
+    canvas = _random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size)
+    n_obj = rs.randint(n_range[0], n_range[1] + 1)
+    placed: list[dict] = []
+    for _ in range(n_obj):
+        idx = rs.randint(len(digits))
+        for _ in range(MAX_TRIES):
+            prop = _propose(rs, digits[idx], size, *digit_range)
+            if prop is not None and _accept(*prop, placed):
+                break
+        else:
+            continue  # could not place this object without violating the caps
+        alpha, box = prop
+        cover = alpha > 0.5
+        for p in placed:
+            p["visible"] &= ~cover
+        x0, y0, x1, y1 = (int(v) for v in box)
+        region_lum = float(canvas[y0:y1, x0:x1].mean())
+        colour = _contrast_colour(rs, region_lum)
+        a = alpha[:, :, None]
+        canvas = canvas * (1.0 - a) + colour[None, None, :] * a
+        vis = alpha > 0
+        placed.append({"label": int(labels[idx]), "box": box, "visible": vis, "full": int(vis.sum())})
+    img = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    objs = [(p["label"], p["box"], p["visible"].sum() / p["full"]) for p in placed]
+    return img, objs
+
+
+def _coco_skeleton(seed: int, params: dict, bg_names: list[str]) -> dict:
+    """COCO dict with ``info`` and ``categories`` filled in, empty images/annotations."""
+    from ssddet import __version__
+
+    info = {
+        "description": "ssddet synthetic digits-on-photos detection set",
+        "generator": GENERATOR,
+        "data_version": DATA_VERSION,
+        "seed": seed,
+        "version": __version__,
+        "params": params,
+        "backgrounds": bg_names,
+    }
+    cats = [{"id": i + 1, "name": str(i), "supercategory": "digit"} for i in range(10)]
+    return {"info": info, "images": [], "annotations": [], "categories": cats}
+
+
+def make_synth(
+    out_dir,
+    *,
+    seed: int = 0,
+    num_train: int = 600,
+    num_val: int = 100,
+    num_test: int = 100,
+    image_size: tuple[int, int] = (192, 192),
+    min_objects: int = 1,
+    max_objects: int = 5,
+    min_digit: int = 28,
+    max_digit: int = 80,
+) -> Path:
+    """Generate the synthetic set into ``out_dir`` and return the path of ``annotations.json``.
+
+    ``image_size`` is ``(width, height)``.  Digits are ``min_digit..max_digit``
+    pixels (before a +-20% independent stretch of each side, capped at 95% of
+    the image); pasted boxes overlap with IoU <= 0.3 and every object keeps at
+    least half of its stroke pixels visible.  If a placement satisfying these
+    caps is not found in 30 tries the object is dropped, so an image can hold
+    fewer than ``min_objects`` objects (never fewer than one).
+    """
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError("need 1 <= min_objects <= max_objects")
+    if not 2 <= min_digit <= max_digit:
+        raise ValueError("need 2 <= min_digit <= max_digit")
+    size = (int(image_size[0]), int(image_size[1]))
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rs = np.random.RandomState(seed)
+    backgrounds = _load_backgrounds()
+    digits, labels = _load_digits()
+    params = {
+        "num_train": num_train, "num_val": num_val, "num_test": num_test,
+        "image_size": list(size), "min_objects": min_objects, "max_objects": max_objects,
+        "min_digit": min_digit, "max_digit": max_digit,
+    }
+    coco = _coco_skeleton(seed, params, [n for n, _ in backgrounds])
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    for split in SPLITS:
+        for i in range(counts[split]):
+            img, objs = _compose_image(rs, backgrounds, digits, labels, size,
+                                       (min_objects, max_objects), (min_digit, max_digit))
+            _append_image(coco, out, split, i, img, objs)
+    path = out / "annotations.json"
+    path.write_text(json.dumps(coco, indent=1))
+    return path
+
+
+def _append_image(coco: dict, out: Path, split: str, idx: int, img: np.ndarray, objs) -> None:
+    """Save one JPEG and add its image and annotation entries to ``coco``."""
+    rel = f"images/{split}_{idx:05d}.jpg"
+    Image.fromarray(img).save(out / rel, quality=JPEG_QUALITY)
+    image_id = len(coco["images"]) + 1
+    h, w = img.shape[:2]
+    coco["images"].append({"id": image_id, "file_name": rel, "width": w, "height": h, "split": split})
+    for label, (x0, y0, x1, y1), visible in objs:
+        bw, bh = x1 - x0, y1 - y0
+        coco["annotations"].append({
+            "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": label + 1,
+            "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0,
+            "visible_fraction": round(float(visible), 4),
+        })
+
+
+def default_data_dir() -> Path:
+    """Directory of the default synthetic set: ``$SSDDET_HOME`` (or ``~/.cache/ssddet``) / ``synth-v1``."""
+    home = os.environ.get("SSDDET_HOME")
+    root = Path(home).expanduser() if home else Path.home() / ".cache" / "ssddet"
+    return root / DATA_VERSION
+
+
+def ensure_default_data(path=None, **kwargs) -> Path:
+    """Return a directory holding a complete synthetic set, generating it if needed.
+
+    ``path`` defaults to :func:`default_data_dir`.  A set counts as complete once
+    ``annotations.json`` exists; generation happens in a sibling temp directory
+    renamed into place at the end, so an interrupted run never leaves a
+    half-written set at ``path``.  ``kwargs`` are forwarded to :func:`make_synth`.
+    """
+    path = Path(path) if path is not None else default_data_dir()
+    if (path / "annotations.json").is_file():
+        return path
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists, is not empty and has no annotations.json; remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        logger.info("generating synthetic detection set in %s", path)
+        make_synth(tmp, **kwargs)
+        _move_into_place(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Atomically rename ``tmp`` to ``path``; tolerate a concurrent generator winning the race."""
+    try:
+        if path.exists():
+            path.rmdir()  # only succeeds for an empty directory
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / "annotations.json").is_file():
+            raise

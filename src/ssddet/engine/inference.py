@@ -1,0 +1,47 @@
+"""Rebuild a deployed detector from `model_best.pt` / `model_final.pt` (or a training `checkpoint.pt`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torchvision.models.detection import FasterRCNN
+
+from ..config import ModelConfig
+from ..data.errors import DataError
+from ..models.detector import build_detector
+from .checkpoint import load_checkpoint
+
+
+def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
+    """-> (detector in eval mode, meta with categories/num_classes/model config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        ck = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - a corrupt/foreign file is a user error
+        raise DataError(f"{path}: cannot load checkpoint ({e})") from None
+    if "model" in ck and "meta" in ck:
+        state, meta = ck["model"], ck["meta"]
+    elif "method" in ck and "config" in ck:  # a training checkpoint: take the detector part
+        state = {k.removeprefix("detector."): v for k, v in ck["method"].items() if k.startswith("detector.")}
+        meta = ck.get("meta") or _meta_from_training(ck, state)
+    else:
+        raise DataError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or checkpoint.pt)")
+    known = set(ModelConfig.__dataclass_fields__)
+    mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    mcfg.weights = mcfg.backbone_weights = None  # the state_dict below replaces them
+    detector = build_detector(mcfg, meta["num_classes"])
+    detector.load_state_dict(state)
+    if meta.get("box_coder") == "xyxy":
+        from ..models.oamil_coder import XYXYBoxCoder
+
+        detector.roi_heads.box_coder = XYXYBoxCoder()
+    return detector.eval(), meta
+
+
+def _meta_from_training(ck: dict, state: dict) -> dict:
+    cfg = ck["config"]
+    num_classes = state["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    return {"model": cfg["model"], "num_classes": num_classes, "categories": ck.get("categories"),
+            "box_coder": cfg.get("oamil", {}).get("box_coder", "xywh") if cfg["train"]["method"] == "oamil"
+            else "xywh"}

@@ -1,0 +1,66 @@
+"""Run logging: JSON lines (one record per log step / epoch) + TensorBoard scalars."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+class RunLogger:
+    def __init__(self, out_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = out_dir / "log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+            except ImportError:  # tensorboard is a dependency, but logging must never kill a run
+                self.tb = None
+
+    def write(self, record: dict, step: int, prefix: str) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), "kind": prefix, **record}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+        if self.tb is not None:
+            for k, v in _flatten(record).items():
+                if k not in ("time", "kind", "epoch", "iteration") and isinstance(v, (int, float)):
+                    if math.isfinite(v):
+                        self.tb.add_scalar(f"{prefix}/{k}", v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _flatten(d: dict, pre: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{pre}{k}/"))
+        else:
+            out[f"{pre}{k}"] = v
+    return out
+
+
+class Averager:
+    """Running means of named floats (losses, stats) over an epoch."""
+
+    def __init__(self):
+        self.sums = defaultdict(float)
+        self.counts = defaultdict(int)
+
+    def add(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            if v is not None and math.isfinite(v):
+                self.sums[k] += v
+                self.counts[k] += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}

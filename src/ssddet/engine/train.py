@@ -1,0 +1,257 @@
+"""The training loop: SGD + warm-up + multistep/cosine LR, grad clipping, AMP on CUDA, DDP under torchrun,
+per-epoch COCO evaluation, atomic checkpoints with full resume, JSON-lines + TensorBoard logs."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Config
+from ..data.dataset import CocoDetection, collate, training_records
+from ..models.detector import build_detector
+from ..models.methods import build_method
+from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
+from .datasets import load_train_val
+from .distributed import barrier, cleanup, init_distributed, is_main, mean_across_ranks
+from .evaluate import coco_evaluate, format_metrics, predict
+from .log import Averager, RunLogger
+
+log = logging.getLogger(__name__)
+LOG_EVERY = 20
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss under nan_policy='stop')."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(it: int, total: int, cfg) -> float:
+    """Multiplier of the base LR at global iteration `it` of `total` (warm-up x schedule)."""
+    warm = 1.0
+    if it < cfg.warmup_iters:
+        warm = cfg.warmup_factor + (1 - cfg.warmup_factor) * it / cfg.warmup_iters
+    progress = it / max(total, 1)
+    if cfg.lr_schedule == "cosine":
+        sched = 0.5 * (1 + math.cos(math.pi * progress))
+    else:
+        sched = cfg.lr_gamma ** sum(progress >= s for s in cfg.lr_steps)
+    return warm * sched
+
+
+def model_meta(cfg: Config, data) -> dict:
+    return {"ssddet_version": __version__, "model": cfg.to_dict()["model"], "method": cfg.train.method,
+            "num_classes": data.num_classes, "categories": data.categories,
+            "box_coder": cfg.oamil.box_coder if cfg.train.method == "oamil" else "xywh"}
+
+
+def make_loaders(cfg: Config, splits, world: int, rank: int):
+    train_set = CocoDetection(training_records(splits.train_records, cfg.data.keep_empty, splits.train.ann_path),
+                              train=True, flip=cfg.data.flip)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.train.seed) if world > 1 else None
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=sampler is None,
+                              sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
+                              generator=gen, drop_last=len(train_set) >= cfg.train.batch_size * world,
+                              persistent_workers=False)
+    val_loader = DataLoader(CocoDetection(splits.val_records), batch_size=cfg.train.batch_size, shuffle=False,
+                            num_workers=cfg.data.num_workers, collate_fn=collate)
+    return train_loader, val_loader, sampler
+
+
+def _to_device(images, targets, device):
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def _check_finite(losses: dict, it: int, policy: str) -> bool:
+    """True if all finite. Otherwise stop with a message naming the term, or report a skip."""
+    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+    if not bad:
+        return True
+    msg = f"non-finite loss at iteration {it}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
+    if policy == "stop":
+        raise TrainingError(msg + " (lower --lr, or use --nan-policy skip to skip such steps)")
+    log.warning("%s: step skipped", msg)
+    return False
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False, command: str | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.train.output)
+        self.device, self.rank, self.world = init_distributed(cfg.train.device)
+        self.main = is_main()
+        seed_everything(cfg.train.seed + self.rank)
+        self.splits = load_train_val(cfg.data)
+        self.data = self.splits.train
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, self.splits, self.world, self.rank)
+        detector = build_detector(cfg.model, self.data.num_classes)
+        self.method = build_method(cfg, detector, self.data.num_classes).to(self.device)
+        self.model = self.method
+        if self.world > 1:
+            self.model = DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        params = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                         weight_decay=cfg.train.weight_decay)
+        self.iters_per_epoch = len(self.train_loader)
+        if cfg.train.max_iters_per_epoch:
+            self.iters_per_epoch = min(self.iters_per_epoch, cfg.train.max_iters_per_epoch)
+        self.total_iters = self.iters_per_epoch * cfg.train.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda it: lr_factor(it, self.total_iters, cfg.train))
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.epoch, self.iteration, self.best, self.skipped = 0, 0, -1.0, 0
+        if resume:
+            self._resume()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._write_run_files(command)
+        self.logger = RunLogger(self.out, enabled=self.main)
+
+    # ---------------------------------------------------------------- run files and checkpoints
+    def _write_run_files(self, command: str | None) -> None:
+        (self.out / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        with open(self.out / "command.txt", "a", encoding="utf-8") as f:
+            f.write(f"# ssddet {__version__}, torch {torch.__version__}\n{command or ' '.join(sys.argv)}\n")
+
+    def _state(self) -> dict:
+        return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "iteration": self.iteration, "best": self.best, "skipped": self.skipped,
+                "rng": rng_state(), "config": self.cfg.to_dict(), "ssddet_version": __version__,
+                "meta": model_meta(self.cfg, self.data)}
+
+    def _resume(self) -> None:
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            log.warning("--resume: no checkpoint at %s, starting from scratch", path)
+            return
+        ck = load_checkpoint(path, map_location=self.device)
+        self.method.load_state_dict(ck["method"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.epoch, self.iteration = ck["epoch"], ck["iteration"]
+        self.best, self.skipped = ck["best"], ck.get("skipped", 0)
+        set_rng_state(ck["rng"])
+        log.info("resumed from %s at epoch %d (iteration %d)", path, self.epoch, self.iteration)
+
+    def _save(self, metrics: dict | None) -> None:
+        if not self.main:
+            return
+        atomic_save(self._state(), self.out / "checkpoint.pt")
+        meta = model_meta(self.cfg, self.data)
+        if metrics is not None and metrics["AP"] > self.best:
+            self.best = metrics["AP"]
+            atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch, "metrics": metrics}),
+                        self.out / "model_best.pt")
+            atomic_save(self._state(), self.out / "checkpoint.pt")  # persist the new best score
+        atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch}), self.out / "model_final.pt")
+
+    # ---------------------------------------------------------------- loop
+    def train_epoch(self) -> dict:
+        self.method.train()
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        avg = Averager()
+        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.main, leave=False, dynamic_ncols=True)
+        for i, (images, targets) in enumerate(self.train_loader):
+            if i >= self.iters_per_epoch:
+                break
+            losses, stats = self.step(images, targets)
+            avg.add({**losses, **stats})
+            if self.main and self.iteration % LOG_EVERY == 0:
+                self.logger.write({"epoch": self.epoch, "iteration": self.iteration,
+                                   "lr": self.optimizer.param_groups[0]["lr"], **losses, **stats},
+                                  self.iteration, "train")
+            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}",
+                            lr=f"{self.optimizer.param_groups[0]['lr']:.4f}")
+            bar.update()
+        bar.close()
+        return mean_across_ranks(avg.means(), self.device)
+
+    def step(self, images, targets) -> tuple[dict, dict]:
+        images, targets = _to_device(images, targets, self.device)
+        progress = self.iteration / max(self.total_iters, 1)
+        with torch.autocast(self.device.type, enabled=self.use_amp):
+            losses, stats = self.model(images, targets, progress)
+        self.iteration += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if not _check_finite(losses, self.iteration, self.cfg.train.nan_policy):
+            self.skipped += 1
+            self.scheduler.step()
+            return {}, stats
+        total = sum(losses.values())
+        self.scaler.scale(total).backward()
+        if self.cfg.train.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        out = {k: float(v) for k, v in losses.items()}
+        out["loss"] = float(total)
+        return out, stats
+
+    def evaluate(self) -> dict:
+        results = predict(self.method.detector, self.val_loader, self.device, self.data.label_to_cat,
+                          progress=self.main)
+        return coco_evaluate(self.splits.val.gt_dict(self.splits.val_records), results)
+
+    def run(self) -> dict:
+        cfg = self.cfg.train
+        metrics: dict = {}
+        if self.main:
+            log.info("training %s on %d images (%d it/epoch), validating on %d; output %s", cfg.method,
+                     len(self.train_loader.dataset), self.iters_per_epoch, len(self.splits.val_records), self.out)
+        while self.epoch < cfg.epochs:
+            t0 = time.time()
+            train_means = self.train_epoch()
+            self.epoch += 1
+            metrics = {}
+            if self.main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+                metrics = self.evaluate()
+                log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
+            barrier()
+            self._save(metrics or None)
+            if self.main:
+                self.logger.write({"epoch": self.epoch, "iteration": self.iteration, "seconds": time.time() - t0,
+                                   "skipped_steps": self.skipped, "train": train_means, "val": metrics},
+                                  self.epoch, "epoch")
+                _log_epoch_stats(self.epoch, train_means)
+        self.logger.close()
+        if self.main and metrics:
+            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best}, indent=2))
+        cleanup()
+        return metrics
+
+
+def _log_epoch_stats(epoch: int, means: dict) -> None:
+    keys = [k for k in ("loss", "iou_noisy", "iou_stage1", "iou_refined", "bag_iou_mean", "bag_iou_max") if k in means]
+    if keys:
+        log.info("epoch %d train: %s", epoch, " ".join(f"{k}={means[k]:.3f}" for k in keys))
+
+
+def train(cfg: Config, resume: bool = False, command: str | None = None) -> dict:
+    return Trainer(cfg, resume=resume, command=command).run()

@@ -1,0 +1,82 @@
+"""Training methods around one torchvision Faster R-CNN: vanilla, SSD-Det and OA-MIL.
+
+Each method is an nn.Module with `.detector` (the deployed model, a plain FasterRCNN) and
+`forward(images, targets, progress) -> (losses, stats)`: losses are already weighted and summed by the caller;
+stats (IoU with clean boxes, ...) never enter the loss. `progress` in [0, 1] is the fraction of training done,
+used for epoch-gated parts (OA-IS/OA-IE) and warm-ups, so short schedules still switch them on.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.ops import box_iou
+
+from ..config import Config
+
+METHODS = ("vanilla", "ssddet", "oamil")
+
+
+def matched_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of aligned boxes: Tensor[N,4], Tensor[N,4] -> Tensor[N]."""
+    if len(a) == 0:
+        return a.new_zeros(0)
+    return box_iou(a, b).diagonal()
+
+
+def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):
+    """GeneralizedRCNNTransform resizes only `boxes`; the clean boxes must follow the same resize."""
+    for t, (h0, w0), (h1, w1) in zip(targets, before, after):
+        if "true_boxes" in t:
+            s = torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], device=t["true_boxes"].device)
+            t["true_boxes"] = t["true_boxes"] * s
+
+
+class DetectionMethod(nn.Module):
+    """Vanilla Faster R-CNN training, split at the seam where the other methods act:
+    transform -> backbone -> [refine targets] -> RPN -> RoI heads."""
+
+    def __init__(self, detector: FasterRCNN):
+        super().__init__()
+        self.detector = detector
+
+    def refine_targets(self, features, images, targets, progress: float):
+        """Hook: return (targets for RPN/RoI heads, extra losses, stats). Vanilla trains on the given boxes."""
+        return targets, {}, {}
+
+    def weight_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return losses
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict], progress: float = 0.0):
+        before = [tuple(img.shape[-2:]) for img in images]
+        image_list, targets = self.detector.transform(images, targets)
+        _scale_true_boxes(targets, before, image_list.image_sizes)
+        features = self.detector.backbone(image_list.tensors)
+        if isinstance(features, torch.Tensor):
+            features = OrderedDict([("0", features)])
+        det_targets, losses, stats = self.refine_targets(features, image_list, targets, progress)
+        proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
+        _, roi_losses = self.detector.roi_heads(features, proposals, image_list.image_sizes, det_targets)
+        losses = {**losses, **self.weight_losses({**rpn_losses, **roi_losses})}
+        stats = {**stats, **self.detector_stats()}
+        return losses, stats
+
+    def detector_stats(self) -> dict[str, float]:
+        return {}
+
+
+def build_method(cfg: Config, detector: FasterRCNN, num_classes: int) -> DetectionMethod:
+    name = cfg.train.method
+    if name == "vanilla":
+        return DetectionMethod(detector)
+    if name == "ssddet":
+        from .ssddet_method import SSDDetMethod
+
+        return SSDDetMethod(detector, cfg.ssddet, num_classes)
+    if name == "oamil":
+        from .oamil_method import OAMILMethod
+
+        return OAMILMethod(detector, cfg.oamil)
+    raise ValueError(f"unknown method '{name}' (choose from {', '.join(METHODS)})")

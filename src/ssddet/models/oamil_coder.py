@@ -1,0 +1,97 @@
+"""Box coders and the R-CNN box loss used by the OA-MIL baseline (method.md 2.1, 5 item 8).
+
+Two coders share torchvision's ``BoxCoder`` API (``encode``, ``encode_single``, ``decode``,
+``decode_single``), so either can sit in ``RoIHeads.box_coder`` and torchvision's own
+``postprocess_detections`` decodes with it:
+
+- ``"xywh"``: torchvision's centre/size coder (weights (10, 10, 5, 5)) + smooth-L1 (beta 1/9), its default.
+- ``"xyxy"``: the official OA-MIL DeltaXYXY coder, corner offsets over the proposal size with std 0.1
+  (weights 10): dx1 = 10 * (gx1 - px1) / pw, ..., + L1. Both losses are summed and divided by the number of
+  sampled RoIs, as torchvision's ``fastrcnn_loss`` and the official head do.
+
+A detector trained with ``"xyxy"`` predicts corner deltas, so it must decode with ``XYXYBoxCoder`` at
+inference: record the coder name in the checkpoint meta and set
+``detector.roi_heads.box_coder = make_box_coder("xyxy")`` after loading a plain torchvision ``FasterRCNN``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+BOX_CODERS = ("xywh", "xyxy")
+
+
+class XYXYBoxCoder:
+    """Corner-offset coder (mmdet ``DeltaXYXYBBoxCoder`` with means 0, stds 1/weights), torchvision API.
+
+    No clamping anywhere: corner deltas cannot overflow like exp(dw), and the official decode has no clip.
+    """
+
+    def __init__(self, weights: tuple[float, float, float, float] = (10.0, 10.0, 10.0, 10.0)) -> None:
+        self.weights = weights
+
+    def encode(self, reference_boxes: list[Tensor], proposals: list[Tensor]) -> tuple[Tensor, ...]:
+        """Per image: deltas Tensor[R_i,4] moving proposals Tensor[R_i,4] onto reference_boxes (targets)."""
+        sizes = [len(b) for b in reference_boxes]
+        codes = self.encode_single(torch.cat(reference_boxes, 0), torch.cat(proposals, 0))
+        return codes.split(sizes, 0)
+
+    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
+        """reference_boxes (targets) Tensor[N,4], proposals Tensor[N,4] -> deltas Tensor[N,4]."""
+        w = torch.as_tensor(self.weights, dtype=reference_boxes.dtype, device=reference_boxes.device)
+        proposals = proposals.to(reference_boxes.dtype)
+        size = _wh(proposals).repeat(1, 2)  # (pw, ph, pw, ph)
+        return w * (reference_boxes - proposals) / size
+
+    def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
+        """rel_codes Tensor[N,4K] against concat(boxes) Tensor[N,4] -> Tensor[N,K,4] (torchvision layout)."""
+        concat = torch.cat(boxes, 0)
+        n = concat.shape[0]
+        if n > 0:
+            rel_codes = rel_codes.reshape(n, -1)
+        pred = self.decode_single(rel_codes, concat)
+        return pred.reshape(n, -1, 4) if n > 0 else pred
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        """rel_codes Tensor[N,4K], boxes Tensor[N,4] -> decoded Tensor[N,4K] (xyxy per class)."""
+        boxes = boxes.to(rel_codes.dtype)
+        w = torch.as_tensor(self.weights, dtype=rel_codes.dtype, device=rel_codes.device)
+        k = rel_codes.shape[-1] // 4
+        deltas = rel_codes.reshape(-1, k, 4) / w
+        size = _wh(boxes).repeat(1, 2)[:, None, :]
+        return (boxes[:, None, :] + deltas * size).reshape(rel_codes.shape)
+
+
+def _wh(boxes: Tensor) -> Tensor:
+    """boxes Tensor[N,4] -> (w, h) Tensor[N,2]."""
+    return boxes[:, 2:] - boxes[:, :2]
+
+
+def make_box_coder(name: str, xywh_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)):
+    """Coder by name: "xywh" -> torchvision ``BoxCoder(xywh_weights)``; "xyxy" -> ``XYXYBoxCoder()``."""
+    if name == "xywh":
+        return det_utils.BoxCoder(tuple(xywh_weights))
+    if name == "xyxy":
+        return XYXYBoxCoder()
+    raise ValueError(f"unknown box coder {name!r}; expected one of {BOX_CODERS}")
+
+
+def rcnn_losses(
+    class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor, coder: str
+) -> tuple[Tensor, Tensor]:
+    """R-CNN losses over all sampled RoIs.
+
+    class_logits Tensor[R,K+1], box_regression Tensor[R,4(K+1)], labels Tensor[R] (0 = background),
+    regression_targets Tensor[R,4] -> (cross-entropy, box loss). "xywh" is exactly torchvision's
+    ``fastrcnn_loss``; "xyxy" swaps smooth-L1 for L1 (official config), same normaliser (R).
+    """
+    if coder == "xywh":
+        return fastrcnn_loss(class_logits, box_regression, [labels], [regression_targets])
+    loss_cls = F.cross_entropy(class_logits, labels)
+    pos = torch.where(labels > 0)[0]
+    pred = box_regression.reshape(labels.shape[0], -1, 4)[pos, labels[pos]]
+    loss_box = F.l1_loss(pred, regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
+    return loss_cls, loss_box

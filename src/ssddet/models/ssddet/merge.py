@@ -1,0 +1,82 @@
+"""Top-k weighted merge of a scored bag into one pseudo box (method.md 3.1 steps 3 and 7).
+
+Shapes: M objects, P proposals per bag, k boxes merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def topk_merge(bag: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Merge each bag into the score-weighted mean of its k best proposals.
+
+    Args:
+        bag: Tensor[M, P, 4] xyxy.
+        scores: Tensor[M, P], non-negative proposal scores (already valid-masked by the caller). Treated as
+            constants (the merge is computed under no_grad: pseudo boxes are targets, never trained through).
+        k: number of proposals merged (7 in the code); clipped to P.
+
+    Returns:
+        boxes: Tensor[M, 4] = sum_top-k w_p * box_p with w = s / sum_top-k s. If every score of a bag is 0
+            (e.g. a bag with no valid proposal) the box falls back to the highest-scoring proposal, which is the first
+            one on ties: for a neighbourhood bag that is the unshifted sample, i.e. the input box.
+        weight: Tensor[M] = sum of `scores` over the WHOLE bag (not just the top k). With stage-I scores
+            q = S^cls[c] * S^ins[c] this is the bag score of the GT class, the per-object weight omega of
+            method.md 3.1 step 3.
+    """
+    with torch.no_grad():
+        m, p = scores.shape
+        s = scores.float()
+        b = bag.float()
+        if m == 0 or p == 0:
+            return b.new_zeros((m, 4)), s.new_zeros((m,))
+        kk = min(int(k), p)
+        top, idx = s.topk(kk, dim=1)  # [M, k]
+        total = top.sum(dim=1, keepdim=True)  # [M, 1]
+        ok = total > 0  # [M, 1]
+        w = top / total.clamp(min=torch.finfo(s.dtype).tiny)
+        # degenerate bag (all scores 0): one-hot on the first arg-max proposal
+        onehot = torch.zeros_like(w)
+        onehot[:, 0] = 1.0
+        w = torch.where(ok, w, onehot)
+        idx = torch.where(ok, idx, s.argmax(dim=1, keepdim=True).expand_as(idx))
+        picked = torch.gather(b, 1, idx[..., None].expand(m, kk, 4))  # [M, k, 4]
+        boxes = (picked * w[..., None]).sum(dim=1)
+        return boxes, s.sum(dim=1)
+
+
+def clip_boxes(boxes: Tensor, image_hw: Sequence[int] | Tensor) -> Tensor:
+    """Clamp xyxy boxes to [0, w] x [0, h].
+
+    Args:
+        boxes: Tensor[M, 4].
+        image_hw: (h, w) for all boxes, or Tensor[M, 2] of per-box (h, w).
+
+    Returns:
+        Tensor[M, 4].
+    """
+    if isinstance(image_hw, Tensor) and image_hw.dim() == 2:
+        h = image_hw[:, 0].to(boxes)
+        w = image_hw[:, 1].to(boxes)
+    else:
+        h = torch.full((boxes.shape[0],), float(image_hw[0]), dtype=boxes.dtype, device=boxes.device)
+        w = torch.full((boxes.shape[0],), float(image_hw[1]), dtype=boxes.dtype, device=boxes.device)
+    zero = torch.zeros_like(w)
+    x1 = torch.minimum(torch.maximum(boxes[:, 0], zero), w)
+    y1 = torch.minimum(torch.maximum(boxes[:, 1], zero), h)
+    x2 = torch.minimum(torch.maximum(boxes[:, 2], zero), w)
+    y2 = torch.minimum(torch.maximum(boxes[:, 3], zero), h)
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+def topk_merge_clipped(bag: Tensor, scores: Tensor, k: int, image_hw: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`topk_merge` followed by `clip_boxes` when `image_hw` (Tensor[M, 2]) is given (stage I, and stage II without
+    SISD); returns (boxes Tensor[M, 4], weight Tensor[M])."""
+    boxes, weight = topk_merge(bag, scores, k)
+    if image_hw is not None:
+        boxes = clip_boxes(boxes, image_hw)
+    return boxes, weight

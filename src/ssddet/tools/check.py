@@ -1,0 +1,79 @@
+"""`ssddet check`: run every dataset check up front and print a summary (exit 2 when the set is unusable)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from ..data.coco import load_coco
+from ..data.errors import DataError
+
+
+def add_check_parser(sub) -> None:
+    p = sub.add_parser("check", help="validate a COCO dataset (annotations and image files) and summarise it")
+    p.add_argument("--ann", metavar="JSON", help="COCO annotations (default: DIR/annotations.json of --data)")
+    p.add_argument("--data", metavar="DIR", help="dataset directory")
+    p.add_argument("--images", metavar="DIR", help="image root (default: the JSON's directory)")
+    p.add_argument("--no-images", action="store_true", help="skip opening every image file")
+
+
+def check_images(records) -> Counter:
+    """Open every image header: missing, unreadable and size-mismatched files are counted by kind."""
+    problems: Counter = Counter()
+    examples: dict[str, str] = {}
+    for r in records:
+        try:
+            with Image.open(r.path) as im:
+                im.verify()
+                size, mode = im.size, im.mode
+        except FileNotFoundError:
+            kind = "image file missing"
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            kind = "image file unreadable / not an image"
+        else:
+            kind = None
+            if size != (r.width, r.height):
+                kind = "image size differs from JSON (boxes will be rescaled)"
+            elif mode not in ("RGB",):
+                problems[f"non-RGB image ({mode}) converted to RGB"] += 1
+        if kind:
+            problems[kind] += 1
+            examples.setdefault(kind, f"{r.path} (image {r.image_id})")
+    return Counter({f"{k}, e.g. {examples[k]}" if k in examples else k: v for k, v in problems.items()})
+
+
+def summarise(data, image_problems: Counter) -> tuple[str, bool]:
+    recs = data.records
+    splits = Counter(str(r.split) for r in recs)
+    boxes = sum(len(r.boxes) for r in recs)
+    per_class = Counter(int(lab) for r in recs for lab in r.labels)
+    lines = [f"{data.ann_path}: {len(recs)} images, {boxes} usable boxes, {data.num_classes} categories",
+             "splits: " + ", ".join(f"{k}={v}" for k, v in sorted(splits.items())),
+             "boxes per category: " + ", ".join(f"{n}={per_class.get(i + 1, 0)}" for i, n in
+                                                enumerate(data.class_names)),
+             f"images without boxes: {sum(1 for r in recs if len(r.boxes) == 0)}",
+             f"crowd boxes (ignored for training): {sum(len(r.crowd_boxes) for r in recs)}",
+             f"annotations with clean true_bbox: {sum(len(r.boxes) for r in recs if r.true_boxes is not None)}"]
+    empty_cats = [n for i, n in enumerate(data.class_names) if per_class.get(i + 1, 0) == 0]
+    if empty_cats:
+        lines.append(f"warning: categories without any box: {empty_cats}")
+    for kind, n in sorted(data.warnings.items()):
+        lines.append(f"warning: {n} annotation(s): {kind}")
+    fatal = ("missing", "unreadable")
+    for kind, n in sorted(image_problems.items()):
+        lines.append(f"{'error' if any(f in kind for f in fatal) else 'warning'}: {n} image(s): {kind}")
+    ok = boxes > 0 and not any(any(f in k for f in fatal) for k in image_problems)
+    lines.append("OK" if ok else "NOT USABLE as is (see errors above)")
+    return "\n".join(lines), ok
+
+
+def cmd_check(a) -> int:
+    if not a.ann and not a.data:
+        raise DataError("give --ann JSON or --data DIR")
+    ann = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
+    data = load_coco(ann, a.images or (a.data if a.data and not a.images else None))
+    problems = Counter() if a.no_images else check_images(data.records)
+    text, ok = summarise(data, problems)
+    print(text)
+    return 0 if ok else 2

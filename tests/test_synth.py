@@ -1,0 +1,148 @@
+"""Tests for the built-in synthetic digits-on-photos detection set."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ssddet
+from ssddet.data import synth
+
+SMALL = dict(num_train=4, num_val=2, num_test=2, image_size=(96, 96), min_digit=20, max_digit=40)
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    path = synth.make_synth(out, seed=3, **SMALL)
+    return out, path, json.loads(path.read_text())
+
+
+def _pixels(out, coco):
+    return [np.asarray(Image.open(out / im["file_name"])) for im in coco["images"]]
+
+
+def test_structure(small_set):
+    out, path, coco = small_set
+    assert path == out / "annotations.json"
+    assert [c["id"] for c in coco["categories"]] == list(range(1, 11))
+    assert [c["name"] for c in coco["categories"]] == [str(i) for i in range(10)]
+    assert Counter(im["split"] for im in coco["images"]) == {"train": 4, "val": 2, "test": 2}
+    assert coco["info"]["generator"] == "ssddet.data.synth"
+    assert coco["info"]["seed"] == 3
+    assert coco["info"]["version"] == ssddet.__version__
+    ids = [im["id"] for im in coco["images"]]
+    assert len(set(ids)) == len(ids)
+    assert coco["images"][0]["file_name"] == "images/train_00000.jpg"
+    assert coco["images"][-1]["file_name"] == "images/test_00001.jpg"
+    for im in coco["images"]:
+        arr = np.asarray(Image.open(out / im["file_name"]))
+        assert arr.shape == (im["height"], im["width"], 3) == (96, 96, 3)
+
+
+def test_annotations(small_set):
+    _, _, coco = small_set
+    sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
+    per_image = Counter(a["image_id"] for a in coco["annotations"])
+    assert set(per_image) == set(sizes)  # every image has at least one object
+    assert max(per_image.values()) <= 5
+    ann_ids = [a["id"] for a in coco["annotations"]]
+    assert len(set(ann_ids)) == len(ann_ids)
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        W, H = sizes[a["image_id"]]
+        assert all(isinstance(v, float) for v in a["bbox"])
+        assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= W and y + h <= H
+        assert a["area"] == pytest.approx(w * h)
+        assert a["iscrowd"] == 0 and 1 <= a["category_id"] <= 10
+
+
+def test_box_is_tight_extent_of_mask():
+    rs = np.random.RandomState(0)
+    digits, _ = synth._load_digits()
+    for i in range(20):
+        prop = synth._propose(rs, digits[i], (96, 80), 20, 60)
+        assert prop is not None
+        alpha, (x0, y0, x1, y1) = prop
+        ys, xs = np.nonzero(alpha)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_pairwise_overlap_capped(small_set):
+    _, _, coco = small_set
+    by_img = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_img.setdefault(a["image_id"], []).append((x, y, x + w, y + h))
+    for boxes in by_img.values():
+        for i in range(len(boxes)):
+            for j in range(i):
+                assert synth._iou(boxes[i], boxes[j]) <= synth.MAX_PAIR_IOU + 1e-9
+
+
+def test_deterministic(small_set, tmp_path):
+    out, path, coco = small_set
+    path2 = synth.make_synth(tmp_path / "again", seed=3, **SMALL)
+    assert path2.read_bytes() == path.read_bytes()
+    for a, b in zip(_pixels(out, coco), _pixels(tmp_path / "again", coco)):
+        assert np.array_equal(a, b)
+
+
+def test_seed_changes_output(small_set, tmp_path):
+    out, path, coco = small_set
+    path2 = synth.make_synth(tmp_path / "other", seed=4, **SMALL)
+    coco2 = json.loads(path2.read_text())
+    assert coco2["annotations"] != coco["annotations"]
+    assert not np.array_equal(_pixels(out, coco)[0], _pixels(tmp_path / "other", coco2)[0])
+
+
+def test_default_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
+    assert synth.default_data_dir() == tmp_path / "synth-v1"
+    monkeypatch.delenv("SSDDET_HOME")
+    assert synth.default_data_dir().parts[-3:] == (".cache", "ssddet", "synth-v1")
+
+
+def test_ensure_default_data_creates_then_reuses(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
+    small = dict(num_train=2, num_val=1, num_test=1, image_size=(64, 64), min_digit=16, max_digit=30)
+    d = synth.ensure_default_data(**small)
+    assert d == tmp_path / "synth-v1"
+    ann = d / "annotations.json"
+    assert len(json.loads(ann.read_text())["images"]) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["synth-v1"]  # temp dir renamed away
+    mtime = ann.stat().st_mtime_ns
+
+    def boom(*a, **k):
+        raise AssertionError("should not regenerate")
+
+    monkeypatch.setattr(synth, "make_synth", boom)
+    assert synth.ensure_default_data() == d
+    assert ann.stat().st_mtime_ns == mtime
+
+
+def test_ensure_default_data_interrupted_leaves_nothing(monkeypatch, tmp_path):
+    def interrupted(out_dir, **kwargs):
+        (out_dir / "images").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "make_synth", interrupted)
+    target = tmp_path / "set"
+    with pytest.raises(KeyboardInterrupt):
+        synth.ensure_default_data(target)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_default_data_refuses_foreign_dir(tmp_path):
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "junk.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        synth.ensure_default_data(tmp_path / "set")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        synth.make_synth(tmp_path, min_objects=3, max_objects=2)
