@@ -1,4 +1,5 @@
-"""SSDDetRefiner end to end on tiny random FPN features (small channels/trunk so it runs in seconds on CPU)."""
+"""SSDDetRefiner end to end on tiny random FPN features (small channels/trunk so it runs in seconds on
+CPU)."""
 
 import math
 
@@ -168,6 +169,18 @@ def test_object_cap_and_degenerate_boxes():
     a = ref(_features(), SIZES, boxes, labels, generator=torch.Generator().manual_seed(5))
     b = ref(_features(), SIZES, boxes, labels, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a.refined[0], b.refined[0]) and torch.equal(a.losses["loss_neg"], b.losses["loss_neg"])
+
+
+def test_off_image_object_falls_back_to_noisy_box():
+    ref = _refiner(spsd=False).manual_seed(0).train()
+    boxes = [torch.tensor([[-100.0, -100.0, -90.0, -90.0], [4.0, 6.0, 30.0, 40.0]]), torch.zeros(0, 4)]
+    out = ref(_features(), SIZES, boxes, [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.long)])
+    _check(out, boxes)
+    # every proposal of the first object is invalid: its clipped box would be empty, so it keeps the input
+    assert torch.equal(out.stage1[0][0], boxes[0][0]) and torch.equal(out.refined[0][0], boxes[0][0])
+    assert out.stats["num_fallback"] >= 1
+    sum(out.losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in ref.parameters())
 
 
 def test_eval_mode_skips_negatives():

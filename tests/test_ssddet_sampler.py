@@ -10,7 +10,7 @@ from ssddet.models.ssddet.sampler import PRESETS, bag_size, bag_validity, neighb
 
 
 def _reference_bag(box, scales, shift):
-    """Plain-Python version of the documented order: (a outer, b inner) x [unshifted, left, right, up, down]."""
+    """Plain-Python version of the documented order: (a outer, b inner) x [none, left, right, up, down]."""
     x1, y1, x2, y2 = box
     cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
     out = []

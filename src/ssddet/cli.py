@@ -28,7 +28,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _positive_float(s: str) -> float:
-    v = float(s)
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"noise level must be a number in [0, 1), got '{s}'") from None
     if not (0.0 <= v < 1.0):
         raise argparse.ArgumentTypeError(f"noise level must be in [0, 1), got {s}")
     return v
@@ -149,7 +152,25 @@ def apply_overrides(cfg: Config, items: list[str]) -> None:
         if not sep or sub is None or not dataclasses.is_dataclass(sub) or field not in sub.__dataclass_fields__:
             raise DataError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
                             f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
-        setattr(sub, field, _parse_value(value))
+        setattr(sub, field, _typed(f"--set {item}", getattr(sub, field), _parse_value(value)))
+
+
+def _typed(what: str, current, value):
+    """Check an override against the field's current value type (None-valued fields accept anything)."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+            ok = value.is_integer()
+            value = int(value) if ok else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise DataError(f"{what}: expected a {type(current).__name__}, got {value!r}")
+    return value
 
 
 def config_from_args(a) -> Config:
@@ -157,7 +178,10 @@ def config_from_args(a) -> Config:
     if a.config:
         from .data.coco import read_json
 
-        cfg = Config.from_dict(read_json(a.config))
+        try:
+            cfg = Config.from_dict(read_json(a.config, what="config file"), src=a.config)
+        except (ValueError, TypeError) as e:
+            raise DataError(str(e)) from None
     cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann, cfg.data.images = a.data, a.train_ann, a.val_ann, a.images
     cfg.data.noise, cfg.data.noise_seed, cfg.data.keep_empty = a.noise, a.noise_seed, a.keep_empty
     cfg.data.num_workers = a.workers

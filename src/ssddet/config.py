@@ -51,7 +51,7 @@ class SSDDetConfig:
     top_k: int = 7
     sampler: str = "large"  # large (P=125) | small (P=45) | auto
     auto_iters: int = 200  # sampler="auto": training iterations measured before choosing large/small
-    auto_thresh: float = 0.1  # sampler="auto": choose "small" if the median relative SPSD-I correction is below
+    auto_thresh: float = 0.1  # sampler="auto": "small" if the median relative SPSD-I correction is below this
     scale_ranges: Optional[list] = None  # overrides the preset if given
     shift_ratio: Optional[float] = None
     valid_iof: float = 0.7
@@ -126,12 +126,17 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+    def from_dict(cls, d: dict[str, Any], src: str = "config") -> "Config":
+        """Rebuild from `to_dict()` output; unknown sections or keys are an error (a typo must not be ignored)."""
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                    "ssddet": SSDDetConfig, "oamil": OAMILConfig}
+        unknown = [k for k in d if k not in sections]
         kwargs = {}
-        for name in sections:
-            sub_cls = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                       "ssddet": SSDDetConfig, "oamil": OAMILConfig}[name]
+        for name, sub_cls in sections.items():
             known = {f.name for f in dataclasses.fields(sub_cls)}
-            kwargs[name] = sub_cls(**{k: v for k, v in d.get(name, {}).items() if k in known})
+            given = d.get(name, {})
+            unknown += [f"{name}.{k}" for k in given if k not in known]
+            kwargs[name] = sub_cls(**{k: v for k, v in given.items() if k in known})
+        if unknown:
+            raise ValueError(f"{src}: unknown config key(s): {', '.join(unknown)}")
         return cls(**kwargs)

@@ -21,6 +21,7 @@ from .errors import DataError
 log = logging.getLogger(__name__)
 
 MIN_BOX_SIDE = 0.5  # px; thinner boxes (after clipping to the image) carry no trainable signal
+IMAGE_SIZE_FROM_FILE = "image width/height missing in JSON (read from the file)"  # a per-image warning
 
 
 @dataclass
@@ -48,6 +49,7 @@ class CocoData:
     records: list[ImageRecord]
     warnings: Counter
     info: dict
+    warning_examples: dict = field(default_factory=dict)  # warning kind -> first few annotation/image ids
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +80,8 @@ class CocoData:
             images.append({"id": r.image_id, "width": r.width, "height": r.height, "file_name": str(r.path)})
             for box, lab, aid in zip(r.boxes, r.labels, r.ann_ids):
                 xywh = xyxy_to_xywh(box).tolist()
-                anns.append({"id": int(aid), "image_id": r.image_id, "category_id": self.label_to_cat[int(lab)],
+                anns.append({"id": int(aid), "image_id": r.image_id,
+                             "category_id": self.label_to_cat[int(lab)],
                              "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
             for box, lab in zip(r.crowd_boxes, r.crowd_labels):
                 xywh = xyxy_to_xywh(box).tolist()
@@ -89,19 +92,33 @@ class CocoData:
         return {"images": images, "annotations": anns, "categories": self.categories}
 
 
-def read_json(path: str | Path) -> dict:
-    """Read a COCO JSON file with a clear error for missing, truncated or non-object files."""
+def read_json(path: str | Path, what: str = "annotation file") -> dict:
+    """Read a COCO JSON file with a clear error for missing, truncated or non-object files.
+    `what` names the file in messages (e.g. "config file")."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: annotation file not found")
+        raise DataError(f"{p}: {what} not found")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: {what} is empty (expected JSON)")
     try:
         with open(p, encoding="utf-8") as f:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the {what} ({e.strerror or e})") from None
     if not isinstance(d, dict):
         raise DataError(f"{p}: top level must be a JSON object with images/annotations/categories")
     return d
+
+
+def _hashable(x: Any) -> Any:
+    """x if it can be a dict key (an id), else None (a list/dict id is invalid, not a crash)."""
+    try:
+        hash(x)
+    except TypeError:
+        return None
+    return x
 
 
 def _as_number(x: Any) -> float | None:
@@ -129,8 +146,8 @@ def _parse_categories(d: dict, src: str) -> list[dict]:
         if c["id"] in seen:
             raise DataError(f"{src}: duplicate category id {c['id']}")
         seen.add(c["id"])
-        cats.append({"id": c["id"], "name": str(c.get("name", c["id"])), **({"supercategory": c["supercategory"]}
-                                                                          if "supercategory" in c else {})})
+        extra = {"supercategory": c["supercategory"]} if "supercategory" in c else {}
+        cats.append({"id": c["id"], "name": str(c.get("name", c["id"])), **extra})
     return sorted(cats, key=lambda c: c["id"])
 
 
@@ -144,7 +161,7 @@ def _image_size_from_file(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _parse_images(d: dict, src: str, root: Path, warn: Counter) -> dict[int, dict]:
+def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) -> dict[int, dict]:
     images: dict[int, dict] = {}
     for i, im in enumerate(d["images"]):
         if not isinstance(im, dict) or isinstance(im.get("id"), bool) or not isinstance(im.get("id"), int):
@@ -157,12 +174,13 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter) -> dict[int, dic
             raise DataError(f"{src}: image {iid} has no 'file_name'")
         w, h = _as_number(im.get("width")), _as_number(im.get("height"))
         path = root / fn
-        if not w or not h or w <= 0 or h <= 0:
+        if w is None or h is None or w < 1 or h < 1:
             size = _image_size_from_file(path)
             if size is None:
-                raise DataError(f"{src}: image {iid} ({fn}) has no valid width/height and the file cannot be read")
+                raise DataError(f"{src}: image {iid} ({fn}) has no valid width/height and the file {path} "
+                                "cannot be read")
             w, h = size
-            warn["image size missing in JSON, read from file"] += 1
+            _note(warn, examples, IMAGE_SIZE_FROM_FILE, iid, src)
         split = im.get("split")
         images[iid] = {"id": iid, "path": path, "width": int(round(w)), "height": int(round(h)),
                        "split": None if split is None else str(split), "order": i}
@@ -208,22 +226,24 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
     cat_to_label = {c["id"]: i + 1 for i, c in enumerate(cats)}
     warn: Counter = Counter()
     examples: dict[str, list] = {}
-    images = _parse_images(d, src, root, warn)
-    per_image: dict[int, dict[str, list]] = {iid: {"boxes": [], "labels": [], "ids": [], "true": [], "crowd": [], "crowd_labels": []}
-                                             for iid in images}
+    images = _parse_images(d, src, root, warn, examples)
+    slot_keys = ("boxes", "labels", "ids", "true", "crowd", "crowd_labels")
+    per_image: dict[int, dict[str, list]] = {iid: {k: [] for k in slot_keys} for iid in images}
     ann_ids = set()
     for i, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
             raise DataError(f"{src}: annotations[{i}] is not an object")
         aid = a.get("id", f"#{i}")
+        if _hashable(aid) is None:
+            raise DataError(f"{src}: annotations[{i}] has an invalid id {aid!r}")
         if aid in ann_ids:
             raise DataError(f"{src}: duplicate annotation id {aid}")
         ann_ids.add(aid)
-        iid = a.get("image_id")
-        if iid not in images:
+        iid = _hashable(a.get("image_id"))
+        if iid is None or iid not in images:
             _note(warn, examples, "unknown image_id (skipped)", aid, src)
             continue
-        if a.get("category_id") not in cat_to_label:
+        if _hashable(a.get("category_id")) not in cat_to_label:
             _note(warn, examples, "unknown category_id (skipped)", aid, src)
             continue
         box = _parse_box(a.get("bbox"))
@@ -248,10 +268,18 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
         slot["true"].append(true)
     for reason, n in warn.items():
         ex = examples.get(reason)
-        log.warning("%s: %d annotation(s): %s%s", src, n, reason, f" (e.g. ids {ex})" if ex else "")
-    records = [_make_record(images[iid], per_image[iid]) for iid in sorted(images, key=lambda k: images[k]["order"])]
+        log.warning("%s: %d %s: %s%s", src, n, warning_unit(reason), reason,
+                    f" (e.g. ids {ex})" if ex else "")
+    order = sorted(images, key=lambda k: images[k]["order"])
+    records = [_make_record(images[iid], per_image[iid]) for iid in order]
+    info = d.get("info", {}) if isinstance(d.get("info"), dict) else {}
     return CocoData(ann_path=src, images_root=root, categories=cats, records=records, warnings=warn,
-                    info=d.get("info", {}) if isinstance(d.get("info"), dict) else {})
+                    info=info, warning_examples=examples)
+
+
+def warning_unit(reason: str) -> str:
+    """What a warning kind counts: images or annotations."""
+    return "image(s)" if reason == IMAGE_SIZE_FROM_FILE else "annotation(s)"
 
 
 def _make_record(im: dict, slot: dict) -> ImageRecord:

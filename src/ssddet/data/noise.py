@@ -3,8 +3,8 @@
 Per kept box (x1, y1, x2, y2) of image (W, H) and level r, four draws in this order from ONE legacy
 `np.random.RandomState(seed)` stream: dx = w*U(-r,r), dy = h*U(-r,r), w' = w*(1+U(-r,r)), h' = h*(1+U(-r,r)).
 The new box keeps the moved centre, is clipped to [0, W-1] x [0, H-1], and falls back to the clean box when
-degenerate. Images go in JSON order, boxes in annotation order; boxes the official parser drops (crowd, area<=0,
-w<1 or h<1, no overlap with the image, unknown category) consume no draws and are left untouched.
+degenerate. Images go in JSON order, boxes in annotation order; boxes the official parser drops (crowd,
+area<=0, w<1 or h<1, no overlap with the image, unknown category) consume no draws and are left untouched.
 """
 from __future__ import annotations
 
@@ -43,10 +43,9 @@ def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
     bbox = ann.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return False
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        return False
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in bbox):
+        return False  # strings etc.: the loader rejects these boxes too, so they must not consume draws
+    x, y, w, h = (float(v) for v in bbox)
     if not all(np.isfinite([x, y, w, h])):
         return False
     inter_w = max(0.0, min(x + w, img["width"]) - max(x, 0.0))
@@ -56,7 +55,39 @@ def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
     area = ann.get("area", w * h)
     if not isinstance(area, (int, float)) or area <= 0 or w < 1 or h < 1:
         return False
-    return ann.get("category_id") in cat_ids
+    return _key(ann.get("category_id")) in cat_ids
+
+
+def _check_noise_input(coco, src: str) -> None:
+    """The structure the generator walks (a clear error instead of a crash on a malformed file)."""
+    if not isinstance(coco, dict):
+        raise DataError(f"{src}: top level must be a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if key not in coco:
+            raise DataError(f"{src}: missing top-level key '{key}'")
+        if not isinstance(coco[key], list):
+            raise DataError(f"{src}: '{key}' must be a list, got {type(coco[key]).__name__}")
+    for key in ("images", "annotations", "categories"):
+        for i, item in enumerate(coco[key]):
+            if not isinstance(item, dict):
+                raise DataError(f"{src}: {key}[{i}] is not an object")
+    seen = set()
+    for i, im in enumerate(coco["images"]):
+        iid = im.get("id")
+        if isinstance(iid, bool) or not isinstance(iid, int):
+            raise DataError(f"{src}: images[{i}] needs an integer 'id'")
+        if iid in seen:
+            raise DataError(f"{src}: duplicate image id {iid}")
+        seen.add(iid)
+
+
+def _key(x):
+    """x if usable as an id (hashable), else None."""
+    try:
+        hash(x)
+    except TypeError:
+        return None
+    return x
 
 
 def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[int] | None = None,
@@ -69,20 +100,22 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
     """
     if not (0.0 <= level < 1.0) or not np.isfinite(level):
         raise DataError(f"noise level must be in [0, 1), got {level}")
+    _check_noise_input(coco, src)
     out = copy.deepcopy(coco)
     selected = None if image_ids is None else set(image_ids)
     images = [im for im in out.get("images", []) if selected is None or im.get("id") in selected]
     by_image: dict = {}
     for ann in out.get("annotations", []):
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
-    cat_ids = {c.get("id") for c in out.get("categories", [])}
+        by_image.setdefault(_key(ann.get("image_id")), []).append(ann)
+    cat_ids = {_key(c.get("id")) for c in out.get("categories", [])} - {None}
     rng = np.random.RandomState(seed)  # seeded once per output file, as the official generator
     ious = []
     for im in images:
         if not isinstance(im.get("width"), (int, float)) or not isinstance(im.get("height"), (int, float)):
             raise DataError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise")
         for ann in by_image.get(im.get("id"), []):
-            ann.setdefault("true_bbox", list(ann["bbox"]) if isinstance(ann.get("bbox"), list) else ann.get("bbox"))
+            bbox = ann.get("bbox")
+            ann.setdefault("true_bbox", list(bbox) if isinstance(bbox, list) else bbox)
             if level == 0 or not _official_keeps(ann, im, cat_ids):
                 continue
             clean = xywh_to_xyxy(ann["bbox"])

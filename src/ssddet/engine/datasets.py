@@ -63,9 +63,12 @@ def load_train_val(cfg: DataConfig) -> Splits:
     train_path, val_path, root, by_split = _sources(cfg)
     raw = read_json(train_path)
     if cfg.noise > 0:
-        raw = _noisy(raw, cfg, str(train_path), by_split)
+        raw = _noisy(_fill_image_sizes(raw, root), cfg, str(train_path), by_split)
     train = parse_coco(raw, str(train_path), root)
-    val = train if val_path == train_path and cfg.noise == 0 else parse_coco(read_json(val_path), str(val_path), root)
+    if val_path == train_path and cfg.noise == 0:
+        val = train
+    else:
+        val = parse_coco(read_json(val_path), str(val_path), root)
     if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
         raise DataError(f"{train_path} and {val_path} have different category ids")
     train_recs = _select(train, cfg.train_split, by_split)
@@ -73,6 +76,25 @@ def load_train_val(cfg: DataConfig) -> Splits:
     check_image_files(train_recs, str(train_path))
     check_image_files(val_recs, str(val_path))
     return Splits(train, train_recs, val, val_recs)
+
+
+def _fill_image_sizes(raw: dict, root: Path) -> dict:
+    """Images without a usable width/height in the JSON get the file's size (the noise generator clips to it),
+    as the loader does; what cannot be read is left for the loader to report."""
+    from ..data.coco import _as_number, _image_size_from_file
+
+    images = raw.get("images") if isinstance(raw, dict) else None
+    if not isinstance(images, list):
+        return raw
+    filled = []
+    for im in images:
+        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and any(
+                (_as_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
+            size = _image_size_from_file(root / im["file_name"])
+            if size is not None:
+                im = {**im, "width": size[0], "height": size[1]}
+        filled.append(im)
+    return {**raw, "images": filled}
 
 
 def _noisy(raw: dict, cfg: DataConfig, src: str, by_split: bool) -> dict:

@@ -1,10 +1,12 @@
-"""COCO evaluation (faster-coco-eval: the same 12 numbers as pycocotools, much faster) and prediction export."""
+"""COCO evaluation (faster-coco-eval: the same 12 numbers as pycocotools, much faster) and prediction
+export."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +58,7 @@ def coco_evaluate(gt: dict, results: list[dict]) -> dict:
         return out
     gt_coco = _coco(gt)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt_coco = gt_coco.loadRes(results)
+        dt_coco = gt_coco.loadRes([dict(r) for r in results])  # loadRes adds fields to the dicts it gets
         ev = COCOeval_faster(gt_coco, dt_coco, iouType="bbox", print_function=lambda *a, **k: None)
         ev.evaluate()
         ev.accumulate()
@@ -69,6 +71,10 @@ def coco_evaluate(gt: dict, results: list[dict]) -> dict:
     return out
 
 
+def _finite(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def load_results(path: str | Path, gt: dict) -> list[dict]:
     """Read and validate a COCO results file against the ground truth's images and categories."""
     p = Path(path)
@@ -76,6 +82,8 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
         res = json.loads(p.read_text())
     except FileNotFoundError:
         raise DataError(f"{p}: results file not found") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot read the results file ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: not valid JSON ({e})") from None
     if isinstance(res, dict) and "annotations" in res:
@@ -88,12 +96,21 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
     for i, r in enumerate(res):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox"} <= r.keys():
             raise DataError(f"{p}: entry {i} needs image_id, category_id and bbox")
-        if r["category_id"] not in cat_ids:
-            raise DataError(f"{p}: entry {i} has category_id {r['category_id']} unknown to the ground truth")
-        if r["image_id"] in image_ids:
-            kept.append({**r, "score": float(r.get("score", 1.0))})
+        cat, iid, bbox, score = r["category_id"], r["image_id"], r["bbox"], r.get("score", 1.0)
+        if isinstance(cat, bool) or not isinstance(cat, int) or cat not in cat_ids:
+            raise DataError(f"{p}: entry {i} has category_id {cat!r} unknown to the ground truth "
+                            f"(known: {sorted(cat_ids)})")
+        if isinstance(iid, bool) or not isinstance(iid, int):
+            raise DataError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
+            raise DataError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
+        if not _finite(score):
+            raise DataError(f"{p}: entry {i} has an invalid score {score!r}")
+        if iid in image_ids:
+            kept.append({**r, "bbox": [float(v) for v in bbox], "score": float(score)})
     if len(kept) < len(res):
-        log.warning("%s: %d detection(s) on images outside the evaluated split ignored", p, len(res) - len(kept))
+        log.warning("%s: %d detection(s) on images outside the evaluated split ignored", p,
+                    len(res) - len(kept))
     return kept
 
 

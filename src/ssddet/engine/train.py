@@ -175,7 +175,8 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
         avg = Averager()
         bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                   disable=not self.main, leave=False, dynamic_ncols=True)
+                   disable=not self.main, leave=False, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
         for i, (images, targets) in enumerate(self.train_loader):
             if i >= self.iters_per_epoch:
                 break

@@ -6,8 +6,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.coco import load_coco
+from ..data.coco import load_coco, warning_unit
 from ..data.errors import DataError
+
+# image problems that make the set unusable (the others are warnings); keys start with the kind
+FATAL_IMAGE_PROBLEMS = ("image file missing", "image file unreadable")
 
 
 def add_check_parser(sub) -> None:
@@ -54,16 +57,21 @@ def summarise(data, image_problems: Counter) -> tuple[str, bool]:
                                                 enumerate(data.class_names)),
              f"images without boxes: {sum(1 for r in recs if len(r.boxes) == 0)}",
              f"crowd boxes (ignored for training): {sum(len(r.crowd_boxes) for r in recs)}",
-             f"annotations with clean true_bbox: {sum(len(r.boxes) for r in recs if r.true_boxes is not None)}"]
+             "annotations with clean true_bbox: "
+             f"{sum(len(r.boxes) for r in recs if r.true_boxes is not None)}"]
     empty_cats = [n for i, n in enumerate(data.class_names) if per_class.get(i + 1, 0) == 0]
     if empty_cats:
         lines.append(f"warning: categories without any box: {empty_cats}")
+    examples = getattr(data, "warning_examples", {}) or {}
     for kind, n in sorted(data.warnings.items()):
-        lines.append(f"warning: {n} annotation(s): {kind}")
-    fatal = ("missing", "unreadable")
+        ex = f" (e.g. ids {examples[kind]})" if examples.get(kind) else ""
+        lines.append(f"warning: {n} {warning_unit(kind)}: {kind}{ex}")
     for kind, n in sorted(image_problems.items()):
-        lines.append(f"{'error' if any(f in kind for f in fatal) else 'warning'}: {n} image(s): {kind}")
-    ok = boxes > 0 and not any(any(f in k for f in fatal) for k in image_problems)
+        level = "error" if kind.startswith(FATAL_IMAGE_PROBLEMS) else "warning"
+        lines.append(f"{level}: {n} image(s): {kind}")
+    if boxes == 0:
+        lines.append("error: no usable box in the dataset (see the warnings above)")
+    ok = boxes > 0 and not any(k.startswith(FATAL_IMAGE_PROBLEMS) for k in image_problems)
     lines.append("OK" if ok else "NOT USABLE as is (see errors above)")
     return "\n".join(lines), ok
 

@@ -22,8 +22,8 @@ def topk_merge(bag: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
     Returns:
         boxes: Tensor[M, 4] = sum_top-k w_p * box_p with w = s / sum_top-k s. If every score of a bag is 0
-            (e.g. a bag with no valid proposal) the box falls back to the highest-scoring proposal, which is the first
-            one on ties: for a neighbourhood bag that is the unshifted sample, i.e. the input box.
+            (e.g. a bag with no valid proposal) the box falls back to the highest-scoring proposal, which is
+            the first one on ties: for a neighbourhood bag that is the unshifted sample, i.e. the input box.
         weight: Tensor[M] = sum of `scores` over the WHOLE bag (not just the top k). With stage-I scores
             q = S^cls[c] * S^ins[c] this is the bag score of the GT class, the per-object weight omega of
             method.md 3.1 step 3.
@@ -71,12 +71,3 @@ def clip_boxes(boxes: Tensor, image_hw: Sequence[int] | Tensor) -> Tensor:
     x2 = torch.minimum(torch.maximum(boxes[:, 2], zero), w)
     y2 = torch.minimum(torch.maximum(boxes[:, 3], zero), h)
     return torch.stack([x1, y1, x2, y2], dim=1)
-
-
-def topk_merge_clipped(bag: Tensor, scores: Tensor, k: int, image_hw: Tensor | None) -> tuple[Tensor, Tensor]:
-    """`topk_merge` followed by `clip_boxes` when `image_hw` (Tensor[M, 2]) is given (stage I, and stage II without
-    SISD); returns (boxes Tensor[M, 4], weight Tensor[M])."""
-    boxes, weight = topk_merge(bag, scores, k)
-    if image_hw is not None:
-        boxes = clip_boxes(boxes, image_hw)
-    return boxes, weight

@@ -3,11 +3,11 @@
 Shapes: M objects, P proposals per bag, K foreground classes, N negatives (all images together).
 
 Label convention (torchvision): labels are 1..K, 0 = background.
-- Stage I has K+1 outputs per proposal; index 0 is background and index c is class c (so the label is the index).
+- Stage I has K+1 outputs per proposal; index 0 is background, index c is class c (the label is the index).
 - Stage II has K outputs; index c-1 is class c.
 
-Everything here runs in float32 with autocast off: the bag scores are products and sums of probabilities and the
-BCE is unsafe in half precision (torch refuses binary_cross_entropy under CUDA autocast).
+Everything here runs in float32 with autocast off: the bag scores are products and sums of probabilities and
+the BCE is unsafe in half precision (torch refuses binary_cross_entropy under CUDA autocast).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def _no_autocast(t: Tensor) -> torch.autocast:
 def masked_bag_softmax(ins_logits: Tensor, valid: Tensor | None) -> Tensor:
     """Instance score: softmax over the P proposals of each bag, zeroed on invalid ones and renormalised.
 
-    Equivalent to the code's softmax * v / sum(softmax * v), but computed as a softmax over the valid logits only
-    so that it cannot underflow to 0/0. A bag without any valid proposal gets all-zero instance scores.
+    Equivalent to the code's softmax * v / sum(softmax * v), but computed as a softmax over the valid logits
+    only so that it cannot underflow to 0/0. A bag without any valid proposal gets all-zero instance scores.
 
     Args:
         ins_logits: Tensor[M, P, C] (C = K+1 or K).
@@ -40,7 +40,7 @@ def masked_bag_softmax(ins_logits: Tensor, valid: Tensor | None) -> Tensor:
     if valid is None:
         return x.softmax(dim=1)
     any_valid = valid.any(dim=1, keepdim=True)  # [M, 1]
-    # rows with no valid proposal keep all logits so the softmax stays finite (no NaN in backward); zeroed below
+    # rows without a valid proposal keep all logits (finite softmax, no NaN in backward); zeroed below
     keep = valid | ~any_valid
     s = x.masked_fill(~keep[..., None], float("-inf")).softmax(dim=1)
     return s * valid[..., None].to(s.dtype)
@@ -97,9 +97,9 @@ def stage1_loss(bag: Tensor, labels: Tensor, obj_mask: Tensor | None = None) -> 
     Args:
         bag: Tensor[M, K+1] bag scores.
         labels: Int64[M] in 1..K (index into K+1; the background column always has target 0).
-        obj_mask: optional Bool[M]; objects to count. The code divides by the number of objects with at least one
-            valid proposal (in practice all: the unshifted proposal is the noisy box), and such an object's bag
-            score is 0 by construction, so the refiner passes `valid.any(1)` here.
+        obj_mask: optional Bool[M]; objects to count. The code divides by the number of objects with at least
+            one valid proposal (in practice all: the unshifted proposal is the noisy box), and such an
+            object's bag score is 0 by construction, so the refiner passes `valid.any(1)` here.
 
     Returns:
         scalar float32 (not multiplied by w_mil1). sum / max(#counted, 1).
@@ -147,8 +147,8 @@ def stage2_loss(bag: Tensor, labels: Tensor, weight: Tensor | None = None) -> Te
 def negative_loss(
     neg_logits: Tensor, num_objects: int, beta: Tensor | None = None, neg_valid: Tensor | None = None
 ) -> Tensor:
-    """Stage-II background term on random negatives: sum_neg sum_k sigma^2 * -log(1 - sigma + 1e-6), times beta,
-    divided by the number of objects M (the positive stage-II normaliser).
+    """Stage-II background term on random negatives: sum_neg sum_k sigma^2 * -log(1 - sigma + 1e-6), times
+    beta, divided by the number of objects M (the positive stage-II normaliser).
 
     The full term of the paper / code is w_neg * mean(omega) * this sum / M with w_neg = 0.75: pass
     beta = mean(omega) here; the caller (the refiner) multiplies by the config weight w_neg.
@@ -157,8 +157,8 @@ def negative_loss(
         neg_logits: Tensor[N, K] stage-II class logits of the negatives.
         num_objects: M.
         beta: optional scalar Tensor (mean omega, detached).
-        neg_valid: optional Bool[N]; negatives to count (the refiner does not pool invalid ones at all, which gives
-            the same value).
+        neg_valid: optional Bool[N]; negatives to count (the refiner does not pool invalid ones at all, which
+            gives the same value).
 
     Returns:
         scalar float32 (not multiplied by w_neg).

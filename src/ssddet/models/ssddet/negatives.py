@@ -15,15 +15,15 @@ from torchvision.ops import box_iou
 def random_negatives(image_size: Sequence[int], n: int, generator: torch.Generator | None = None) -> Tensor:
     """Draw `n` uniform random boxes over an enlarged image, as the released code does.
 
-    x1 ~ U(-0.2W, W), y1 ~ U(-0.2H, H), x2 = x1 + U(0,1)*(1.2W - x1), y2 = y1 + U(0,1)*(1.2H - y1), drawn in the
-    order x1, y1, x2, y2 (n draws each) so that a seeded generator gives a reproducible stream. Boxes may reach
-    1.2*W and are not clipped (the code does not clip them).
+    x1 ~ U(-0.2W, W), y1 ~ U(-0.2H, H), x2 = x1 + U(0,1)*(1.2W - x1), y2 = y1 + U(0,1)*(1.2H - y1), drawn in
+    the order x1, y1, x2, y2 (n draws each) so that a seeded generator gives a reproducible stream. Boxes may
+    reach 1.2*W and are not clipped (the code does not clip them).
 
     Args:
         image_size: (h, w) of the resized image before padding.
         n: number of boxes.
-        generator: torch.Generator; the boxes are drawn on its device (CPU for the default generator) and returned
-            there. None uses the global RNG.
+        generator: torch.Generator; the boxes are drawn on its device (CPU for the default generator) and
+            returned there. None uses the global RNG.
 
     Returns:
         Tensor[n, 4] xyxy float32.
@@ -46,7 +46,8 @@ def select_negatives(negs: Tensor, bag_boxes: Tensor, thresh: float = 0.3) -> Te
 
     Args:
         negs: Tensor[n, 4] xyxy.
-        bag_boxes: Tensor[Q, 4] xyxy, all bag proposals of the image (Q may be 0: then every negative is kept).
+        bag_boxes: Tensor[Q, 4] xyxy, all bag proposals of the image (Q may be 0: then every negative is
+            kept).
         thresh: IoU threshold (0.3 in the code).
 
     Returns:
@@ -55,6 +56,6 @@ def select_negatives(negs: Tensor, bag_boxes: Tensor, thresh: float = 0.3) -> Te
     if bag_boxes.numel() == 0:
         return torch.ones(negs.shape[0], dtype=torch.bool, device=negs.device)
     iou = box_iou(negs.float(), bag_boxes.float().to(negs.device))  # [n, Q]
-    # nan (0/0 for two zero-area boxes) compares False and would drop the negative; zero-area negatives overlap
-    # nothing, so count nan as 0
+    # nan (0/0 for two zero-area boxes) compares False and would drop the negative; zero-area negatives
+    # overlap nothing, so count nan as 0
     return (torch.nan_to_num(iou, nan=0.0) < thresh).all(dim=1)

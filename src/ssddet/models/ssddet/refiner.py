@@ -2,15 +2,15 @@
 
 Shapes: N images, M objects in the batch (image-major: the objects of image 0 first), P proposals per bag,
 K foreground classes, C FPN channels (256), R RoI resolution (7), D trunk width (1024), Q negatives kept.
-
-Data flow of one call (the released code's path; method.md 5 items 1-4):
+ Data flow of one call (the released code's path; method.md 5 items 1-4):
 
     b* (noisy)  --sampler-->  B0 [M,P,4] + validity v0
     B0  --RoIAlign, shared trunk, reg_ori (SPSD-I, target b*)-->  B1 (detached)          [pool 1: M*P RoIs]
     B1  --RoIAlign, shared trunk-->  F1  --cls0/ins0 (stage-I MIL)-->  b̂, omega          [pool 2: M*P RoIs]
     F1  --reg0 (SPSD-II, target b̂, omega-weighted)-->  B2 (detached, all valid)
-    B2 + negatives  --RoIAlign, shared trunk-->  cls1/ins1 (stage-II MIL + negatives)    [pool 3: M*P + Q RoIs]
-    B2 feats  --SISD trunk + ORE + iou-->  U  ->  b̃ = top-k of sigma(cls)*U'           [SISD trunk: M*P RoIs]
+    B2 + negatives  --RoIAlign, shared trunk-->  cls1/ins1 (stage-II MIL + negatives)    [pool 3: M*P + Q
+    RoIs] B2 feats  --SISD trunk + ORE + iou-->  U  ->  b̃ = top-k of sigma(cls)*U'           [SISD trunk: M*P
+    RoIs]
 
 Only boxes are detached; every loss trains the backbone/FPN through the pooled features (method.md 3.5).
 """
@@ -34,6 +34,8 @@ from .spsd import SPSDRegressor
 
 LOSS_NAMES = ("loss_spsd1", "loss_mil1", "loss_spsd2", "loss_mil2", "loss_neg", "loss_sisd")
 CLS_PRIOR = 0.01  # fc_cls bias init: log(p / (1 - p)) = -4.595 (mmdet bias_prob)
+# smallest pseudo-box side (px) passed on; the data loader drops GT boxes under 1 px too (method.md 1)
+MIN_BOX_SIZE = 1.0
 
 # sampler_state buffer values
 _UNDECIDED, _LARGE, _SMALL = -1, 0, 1
@@ -44,10 +46,11 @@ class RefinerOutput:
     """What one refiner call returns.
 
     refined: per image Tensor[M_i, 4] xyxy, the final pseudo boxes b̃ (detached). Objects the refiner skipped
-        (over the per-image cap, or degenerate boxes) keep their noisy box.
+        (over the per-image cap, or degenerate input boxes) keep their noisy box, and so does an object whose
+        pseudo box comes out degenerate (side < 1 px or non-finite; counted in stats["num_fallback"]).
     stage1: per image Tensor[M_i, 4], the stage-I boxes b̂ (detached; noisy box for skipped objects).
-    losses: the six LOSS_NAMES, each a scalar already multiplied by its config weight (w_spsd1 ...). Terms that a
-        switch turns off are graph-connected zeros, so the keys never change.
+    losses: the six LOSS_NAMES, each a scalar already multiplied by its config weight (w_spsd1 ...). Terms
+        that a switch turns off are graph-connected zeros, so the keys never change.
     stats: floats for logging only (never part of a loss).
     """
 
@@ -74,7 +77,8 @@ class SSDDetRefiner(nn.Module):
         reg0: SPSD-II regressor (if cfg.spsd and num_stages == 2). cls1/ins1: D -> K (if num_stages == 2).
         sisd: separate trunk + iou head (if cfg.sisd and num_stages == 2).
 
-    Buffers (saved in state_dict): sampler_state (-1 undecided "auto", 0 large, 1 small), auto_iter, auto_hist.
+    Buffers (saved in state_dict): sampler_state (-1 undecided "auto", 0 large, 1 small), auto_iter,
+    auto_hist.
 
     Randomness (object cap subset, negatives) comes from `generator` (forward argument), else `self.generator`
     (set with `manual_seed`), else torch's global RNG.
@@ -136,7 +140,7 @@ class SSDDetRefiner(nn.Module):
         return "small" if int(self.sampler_state) == _SMALL else "large"
 
     def sampler_params(self) -> tuple[list[float], float]:
-        """(scales, shift) now in use: the active preset, with cfg.scale_ranges / cfg.shift_ratio overriding it."""
+        """(scales, shift) in use now: the active preset, overridden by cfg.scale_ranges / cfg.shift_ratio."""
         scales, shift = PRESETS[self.sampler_name()]
         if self.cfg.scale_ranges is not None:
             scales = [float(s) for s in self.cfg.scale_ranges]
@@ -151,8 +155,8 @@ class SSDDetRefiner(nn.Module):
         """One RoIAlign call + one shared-trunk call. rois: per image Tensor[n_i, 4].
         Returns (pooled Tensor[sum n_i, C, R, R], trunk features Tensor[sum n_i, D])."""
         ref = next(iter(features.values()))
-        # keep fp32 boxes under autocast (torchvision's roi_align casts itself); outside it the kernel wants the
-        # feature dtype
+        # keep fp32 boxes under autocast (torchvision's roi_align casts itself); outside it the kernel wants
+        # the feature dtype
         dtype = torch.float32 if torch.is_autocast_enabled(ref.device.type) else ref.dtype
         pooled = self.box_roi_pool(
             features, [r.to(device=ref.device, dtype=dtype) for r in rois], image_sizes
@@ -167,8 +171,8 @@ class SSDDetRefiner(nn.Module):
         counts: list[int],
         mask: Tensor | None = None,
     ) -> tuple[Tensor, int]:
-        """Shared-trunk features of a batch of bags; proposals where `mask` is False are not pooled and get zero
-        features (only valid when the caller masks them out of everything downstream).
+        """Shared-trunk features of a batch of bags; proposals where `mask` is False are not pooled and get
+        zero features (only valid when the caller masks them out of everything downstream).
 
         Args:
             bag: Tensor[M, P, 4]; counts: objects per image (sum M); mask: optional Bool[M, P].
@@ -189,11 +193,12 @@ class SSDDetRefiner(nn.Module):
 
     def _zero(self) -> Tensor:
         # a zero that is connected to every parameter, so backward() and DDP work on batches without objects
-        return sum(p.sum() for p in self.parameters()) * 0.0
+        # (abs: avoid printing -0.0)
+        return (sum(p.sum() for p in self.parameters()) * 0.0).abs()
 
     def _select(self, boxes: list[Tensor], gen: torch.Generator | None) -> list[Tensor]:
-        """Indices of the objects refined in each image: non-degenerate boxes (a zero-size box cannot be encoded),
-        at most cfg.max_objects_per_image of them (a random subset; <= 0 means no cap)."""
+        """Indices of the objects refined in each image: non-degenerate boxes (a zero-size box cannot be
+        encoded), at most cfg.max_objects_per_image of them (a random subset; <= 0 means no cap)."""
         cap = int(self.cfg.max_objects_per_image)
         out = []
         for b in boxes:
@@ -208,10 +213,10 @@ class SSDDetRefiner(nn.Module):
 
     def _auto_update(self, b0: Tensor, b1: Tensor, scales: list[float]) -> Tensor | None:
         """`sampler="auto"`: record this iteration's median relative SPSD-I correction of the unshifted
-        (scale 1 x 1) proposal, i.e. how far the regressor moves each noisy box, |Δ| / size averaged over the 4
-        coordinates. After cfg.auto_iters training iterations pick "small" if the median over the second half of
-        that window (the regressor is still untrained in the first half) is below cfg.auto_thresh, else "large".
-        Returns this iteration's median (Tensor scalar) or None."""
+        (scale 1 x 1) proposal, i.e. how far the regressor moves each noisy box, |Δ| / size averaged over the
+        4 coordinates. After cfg.auto_iters training iterations pick "small" if the median over the second
+        half of that window (the regressor is still untrained in the first half) is below cfg.auto_thresh,
+        else "large". Returns this iteration's median (Tensor scalar) or None."""
         if 1.0 not in scales:
             return None
         i = scales.index(1.0)
@@ -248,7 +253,8 @@ class SSDDetRefiner(nn.Module):
 
         Args:
             features: FPN outputs {name: Tensor[N, C, H_l, W_l]} (the pooler picks its levels).
-            image_sizes: N (h, w) after resize, before padding: validity masks, negatives and clipping use them.
+            image_sizes: N (h, w) after resize, before padding: validity masks, negatives and clipping use
+                them.
             boxes: N x Tensor[M_i, 4] noisy xyxy in resized coordinates.
             labels: N x Int64[M_i] in 1..K.
             true_boxes: optional N x Tensor[M_i, 4] clean boxes, paired one-to-one with `boxes`; logged only.
@@ -304,8 +310,9 @@ class SSDDetRefiner(nn.Module):
         v0 = bag_validity(b0, hw, cfg.valid_iof)  # [M, P]
         p = b0.shape[1]
 
-        # SPSD-II needs stage-I features of EVERY B1 proposal (its loss and B2 include the invalid ones), so the
-        # stage-I pool may skip invalid proposals only when SPSD-II does not run; the MIL terms mask them anyway.
+        # SPSD-II needs stage-I features of EVERY B1 proposal (its loss and B2 include the invalid ones), so
+        # the stage-I pool may skip invalid proposals only when SPSD-II does not run; the MIL terms mask them
+        # anyway.
         skip_invalid_stage1 = self.reg0 is None
         # ---- step 2: SPSD-I moves B0 towards the statistical object extent -> B1
         if self.reg_ori is not None:
@@ -330,6 +337,7 @@ class SSDDetRefiner(nn.Module):
             q = (p_cls0 * p_ins0)[ar, :, lab]  # [M, P] GT-class proposal scores
             b_hat, omega = topk_merge(b1, q, cfg.top_k)
             b_hat = clip_boxes(b_hat, hw)  # stage-I box is clipped to the image (method.md 5 item 9)
+            b_hat, n_bad = _keep_sane(b_hat, gt)
         b_fin, bag_fin = b_hat, b1
 
         if cfg.num_stages == 2:
@@ -391,6 +399,10 @@ class SSDDetRefiner(nn.Module):
                     b_fin = clip_boxes(b_fin, hw)
             bag_fin = b2
 
+        if cfg.num_stages == 2:
+            b_fin, n_bad2 = _keep_sane(b_fin, gt)
+            n_bad = n_bad + n_bad2
+
         for name in LOSS_NAMES:
             if name not in losses:
                 zero = self._zero() if zero is None else zero
@@ -408,6 +420,7 @@ class SSDDetRefiner(nn.Module):
                     "num_rois_shared": torch.tensor(float(n_shared)),
                     "num_rois_sisd": torch.tensor(float(n_sisd)),
                     "omega_mean": omega.mean(),
+                    "num_fallback": n_bad.float(),
                     "bag_iou_noisy": aligned_box_iou(bag_fin, gt[:, None]).mean(),
                 }
             )
@@ -425,6 +438,18 @@ class SSDDetRefiner(nn.Module):
                     }
                 )
         return RefinerOutput(refined, stage1, losses, _to_floats(stats))
+
+
+def _keep_sane(boxes: Tensor, fallback: Tensor, min_size: float = MIN_BOX_SIZE) -> tuple[Tensor, Tensor]:
+    """Replace non-finite boxes, or boxes with a side under `min_size` px, by `fallback` (the noisy box).
+
+    A degenerate pseudo box (e.g. a stage-I box of an object lying outside the image, clipped to zero width,
+    or a collapsed SPSD decode) would encode to log(0) regression targets in the detector and poison the whole
+    step with inf/NaN. Returns (boxes Tensor[M, 4], number replaced as a 0-dim Tensor)."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    bad = ~torch.isfinite(boxes).all(dim=1) | ~(w >= min_size) | ~(h >= min_size)
+    return torch.where(bad[:, None], fallback.to(boxes), boxes), bad.sum()
 
 
 def _to_floats(stats: dict[str, Tensor]) -> dict[str, float]:

@@ -2,14 +2,13 @@
 
 Shapes: M objects, S = len(scales), P = S*S*5 proposals per bag.
 
-Boxes are xyxy float tensors. Nothing here is clipped: the released code keeps off-image proposals and only marks
-them invalid (IoF with the image <= 0.7), so the regressors still see them (method.md 5 item 9).
+Boxes are xyxy float tensors. Nothing here is clipped: the released code keeps off-image proposals and only
+marks them invalid (IoF with the image <= 0.7), so the regressors still see them (method.md 5 item 9).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -32,15 +31,15 @@ def neighbourhood_bag(boxes: Tensor, scales: Sequence[float], shift: float) -> T
 
     Args:
         boxes: Tensor[M, 4] xyxy.
-        scales: the ratio list R. For each pair (a, b) in R x R (a outer, b inner) the width is scaled by a and the
-            height by b around the same centre.
-        shift: o. Each scaled box also gets 4 copies whose centre moves by -o*w', +o*w' along x and -o*h', +o*h'
-            along y (w', h' = the scaled size).
+        scales: the ratio list R. For each pair (a, b) in R x R (a outer, b inner) the width is scaled by a
+            and the height by b around the same centre.
+        shift: o. Each scaled box also gets 4 copies whose centre moves by -o*w', +o*w' along x and -o*h',
+            +o*h' along y (w', h' = the scaled size).
 
     Returns:
         Tensor[M, P, 4] xyxy, P = len(scales)**2 * 5, ordered scale pair by scale pair, and inside each pair
-        [unshifted, left (-x), right (+x), up (-y), down (+y)]. Proposal 0 is the input box itself (a = b = 1 comes
-        first in both presets). Not clipped.
+        [unshifted, left (-x), right (+x), up (-y), down (+y)]. Proposal 0 is the input box itself (a = b = 1
+        comes first in both presets). Not clipped.
     """
     m = boxes.shape[0]
     r = torch.as_tensor(list(scales), dtype=boxes.dtype, device=boxes.device)
@@ -68,7 +67,7 @@ def neighbourhood_bag(boxes: Tensor, scales: Sequence[float], shift: float) -> T
     return bag.reshape(m, s * s * 5, 4)
 
 
-ImageSize = Union[Sequence[int], Tensor]
+ImageSize = Sequence[int] | Tensor
 
 
 def bag_validity(bag: Tensor, image_size: ImageSize, thresh: float = 0.7) -> Tensor:
@@ -93,7 +92,7 @@ def bag_validity(bag: Tensor, image_size: ImageSize, thresh: float = 0.7) -> Ten
     iw = (torch.minimum(bag[..., 2], w) - bag[..., 0].clamp(min=0)).clamp(min=0)
     ih = (torch.minimum(bag[..., 3], h) - bag[..., 1].clamp(min=0)).clamp(min=0)
     area = (bag[..., 2] - bag[..., 0]).clamp(min=0) * (bag[..., 3] - bag[..., 1]).clamp(min=0)
-    # IoF = inside / area, compared strictly as the code does (a proposal exactly at 0.7 is invalid); zero-area
-    # proposals are invalid (the clamp keeps them at 0 instead of NaN)
+    # IoF = inside / area, compared strictly as the code does (a proposal exactly at 0.7 is invalid);
+    # zero-area proposals are invalid (the clamp keeps them at 0 instead of NaN)
     iof = iw * ih / area.clamp(min=torch.finfo(area.dtype).tiny)
     return (iof > thresh) & (area > 0)

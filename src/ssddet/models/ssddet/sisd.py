@@ -1,9 +1,9 @@
-"""SISD: spatial identity self-distillation, an IoU predictor that re-ranks the stage-II bag (method.md 3.1 step 6-7).
+"""SISD: spatial identity self-distillation, an IoU predictor re-ranking the stage-II bag (method.md 3.1 6-7).
 
 Shapes: M objects, P proposals per bag, C channels (256), R RoI resolution (7), D trunk width (1024).
-
-The head predicts how well each B2 proposal overlaps the stage-I box b̂. It has its OWN 2-FC trunk: sharing the
-MIL trunk costs 4.6 AP in the paper (Table 5), because the MIL features are trained to be class-discriminative
+ The head predicts how well each B2 proposal overlaps the stage-I box b̂. It has its OWN 2-FC trunk: sharing
+the MIL trunk costs 4.6 AP in the paper (Table 5), because the MIL features are trained to be
+class-discriminative
 rather than localisation-aware. ORE adds the bag's mean feature so each proposal is judged relative to its own
 object (this helps separate neighbouring objects of the same class).
 """
@@ -59,7 +59,8 @@ class SISDHead(nn.Module):
         """Predict the normalised IoU of every proposal.
 
         Args:
-            roi_feats: Tensor[M*P, C, R, R] pooled B2 features, object-major (the P proposals of object 0 first).
+            roi_feats: Tensor[M*P, C, R, R] pooled B2 features, object-major (the P proposals of object 0
+                first).
             num_objects: M.
 
         Returns:
@@ -88,7 +89,8 @@ def sisd_targets(bag: Tensor, ref_boxes: Tensor) -> Tensor:
 
 
 def sisd_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """SmoothL1 (beta = 1) averaged over all M*P entries; not omega-weighted, not valid-masked (as in the code).
+    """SmoothL1 (beta = 1) averaged over all M*P entries; not omega-weighted, not valid-masked (as in the
+    code).
 
     Args:
         pred: Tensor[M, P]; target: Tensor[M, P].
@@ -105,8 +107,8 @@ def sisd_loss(pred: Tensor, target: Tensor) -> Tensor:
 def spatial_confidence(pred: Tensor) -> Tensor:
     """U' = 0.5 * U + 0.5 (back to IoU units), then min-max normalised within each bag to [0, 1].
 
-    A bag whose predictions are all equal (max = min) gets all ones, i.e. SISD then leaves the ranking to the class
-    score.
+    A bag whose predictions are all equal (max = min) gets all ones, i.e. SISD then leaves the ranking to the
+    class score.
 
     Args:
         pred: Tensor[M, P] normalised IoU predictions.

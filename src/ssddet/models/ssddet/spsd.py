@@ -2,9 +2,9 @@
 
 Shapes: M objects, P proposals per bag, D trunk width (1024).
 
-A class-agnostic Linear(D, 4) predicts XYWH deltas of every bag proposal towards one target box per object (the
-noisy box for SPSD-I, the stage-I refined box for SPSD-II). Regressing many objects whose noise is roughly zero-mean
-teaches the "statistical" object extent, so the decoded boxes drift towards the true object.
+A class-agnostic Linear(D, 4) predicts XYWH deltas of every bag proposal towards one target box per object
+(the noisy box for SPSD-I, the stage-I refined box for SPSD-II). Regressing many objects whose noise is
+roughly zero-mean teaches the "statistical" object extent, so the decoded boxes drift towards the true object.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class SPSDRegressor(nn.Module):
         self.coder = BoxCoder(weights=SPSD_WEIGHTS, bbox_xform_clip=SPSD_CLIP)
 
     def forward(self, feats: Tensor) -> Tensor:
-        """feats: Tensor[..., D] -> deltas Tensor[..., 4] (dx, dy, dw, dh), weights already applied by the coder."""
+        """feats: Tensor[..., D] -> deltas Tensor[..., 4] (dx, dy, dw, dh) in the coder's weighted units."""
         return self.fc(feats)
 
     def decode(self, deltas: Tensor, proposals: Tensor) -> Tensor:
@@ -45,8 +45,9 @@ class SPSDRegressor(nn.Module):
             proposals: Tensor[M, P, 4] xyxy.
 
         Returns:
-            Tensor[M, P, 4] xyxy float32, detached: the boxes only become RoIs of the next step, and RoIAlign passes
-            no gradient to box coordinates anyway (method.md 3.1 step 4, "detach explicitly"). Not clipped.
+            Tensor[M, P, 4] xyxy float32, detached: the boxes only become RoIs of the next step, and RoIAlign
+            passes no gradient to box coordinates anyway (method.md 3.1 step 4, "detach explicitly"). Not
+            clipped.
         """
         shape = proposals.shape
         with torch.no_grad():
@@ -62,13 +63,14 @@ class SPSDRegressor(nn.Module):
 
         Args:
             deltas: Tensor[M, P, 4] predictions.
-            proposals: Tensor[M, P, 4] xyxy, the boxes the deltas are relative to. Every proposal (invalid ones
-                included) regresses to its object's target, as in the code (method.md 5 item 9).
+            proposals: Tensor[M, P, 4] xyxy, the boxes the deltas are relative to. Every proposal (invalid
+                ones included) regresses to its object's target, as in the code (method.md 5 item 9).
             targets: Tensor[M, 4] xyxy, one target per object.
             weight: optional Tensor[M] per-object weight (omega for SPSD-II), detached by the caller.
 
         Returns:
-            scalar float32 (unweighted by the config; the caller applies w_spsd*). 0 (graph-connected) for M*P == 0.
+            scalar float32 (unweighted by the config; the caller applies w_spsd*). 0 (graph-connected) for
+            M*P == 0.
         """
         m, p = proposals.shape[:2]
         with torch.no_grad():

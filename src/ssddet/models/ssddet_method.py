@@ -1,0 +1,46 @@
+"""SSD-Det training (method.md section 3): the refiner rebuilds every noisy box each iteration and the RPN and
+box head train on the refined boxes b̃ (detached). The refiner is training-only: `.detector` stays a plain
+torchvision FasterRCNN, so inference costs exactly a Faster R-CNN."""
+from __future__ import annotations
+
+import torch
+from torchvision.models.detection import FasterRCNN
+
+from ..config import SSDDetConfig
+from .methods import DetectionMethod, matched_iou
+from .ssddet import SSDDetRefiner
+
+
+class SSDDetMethod(DetectionMethod):
+    def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int):
+        super().__init__(detector)
+        self.cfg = cfg
+        self.refiner = SSDDetRefiner(cfg, num_classes, detector.roi_heads.box_roi_pool,
+                                     in_channels=detector.backbone.out_channels)
+
+    def blend(self, progress: float) -> float:
+        """Weight of the refined box in the detector's target: ramps 0 -> 1 over the warm-up, because a refiner
+        trained from scratch first produces boxes worse than the noisy ones."""
+        if self.cfg.warmup_frac <= 0:
+            return 1.0
+        return min(1.0, progress / self.cfg.warmup_frac)
+
+    def refine_targets(self, features, images, targets, progress: float):
+        noisy = [t["boxes"] for t in targets]
+        true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
+        out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true)
+        a = self.blend(progress)
+        det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, out.refined, noisy)]
+        stats = dict(out.stats)
+        stats["refine_blend"] = a
+        if true is not None and a < 1.0:
+            boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
+            if len(boxes):
+                stats["iou_det_target"] = float(matched_iou(boxes, clean).mean())
+        return det_targets, out.losses, stats
+
+    def weight_losses(self, losses):
+        # The released config multiplies RPN objectness, R-CNN cls and R-CNN box by det_loss_weight (4.0).
+        w = {"loss_objectness": self.cfg.w_det, "loss_classifier": self.cfg.w_det,
+             "loss_box_reg": self.cfg.w_det, "loss_rpn_box_reg": self.cfg.w_rpn_box}
+        return {k: v * w.get(k, 1.0) for k, v in losses.items()}
