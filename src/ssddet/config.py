@@ -70,6 +70,8 @@ class SSDDetConfig:
     # warm-up: the detector trains on a blend noisy->refined over this fraction of training
     warmup_frac: float = 0.0
     trunk_dim: int = 1024
+    trunk_reduce: int = 0  # >0: 1x1 conv to this many channels before the trunk FCs (cheaper refiner)
+    bank: bool = True  # objects not refined this iteration reuse their last refined box (per annotation id)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 GENERATOR = "ssddet.data.synth"
-DATA_VERSION = "synth-v1"
+DATA_VERSION = "synth-v2"
 SPLITS = ("train", "val", "test")
 # Bundled with scikit-image (no pooch download needed).
 BACKGROUND_NAMES = (
@@ -98,7 +98,7 @@ def _digit_mask(glyph: np.ndarray, w: int, h: int) -> np.ndarray:
     intensity levels gives thick strokes and exact zeros outside them.
     """
     up = np.asarray(Image.fromarray(glyph).resize((w, h), Image.BICUBIC), dtype=np.float32)
-    return np.clip((up / 255.0 - 0.3) / 0.2, 0.0, 1.0)
+    return np.clip((up / 255.0 - 0.5) / 0.15, 0.0, 1.0)
 
 
 def _contrast_colour(rs: np.random.RandomState, bg_lum: float) -> np.ndarray:
@@ -262,7 +262,7 @@ def _append_image(coco: dict, out: Path, split: str, idx: int, img: np.ndarray, 
 
 
 def default_data_dir() -> Path:
-    """Directory of the default synthetic set: ``$SSDDET_HOME`` (or ``~/.cache/ssddet``) / ``synth-v1``."""
+    """Directory of the default synthetic set: ``$SSDDET_HOME`` (or ``~/.cache/ssddet``) / ``synth-v2``."""
     home = os.environ.get("SSDDET_HOME")
     root = Path(home).expanduser() if home else Path.home() / ".cache" / "ssddet"
     return root / DATA_VERSION

@@ -15,6 +15,7 @@ def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
             b = target[key].clone()
             b[:, [0, 2]] = width - target[key][:, [2, 0]]
             target[key] = b
+    target["flipped"] = not target.get("flipped", False)
     return image.flip(-1), target
 
 

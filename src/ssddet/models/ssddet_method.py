@@ -1,4 +1,4 @@
-"""SSD-Det training (method.md section 3): the refiner rebuilds every noisy box each iteration and the RPN and
+"""SSD-Det training (method.md section 3): the refiner rebuilds the noisy boxes each iteration and the RPN and
 box head train on the refined boxes b̃ (detached). The refiner is training-only: `.detector` stays a plain
 torchvision FasterRCNN, so inference costs exactly a Faster R-CNN."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ from torchvision.models.detection import FasterRCNN
 from ..config import SSDDetConfig
 from .methods import DetectionMethod, matched_iou
 from .ssddet import SSDDetRefiner
+from .ssddet.bank import BoxBank, from_unit, to_unit
 
 
 class SSDDetMethod(DetectionMethod):
@@ -17,6 +18,7 @@ class SSDDetMethod(DetectionMethod):
         self.cfg = cfg
         self.refiner = SSDDetRefiner(cfg, num_classes, detector.roi_heads.box_roi_pool,
                                      in_channels=detector.backbone.out_channels)
+        self.bank = BoxBank()
 
     def blend(self, progress: float) -> float:
         """Weight of the refined box in the detector's target: ramps 0 -> 1 over the warm-up, because a refiner
@@ -25,17 +27,39 @@ class SSDDetMethod(DetectionMethod):
             return 1.0
         return min(1.0, progress / self.cfg.warmup_frac)
 
+    def _with_bank(self, targets, refined, selected, sizes) -> list:
+        """Objects refined now update the bank; the others take their banked box (else stay noisy)."""
+        out = []
+        for t, r, sel, size in zip(targets, refined, selected, sizes):
+            if not self.training or "ann_ids" not in t or len(r) == 0:
+                out.append(r)
+                continue
+            flipped = bool(t.get("flipped", False))
+            ids = t["ann_ids"].cpu()
+            self.bank.update(ids[sel.cpu()], to_unit(r[sel], size, flipped))
+            banked, found = self.bank.lookup(ids[~sel.cpu()])
+            rest = r[~sel].clone()
+            if found.any():
+                rest[found.to(r.device)] = from_unit(banked[found].to(r), size, flipped)
+            r = r.clone()
+            r[~sel] = rest
+            out.append(r)
+        return out
+
     def refine_targets(self, features, images, targets, progress: float):
         noisy = [t["boxes"] for t in targets]
         true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
         out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true)
+        refined = out.refined
+        if self.cfg.bank:
+            refined = self._with_bank(targets, refined, out.selected, images.image_sizes)
         a = self.blend(progress)
-        det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, out.refined, noisy)]
-        stats = dict(out.stats)
-        stats["refine_blend"] = a
-        if true is not None and a < 1.0:
+        det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, refined, noisy)]
+        stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank))}
+        if true is not None:
             boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
             if len(boxes):
+                # what the detector actually trains on (refined, banked or noisy, blended)
                 stats["iou_det_target"] = float(matched_iou(boxes, clean).mean())
         return det_targets, out.losses, stats
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 from ...config import SSDDetConfig
 from .merge import clip_boxes, topk_merge
@@ -31,6 +30,7 @@ from .negatives import random_negatives, select_negatives
 from .sampler import PRESETS, bag_validity, neighbourhood_bag
 from .sisd import SISDHead, aligned_box_iou, sisd_loss, sisd_targets, spatial_confidence
 from .spsd import SPSDRegressor
+from .trunk import build_trunk
 
 LOSS_NAMES = ("loss_spsd1", "loss_mil1", "loss_spsd2", "loss_mil2", "loss_neg", "loss_sisd")
 CLS_PRIOR = 0.01  # fc_cls bias init: log(p / (1 - p)) = -4.595 (mmdet bias_prob)
@@ -58,6 +58,7 @@ class RefinerOutput:
     stage1: list[Tensor]
     losses: dict[str, Tensor]
     stats: dict[str, float] = field(default_factory=dict)
+    selected: list[Tensor] = field(default_factory=list)  # per image Bool[M_i]: refined in this call
 
 
 class SSDDetRefiner(nn.Module):
@@ -103,14 +104,16 @@ class SSDDetRefiner(nn.Module):
         k, d = self.num_classes, int(cfg.trunk_dim)
         in_features = in_channels * resolution * resolution
         two = cfg.num_stages == 2
-        self.trunk = TwoMLPHead(in_features, d)
+        red = int(cfg.trunk_reduce)
+        self.trunk = build_trunk(in_channels, resolution, d, red)
         self.reg_ori = SPSDRegressor(d) if cfg.spsd else None
         self.cls0 = nn.Linear(d, k + 1)
         self.ins0 = nn.Linear(d, k + 1)
         self.reg0 = SPSDRegressor(d) if (cfg.spsd and two) else None
         self.cls1 = nn.Linear(d, k) if two else None
         self.ins1 = nn.Linear(d, k) if two else None
-        self.sisd = SISDHead(in_features, d, ore=cfg.ore) if (cfg.sisd and two) else None
+        self.sisd = (SISDHead(in_features, d, ore=cfg.ore, trunk=build_trunk(in_channels, resolution, d, red))
+                     if (cfg.sisd and two) else None)
         state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[cfg.sampler]
         self.register_buffer("sampler_state", torch.tensor(state, dtype=torch.long))
         self.register_buffer("auto_iter", torch.zeros((), dtype=torch.long))
@@ -287,7 +290,8 @@ class SSDDetRefiner(nn.Module):
         }
         if m == 0:
             zero = self._zero()
-            return RefinerOutput(refined, stage1, {k: zero for k in LOSS_NAMES}, _to_floats(stats))
+            return RefinerOutput(refined, stage1, {k: zero for k in LOSS_NAMES}, _to_floats(stats),
+                                 _selected_masks(boxes, sel))
 
         with torch.no_grad():
             gt = torch.cat([refined[i][s] for i, s in enumerate(sel)])  # [M, 4] noisy
@@ -437,7 +441,17 @@ class SSDDetRefiner(nn.Module):
                         "bag_iou_top10": bag_iou.topk(min(10, p), dim=1).values.mean(),
                     }
                 )
-        return RefinerOutput(refined, stage1, losses, _to_floats(stats))
+        return RefinerOutput(refined, stage1, losses, _to_floats(stats), _selected_masks(boxes, sel))
+
+
+def _selected_masks(boxes: list[Tensor], sel: list[Tensor]) -> list[Tensor]:
+    """Per image Bool[M_i]: True for the objects refined in this call."""
+    out = []
+    for b, s in zip(boxes, sel):
+        m = torch.zeros(b.shape[0], dtype=torch.bool, device=b.device)
+        m[s.to(b.device)] = True
+        out.append(m)
+    return out
 
 
 def _keep_sane(boxes: Tensor, fallback: Tensor, min_size: float = MIN_BOX_SIZE) -> tuple[Tensor, Tensor]:

@@ -46,12 +46,14 @@ class SISDHead(nn.Module):
     Args:
         in_features: C*R*R (12544 for 256 x 7 x 7).
         dim: D.
+        trunk: optional replacement trunk (pooled features -> D), e.g. the reduced one of `trunk.py`.
         ore: add the bag-mean feature (G* = G + mean_p G, the mean NOT detached, as in the code).
     """
 
-    def __init__(self, in_features: int = 256 * 7 * 7, dim: int = 1024, ore: bool = True) -> None:
+    def __init__(self, in_features: int = 256 * 7 * 7, dim: int = 1024, ore: bool = True,
+                 trunk: nn.Module | None = None) -> None:
         super().__init__()
-        self.trunk = TwoMLPHead(in_features, dim)
+        self.trunk = trunk if trunk is not None else TwoMLPHead(in_features, dim)
         self.iou = nn.Linear(dim, 1)
         self.ore = ore
 

@@ -1,0 +1,58 @@
+"""Per-annotation memory bank of refined boxes.
+
+Refining every object every iteration is what makes SSD-Det expensive (~3*P RoIs per object). With a cap on
+the objects refined per image, the others would fall back to their noisy box; the bank instead gives them the
+box the refiner produced the last time it saw that annotation. Boxes are stored normalised to [0, 1] in the
+unflipped image frame, so they survive resizing and random flips. The bank is saved in the state_dict
+(`get_extra_state`), so `--resume` continues with it.
+
+Shapes: M objects of one image.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def to_unit(boxes: Tensor, size: tuple[int, int], flipped: bool) -> Tensor:
+    """Tensor[M,4] xyxy pixels of an (h, w) image, possibly flipped -> Tensor[M,4] unflipped, in [0,1] units."""
+    h, w = size
+    u = boxes / boxes.new_tensor([w, h, w, h])
+    if flipped:
+        u = torch.stack([1 - u[:, 2], u[:, 1], 1 - u[:, 0], u[:, 3]], dim=1)
+    return u
+
+
+def from_unit(unit: Tensor, size: tuple[int, int], flipped: bool) -> Tensor:
+    """Inverse of `to_unit`."""
+    h, w = size
+    if flipped:
+        unit = torch.stack([1 - unit[:, 2], unit[:, 1], 1 - unit[:, 0], unit[:, 3]], dim=1)
+    return unit * unit.new_tensor([w, h, w, h])
+
+
+class BoxBank(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.boxes: dict[int, tuple[float, float, float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def lookup(self, ann_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Int64[M] -> (Tensor[M,4] unit boxes (zeros where unknown), Bool[M] found)."""
+        ids = ann_ids.tolist()
+        found = [i in self.boxes for i in ids]
+        rows = [self.boxes.get(i, (0.0, 0.0, 0.0, 0.0)) for i in ids]
+        return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4), torch.tensor(found, dtype=torch.bool)
+
+    def update(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
+        for i, b in zip(ann_ids.tolist(), unit_boxes.detach().float().cpu().tolist()):
+            self.boxes[int(i)] = tuple(b)
+
+    def get_extra_state(self) -> dict:
+        ids = torch.tensor(list(self.boxes), dtype=torch.int64)
+        return {"ids": ids, "boxes": torch.tensor(list(self.boxes.values()), dtype=torch.float32).reshape(-1, 4)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.boxes = {int(i): tuple(b) for i, b in zip(state["ids"].tolist(), state["boxes"].tolist())}
