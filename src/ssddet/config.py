@@ -71,6 +71,8 @@ class SSDDetConfig:
     warmup_frac: float = 0.0
     trunk_dim: int = 1024
     trunk_reduce: int = 0  # >0: 1x1 conv to this many channels before the trunk FCs (cheaper refiner)
+    pool_sampling_ratio: int = 2  # RoIAlign samples per bin side for the refiner (detector's is 2)
+    detach_features: bool = False  # True: refiner losses do not train the backbone (much cheaper on CPU)
     bank: bool = True  # objects not refined this iteration reuse their last refined box (per annotation id)
 
 

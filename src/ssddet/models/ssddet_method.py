@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection import FasterRCNN
+from torchvision.ops import MultiScaleRoIAlign
 
 from ..config import SSDDetConfig
 from .methods import DetectionMethod, matched_iou
@@ -16,7 +17,7 @@ class SSDDetMethod(DetectionMethod):
     def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int):
         super().__init__(detector)
         self.cfg = cfg
-        self.refiner = SSDDetRefiner(cfg, num_classes, detector.roi_heads.box_roi_pool,
+        self.refiner = SSDDetRefiner(cfg, num_classes, _refiner_pool(detector.roi_heads.box_roi_pool, cfg),
                                      in_channels=detector.backbone.out_channels)
         self.bank = BoxBank()
 
@@ -49,6 +50,8 @@ class SSDDetMethod(DetectionMethod):
     def refine_targets(self, features, images, targets, progress: float):
         noisy = [t["boxes"] for t in targets]
         true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
+        if self.cfg.detach_features:
+            features = {k: v.detach() for k, v in features.items()}
         out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true)
         refined = out.refined
         if self.cfg.bank:
@@ -68,3 +71,11 @@ class SSDDetMethod(DetectionMethod):
         w = {"loss_objectness": self.cfg.w_det, "loss_classifier": self.cfg.w_det,
              "loss_box_reg": self.cfg.w_det, "loss_rpn_box_reg": self.cfg.w_rpn_box}
         return {k: v * w.get(k, 1.0) for k, v in losses.items()}
+
+
+def _refiner_pool(pool: MultiScaleRoIAlign, cfg: SSDDetConfig) -> MultiScaleRoIAlign:
+    """The detector's pooler, or a copy with fewer samples per bin: RoIAlign (and above all its backward,
+    a serial scatter on CPU) is the refiner's main cost, and it pools ~10x the detector's RoIs."""
+    if cfg.pool_sampling_ratio == pool.sampling_ratio:
+        return pool
+    return MultiScaleRoIAlign(pool.featmap_names, pool.output_size, cfg.pool_sampling_ratio)
