@@ -26,12 +26,17 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
         state = {k.removeprefix("detector."): v for k, v in ck["method"].items() if k.startswith("detector.")}
         meta = ck.get("meta") or _meta_from_training(ck, state)
     else:
-        raise DataError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or checkpoint.pt)")
+        raise DataError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or "
+                        "checkpoint.pt)")
     known = set(ModelConfig.__dataclass_fields__)
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
     mcfg.weights = mcfg.backbone_weights = None  # the state_dict below replaces them
     detector = build_detector(mcfg, meta["num_classes"])
-    detector.load_state_dict(state)
+    try:
+        detector.load_state_dict(state)
+    except RuntimeError as e:  # e.g. a hand-edited meta, or weights of another architecture
+        raise DataError(f"{path}: the weights do not fit the model its metadata describes "
+                        f"({mcfg.backbone}, {meta['num_classes']} classes): {e}") from None
     if meta.get("box_coder") == "xyxy":
         from ..models.oamil_coder import XYXYBoxCoder
 

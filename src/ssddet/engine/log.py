@@ -34,9 +34,33 @@ class RunLogger:
                         self.tb.add_scalar(f"{prefix}/{k}", v, step)
             self.tb.flush()
 
+    def truncate_after(self, iteration: int) -> int:
+        """Drop the records of iterations after `iteration` (what a crashed run logged past its last
+        checkpoint, which the resumed run does again), so that log.jsonl reads as one uninterrupted run.
+        An unparsable line (a record cut by the crash) is dropped too. -> number of records dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                keep = not (isinstance(rec.get("iteration"), int) and rec["iteration"] > iteration)
+            except (json.JSONDecodeError, AttributeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            tmp.replace(self.path)
+        return dropped
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 def _flatten(d: dict, pre: str = "") -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config
 from ..data.dataset import CocoDetection, collate, training_records
+from ..data.errors import DataError
 from ..models.detector import build_detector
 from ..models.methods import build_method
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
@@ -60,11 +63,19 @@ def model_meta(cfg: Config, data) -> dict:
             "box_coder": cfg.oamil.box_coder if cfg.train.method == "oamil" else "xywh"}
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the training loader's generator for one epoch: its shuffle order and the DataLoader workers'
+    base seed (hence their flips) depend on (seed, epoch, rank) only, so a run resumed at an epoch boundary
+    draws exactly what the uninterrupted run drew, with or without worker processes."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
 def make_loaders(cfg: Config, splits, world: int, rank: int):
-    train_set = CocoDetection(training_records(splits.train_records, cfg.data.keep_empty, splits.train.ann_path),
-                              train=True, flip=cfg.data.flip)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    sampler = DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.train.seed) if world > 1 else None
+    records = training_records(splits.train_records, cfg.data.keep_empty, splits.train.ann_path)
+    train_set = CocoDetection(records, train=True, flip=cfg.data.flip)
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, 0, rank))  # re-seeded every epoch
+    sampler = (DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.train.seed)
+               if world > 1 else None)
     train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=sampler is None,
                               sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
                               generator=gen, drop_last=len(train_set) >= cfg.train.batch_size * world,
@@ -80,9 +91,22 @@ def _to_device(images, targets, device):
     return images, targets
 
 
-def _check_finite(losses: dict, it: int, policy: str) -> bool:
-    """True if all finite. Otherwise stop with a message naming the term, or report a skip."""
-    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is set on any rank (so that all ranks take the same branch under DDP)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _check_finite(losses: dict, it: int, policy: str, device: torch.device | None = None) -> bool:
+    """True if all finite. Otherwise stop with a message naming the term, or report a skip.
+    Under DDP the decision is collective: a step skipped on one rank is skipped on all (a rank that skipped
+    its backward alone would leave the others waiting in the gradient all-reduce)."""
+    bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
+    if dist.is_initialized() and _any_rank(bool(bad), device or torch.device("cpu")) and not bad:
+        bad = {"(on another rank)": float("nan")}
     if not bad:
         return True
     msg = f"non-finite loss at iteration {it}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
@@ -101,9 +125,11 @@ class Trainer:
         seed_everything(cfg.train.seed + self.rank)
         self.splits = load_train_val(cfg.data)
         self.data = self.splits.train
-        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, self.splits, self.world, self.rank)
+        self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, self.splits, self.world,
+                                                                        self.rank)
         detector = build_detector(cfg.model, self.data.num_classes)
         self.method = build_method(cfg, detector, self.data.num_classes).to(self.device)
+        self.loader_gen = self.train_loader.generator
         self.model = self.method
         if self.world > 1:
             self.model = DistributedDataParallel(
@@ -121,12 +147,19 @@ class Trainer:
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch, self.iteration, self.best, self.skipped = 0, 0, -1.0, 0
-        if resume:
-            self._resume()
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.deadline: float | None = None
+        self.out_of_time = False
+        if cfg.train.deterministic:
+            set_deterministic()
+        resumed = resume and self._resume()
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_run_files(command)
         self.logger = RunLogger(self.out, enabled=self.main)
+        if resumed:
+            # records of iterations after the checkpoint (a crashed run's partial epoch) are redone: drop them
+            self.logger.truncate_after(self.iteration)
 
     # ---------------------------------------------------------------- run files and checkpoints
     def _write_run_files(self, command: str | None) -> None:
@@ -141,20 +174,38 @@ class Trainer:
                 "rng": rng_state(), "config": self.cfg.to_dict(), "ssddet_version": __version__,
                 "meta": model_meta(self.cfg, self.data)}
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
+        """Restore everything from OUTPUT/checkpoint.pt; False (fresh start) if there is none."""
         path = self.out / "checkpoint.pt"
         if not path.is_file():
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
-            return
-        ck = load_checkpoint(path, map_location=self.device)
-        self.method.load_state_dict(ck["method"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+            return False
+        hint = "delete it (or choose another --output) to start over"
+        try:
+            ck = load_checkpoint(path, map_location=self.device)
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt/foreign file: a user-level error
+            raise DataError(f"{path}: cannot resume, the checkpoint is unreadable or corrupt ({e}); "
+                            f"{hint}") from None
+        needed = ("method", "optimizer", "scheduler", "scaler", "epoch", "iteration", "best", "rng")
+        missing = [k for k in needed if not isinstance(ck, dict) or k not in ck]
+        if missing:
+            raise DataError(f"{path}: cannot resume, not an ssddet training checkpoint (missing "
+                            f"{', '.join(missing)}); {hint}")
+        try:
+            self.method.load_state_dict(ck["method"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            was = ck.get("config", {}).get("train", {}).get("method", "?")
+            raise DataError(f"{path}: cannot resume, the checkpoint (method {was}) does not match this "
+                            f"run's model/method ({self.cfg.train.method}, {self.cfg.model.backbone}): "
+                            f"{e}") from None
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.iteration = ck["epoch"], ck["iteration"]
         self.best, self.skipped = ck["best"], ck.get("skipped", 0)
         set_rng_state(ck["rng"])
         log.info("resumed from %s at epoch %d (iteration %d)", path, self.epoch, self.iteration)
+        return True
 
     def _save(self, metrics: dict | None) -> None:
         if not self.main:
@@ -166,13 +217,15 @@ class Trainer:
             atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch, "metrics": metrics}),
                         self.out / "model_best.pt")
             atomic_save(self._state(), self.out / "checkpoint.pt")  # persist the new best score
-        atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch}), self.out / "model_final.pt")
+        atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch}),
+                    self.out / "model_final.pt")
 
     # ---------------------------------------------------------------- loop
     def train_epoch(self) -> dict:
         self.method.train()
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch)
+        self.loader_gen.manual_seed(epoch_seed(self.cfg.train.seed, self.epoch, self.rank))
         avg = Averager()
         bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.main, leave=False, dynamic_ncols=True,
@@ -183,37 +236,51 @@ class Trainer:
             losses, stats = self.step(images, targets)
             avg.add({**losses, **stats})
             if self.main and self.iteration % LOG_EVERY == 0:
-                self.logger.write({"epoch": self.epoch, "iteration": self.iteration,
-                                   "lr": self.optimizer.param_groups[0]["lr"], **losses, **stats},
+                self.logger.write({"epoch": self.epoch + 1, "iteration": self.iteration,
+                                   "lr": self.last_lr, **losses, **stats},
                                   self.iteration, "train")
             bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}",
-                            lr=f"{self.optimizer.param_groups[0]['lr']:.4f}")
+                            lr=f"{self.last_lr:.4f}")
             bar.update()
+            if self.deadline is not None and _any_rank(time.time() > self.deadline, self.device):
+                self.out_of_time = True
+                break
         bar.close()
         return mean_across_ranks(avg.means(), self.device)
 
     def step(self, images, targets) -> tuple[dict, dict]:
         images, targets = _to_device(images, targets, self.device)
         progress = self.iteration / max(self.total_iters, 1)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses (logged)
         with torch.autocast(self.device.type, enabled=self.use_amp):
             losses, stats = self.model(images, targets, progress)
         self.iteration += 1
         self.optimizer.zero_grad(set_to_none=True)
-        if not _check_finite(losses, self.iteration, self.cfg.train.nan_policy):
-            self.skipped += 1
-            self.scheduler.step()
-            return {}, stats
+        if not _check_finite(losses, self.iteration, self.cfg.train.nan_policy, self.device):
+            return self._skip(stats)
         total = sum(losses.values())
         self.scaler.scale(total).backward()
         if self.cfg.train.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.train.clip_grad_norm)
+            # Finite losses can still give inf/NaN gradients, which would silently turn every weight into NaN.
+            # (Under AMP the scaler detects them and skips the step itself.)
+            if not self.use_amp and not _check_finite({"grad_norm": norm}, self.iteration,
+                                                      self.cfg.train.nan_policy, self.device):
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._skip(stats)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        out = {k: float(v) for k, v in losses.items()}
-        out["loss"] = float(total)
+        vals = torch.stack([v.detach().float().reshape(()) for v in [*losses.values(), total]]).tolist()
+        out = dict(zip([*losses, "loss"], vals))  # one host sync
         return out, stats
+
+    def _skip(self, stats: dict) -> tuple[dict, dict]:
+        """A skipped step (nan_policy 'skip'): no update; the LR schedule advances and the step is counted."""
+        self.skipped += 1
+        self.scheduler.step()
+        return {}, stats
 
     def evaluate(self) -> dict:
         results = predict(self.method.detector, self.val_loader, self.device, self.data.label_to_cat,
@@ -221,35 +288,63 @@ class Trainer:
         return coco_evaluate(self.splits.val.gt_dict(self.splits.val_records), results)
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:  # also on TrainingError / KeyboardInterrupt: flush and close the TensorBoard writer
+            self.logger.close()
+            cleanup()
+
+    def _run(self) -> dict:
         cfg = self.cfg.train
         metrics: dict = {}
+        if cfg.time_budget_min:
+            self.deadline = time.time() + 60.0 * cfg.time_budget_min
         if self.main:
             log.info("training %s on %d images (%d it/epoch), validating on %d; output %s", cfg.method,
-                     len(self.train_loader.dataset), self.iters_per_epoch, len(self.splits.val_records), self.out)
+                     len(self.train_loader.dataset), self.iters_per_epoch, len(self.splits.val_records),
+                     self.out)
         while self.epoch < cfg.epochs:
             t0 = time.time()
             train_means = self.train_epoch()
             self.epoch += 1
             metrics = {}
-            if self.main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+            stop = self.out_of_time
+            if stop and self.main:
+                log.warning("time budget of %g min reached at iteration %d (epoch %d cut short): stopping",
+                            cfg.time_budget_min, self.iteration, self.epoch)
+            if self.main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs or stop):
                 metrics = self.evaluate()
                 log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
             barrier()
-            self._save(metrics or None)
             if self.main:
-                self.logger.write({"epoch": self.epoch, "iteration": self.iteration, "seconds": time.time() - t0,
-                                   "skipped_steps": self.skipped, "train": train_means, "val": metrics},
+                # logged before the checkpoint: a crash in between re-runs the epoch, and the resumed run
+                # drops this record (iteration > the checkpoint's); the other order would lose it for good
+                self.logger.write({"epoch": self.epoch, "iteration": self.iteration,
+                                   "seconds": time.time() - t0,
+                                   "skipped_steps": self.skipped, "train": train_means, "val": metrics,
+                                   **({"stopped": "time budget"} if stop else {})},
                                   self.epoch, "epoch")
                 _log_epoch_stats(self.epoch, train_means)
-        self.logger.close()
+            self._save(metrics or None)
+            if stop:
+                break
         if self.main and metrics:
-            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best}, indent=2))
-        cleanup()
+            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best},
+                                                              indent=2))
         return metrics
 
 
+def set_deterministic() -> None:
+    """`train.deterministic`: deterministic kernels where PyTorch has them (warn where it has not)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _log_epoch_stats(epoch: int, means: dict) -> None:
-    keys = [k for k in ("loss", "iou_noisy", "iou_stage1", "iou_refined", "bag_iou_mean", "bag_iou_max") if k in means]
+    names = ("loss", "iou_noisy", "iou_stage1", "iou_refined", "bag_iou_mean", "bag_iou_max")
+    keys = [k for k in names if k in means]
     if keys:
         log.info("epoch %d train: %s", epoch, " ".join(f"{k}={means[k]:.3f}" for k in keys))
 

@@ -1,0 +1,299 @@
+"""The detector and the three training methods: backbones, learning on a tiny set, the deployed model being a
+plain torchvision Faster R-CNN, OA-MIL gating, and loading local weight files."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import CHEAP_MODEL_FIELDS, train_args, write_shapes_coco
+from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet18
+from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+from ssddet.cli import build_parser, config_from_args, main
+from ssddet.config import Config, ModelConfig
+from ssddet.data.coco import parse_coco, read_json
+from ssddet.data.dataset import CocoDetection
+from ssddet.data.errors import DataError
+from ssddet.data.noise import add_box_noise
+from ssddet.models.detector import BACKBONES, build_detector
+from ssddet.models.methods import DetectionMethod, build_method, matched_iou
+
+K = 2  # foreground classes of the shapes set
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cheap_model_cfg(backbone: str = "resnet18_fpn", **kw) -> ModelConfig:
+    """Tiny images and the small sampling sizes of CHEAP_MODEL (the defaults are sized for 320-640 px)."""
+    return ModelConfig(backbone=backbone, min_size=64, max_size=96, **CHEAP_MODEL_FIELDS, **kw)
+
+
+def _batch(tmp_path: Path, noise: float = 0.0, n: int = 2):
+    """Two 96 px training images of the shapes set -> (images, targets); with noise, `boxes` are noisy and
+    `true_boxes` clean."""
+    root = write_shapes_coco(tmp_path / "shapes", n_train=n, n_val=0)
+    raw = read_json(root / "annotations.json")
+    if noise:
+        raw, _ = add_box_noise(raw, noise, seed=45)
+    records = parse_coco(raw, "shapes", root).select("train")
+    ds = CocoDetection(records)  # no flip
+    images, targets = zip(*[ds[i] for i in range(len(ds))])
+    return list(images), list(targets)
+
+
+def _fresh(targets):
+    return [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+
+
+# ------------------------------------------------------------------------------------------------ backbones
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_build_detector_every_backbone(backbone):
+    torch.manual_seed(0)
+    model = build_detector(ModelConfig(backbone=backbone, min_size=64, max_size=96), num_classes=3)
+    assert isinstance(model, FasterRCNN)
+    pred = model.roi_heads.box_predictor
+    assert pred.cls_score.out_features == 4 and pred.bbox_pred.out_features == 16  # 3 classes + background
+    assert model.transform.min_size == (64,) and model.transform.max_size == 96
+    assert all(p.requires_grad for p in model.backbone.parameters())  # from scratch: every layer trains
+    model.eval()
+    with torch.no_grad():
+        (out,) = model([torch.rand(3, 64, 80)])
+    assert set(out) == {"boxes", "labels", "scores"}
+    assert out["boxes"].shape[1:] == (4,) and (out["labels"] <= 3).all()
+
+
+def test_build_detector_rejects_unknown_backbone():
+    with pytest.raises(DataError, match="unknown backbone 'vgg16'"):
+        build_detector(ModelConfig(backbone="vgg16"), 3)
+    with pytest.raises(DataError, match="no categories"):
+        build_detector(ModelConfig(), 0)
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def _overfit(method: DetectionMethod, images, targets, steps: int, lr: float = 1e-4):
+    method.train()
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    history = []
+    for s in range(steps):
+        losses, stats = method(images, _fresh(targets), s / steps)
+        total = sum(losses.values())
+        assert torch.isfinite(total), (s, losses)
+        opt.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        history.append(({k: float(v) for k, v in losses.items()} | {"loss": float(total)}, stats))
+    return history
+
+
+def test_vanilla_overfits_two_images(tmp_path):
+    """Measured (resnet18, Adam 1e-4): total loss ~2.2 -> ~0.2 in 30 steps; asserted: the mean of the last 5
+    steps is below half the first step's."""
+    torch.manual_seed(0)
+    images, targets = _batch(tmp_path)
+    cfg = Config()
+    cfg.train.method = "vanilla"
+    method = build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
+    hist = _overfit(method, images, targets, 30)
+    first, last = hist[0][0]["loss"], sum(h[0]["loss"] for h in hist[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+    for term in ("loss_classifier", "loss_objectness"):  # both heads learn, not only one term
+        assert sum(h[0][term] for h in hist[-5:]) / 5 < hist[0][0][term], term
+
+
+def test_ssddet_overfits_noisy_images(tmp_path):
+    """SSD-Det on 2 images whose `boxes` are noisy (OA-MIL noise 0.3) and `true_boxes` clean.
+
+    At this scale the clean-box IoU of the refined boxes does NOT reliably rise: measured over 30-100 steps it
+    wanders around the noisy boxes' IoU (e.g. 0.525 noisy; refined 0.50 -> 0.49-0.60, only above the noisy
+    boxes after ~30+ steps with the default refiner), so asserting "iou_refined rises" would be a coin flip.
+    Asserted instead: the whole model learns (total loss halves; the stage-I MIL loss and the SISD loss fall),
+    the IoU statistics are computed against the right boxes (iou_noisy equals the IoU of the noisy and clean
+    boxes computed here, in the original image frame: `true_boxes` follow the detector's resize), and the
+    refined boxes stay near the objects (no collapse, no NaN)."""
+    torch.manual_seed(0)
+    images, targets = _batch(tmp_path, noise=0.3)
+    expected_noisy_iou = float(matched_iou(torch.cat([t["boxes"] for t in targets]),
+                                           torch.cat([t["true_boxes"] for t in targets])).mean())
+    assert expected_noisy_iou < 0.8  # the noise is substantial
+    cfg = Config()
+    cfg.train.method = "ssddet"
+    cfg.ssddet.sampler, cfg.ssddet.trunk_dim, cfg.ssddet.num_negatives = "small", 64, 32
+    method = build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
+    hist = _overfit(method, images, targets, 25)
+    losses = [h[0] for h in hist]
+    stats = [h[1] for h in hist]
+
+    assert sum(h["loss"] for h in losses[-3:]) / 3 < 0.5 * losses[0]["loss"]
+    for term in ("loss_mil1", "loss_sisd"):
+        assert sum(h[term] for h in losses[-3:]) / 3 < losses[0][term], term
+    for s in stats:
+        assert s["iou_noisy"] == pytest.approx(expected_noisy_iou, abs=1e-4)
+        assert 0.0 <= s["iou_refined"] <= 1.0 and math.isfinite(s["iou_stage1"])
+        assert s["num_objects"] == 4 and s["num_skipped"] == 0
+    late_refined = sum(s["iou_refined"] for s in stats[-5:]) / 5
+    assert late_refined > expected_noisy_iou - 0.15, late_refined  # measured 0.49-0.56 vs 0.525
+
+
+@pytest.mark.parametrize("progress", [0.0, 0.9])
+def test_oamil_forward_backward_finite(progress, tmp_path):
+    """progress 0: plain OA-MIL loss only; 0.9 (past oais_start=1/12 and oaie_start=8/12): OA-IS moves the
+    regression targets and OA-IE adds oaie_num=4 refinement rounds."""
+    torch.manual_seed(0)
+    images, targets = _batch(tmp_path, noise=0.3)
+    cfg = Config()
+    cfg.train.method = "oamil"
+    method = build_method(cfg, build_detector(_cheap_model_cfg(), K), K).train()
+    losses, stats = method(images, _fresh(targets), progress)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+                           "loss_oamil"}
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert losses["loss_oamil"] > 0
+    sum(losses.values()).backward()
+    grads = [p.grad for p in method.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert method.detector.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
+    assert stats["num_rounds"] == (5.0 if progress > 0.5 else 1.0)
+    assert stats["num_bags"] > 0 and 0.0 < stats["iou_noisy"] < 1.0
+    if progress == 0.0:
+        assert stats["iou_refined"] == pytest.approx(stats["iou_noisy"])  # OA-IS off: targets unchanged
+
+
+# ------------------------------------------------------------------------------------------------ deployment
+@pytest.mark.parametrize("name", ["ssddet", "oamil"])
+def test_deployed_state_dict_is_plain_faster_rcnn(name):
+    mcfg = ModelConfig(min_size=64, max_size=96)
+    cfg = Config()
+    cfg.train.method = name
+    method = build_method(cfg, build_detector(mcfg, 3), 3)
+    plain = build_detector(mcfg, 3).state_dict()
+    deployed = method.detector.state_dict()
+    assert list(deployed) == list(plain)
+    assert all(deployed[k].shape == plain[k].shape and deployed[k].dtype == plain[k].dtype for k in plain)
+    det_params = {id(p) for p in method.detector.parameters()}
+    extra = [k for k, p in method.named_parameters() if id(p) not in det_params]
+    own = method.state_dict()  # what checkpoint.pt holds: the detector (prefixed) + training-only parts
+    assert {k.removeprefix("detector.") for k in own if k.startswith("detector.")} == set(plain)
+    training_only = [k for k in own if not k.startswith("detector.")]
+    if name == "ssddet":
+        assert any(k.startswith("refiner.") for k in extra)  # the refiner's parameters ...
+        assert any(k.startswith("refiner.") for k in training_only)
+        assert not any("refiner" in k for k in deployed)  # ... are not in the deployed model
+    else:
+        assert extra == [] and training_only == []  # OA-MIL adds no parameters or state
+
+
+def _plain_torchvision(backbone: str, num_classes: int) -> FasterRCNN:
+    """A Faster R-CNN built with the torchvision API only (no ssddet code)."""
+    if backbone == "mobilenet_v3_large_fpn":
+        return fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes)
+    body = resnet_fpn_backbone(backbone_name=backbone.removesuffix("_fpn"), weights=None,
+                               norm_layer=nn.BatchNorm2d, trainable_layers=5)
+    return FasterRCNN(body, num_classes=num_classes)
+
+
+@pytest.mark.parametrize(("method", "backbone"),
+                         [("ssddet", "mobilenet_v3_large_fpn"), ("oamil", "resnet18_fpn")])
+def test_model_final_loads_into_plain_torchvision(method, backbone, tmp_path):
+    data = write_shapes_coco(tmp_path / "data", n_train=2, n_val=1)
+    out = tmp_path / "run"
+    assert main(train_args(data, out, method, 1, 2, "--backbone", backbone, "--noise", "0.3",
+                           "--max-iters-per-epoch", "1")) == 0
+    ck = torch.load(out / "model_final.pt", map_location="cpu", weights_only=True)
+    assert set(ck) == {"model", "meta"}
+    assert ck["meta"]["num_classes"] == K and ck["meta"]["model"]["backbone"] == backbone
+    assert ck["meta"]["box_coder"] == "xywh"  # decodable by torchvision's own box coder
+    model = _plain_torchvision(backbone, K + 1)
+    model.load_state_dict(ck["model"], strict=True)
+    model.eval()
+    with torch.no_grad():
+        (det,) = model([torch.rand(3, 96, 96)])
+    assert set(det) == {"boxes", "labels", "scores"}
+
+
+# ----------------------------------------------------------------------------------------------- weight files
+def _model_cfg_from_cli(*args: str) -> ModelConfig:
+    """The ModelConfig `ssddet train ARGS` would use (the CLI plumbing, without training)."""
+    return config_from_args(build_parser().parse_args(["train", "--output", "x", *args])).model
+
+
+def test_backbone_weights_from_torchvision_resnet18(tmp_path):
+    torch.manual_seed(123)
+    ref = resnet18(weights=None)
+    with torch.no_grad():
+        ref.layer4[1].bn2.running_var.uniform_(0.5, 2.0)  # a buffer too, not only parameters
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    mcfg = _model_cfg_from_cli("--backbone", "resnet18_fpn", "--backbone-weights", str(path),
+                               "--min-size", "64", "--max-size", "96")
+    assert mcfg.backbone_weights == str(path)
+    torch.manual_seed(0)
+    model = build_detector(mcfg, K)
+    body = model.backbone.body.state_dict()
+    src = ref.state_dict()
+    assert set(body) <= set(src)  # every body tensor has a torchvision name (fc.* is not used)
+    for k, v in body.items():
+        assert torch.equal(v, src[k]), k
+    # pretrained backbone: the stem is frozen like the papers (trainable_backbone_layers=3)
+    assert not model.backbone.body.conv1.weight.requires_grad
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.body.layer4[0].conv1.weight.requires_grad
+
+
+def test_backbone_weights_mismatch_is_data_error(tmp_path, capsys):
+    wrong = tmp_path / "mobilenet.pth"
+    torch.save(mobilenet_v3_large(weights=None).state_dict(), wrong)
+    with pytest.raises(DataError, match=r"backbone tensors match this backbone"):
+        build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(wrong)), K)
+    not_a_dict = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), not_a_dict)
+    with pytest.raises(DataError, match="expected a state_dict"):
+        build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(not_a_dict)), K)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(DataError, match="cannot load weights"):
+        build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(garbage)), K)
+    with pytest.raises(DataError, match="not found"):
+        build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(tmp_path / "nope.pth")), K)
+    # through the CLI: exit status 2 and the message, no traceback
+    data = write_shapes_coco(tmp_path / "data", n_train=2, n_val=1)
+    assert main(train_args(data, tmp_path / "run", "vanilla", 1, 2, "--backbone", "resnet18_fpn",
+                           "--backbone-weights", str(wrong))) == 2
+    err = capsys.readouterr().err
+    assert "mobilenet.pth" in err and "match" in err and "Traceback" not in err
+
+
+def test_detector_weights_file(tmp_path):
+    torch.manual_seed(1)
+    src_model = build_detector(_cheap_model_cfg("mobilenet_v3_large_fpn"), K)
+    src = src_model.state_dict()
+    raw = tmp_path / "detector.pth"
+    torch.save(src, raw)
+    wrapped = tmp_path / "model_final.pt"  # what a run writes: {"model": state_dict, "meta": ...}
+    torch.save({"model": src, "meta": {"num_classes": K}}, wrapped)
+    for path in (raw, wrapped):
+        mcfg = _model_cfg_from_cli("--weights", str(path), "--min-size", "64", "--max-size", "96")
+        assert mcfg.weights == str(path)
+        torch.manual_seed(2)  # a different init, which the file must overwrite
+        loaded = build_detector(mcfg, K).state_dict()
+        assert all(torch.equal(loaded[k], src[k]) for k in src)
+    # another class count: the class-dependent layers keep their fresh init, everything else loads
+    torch.manual_seed(2)
+    other = build_detector(ModelConfig(min_size=64, max_size=96, weights=str(raw)), 5).state_dict()
+    head = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred")
+    assert other["roi_heads.box_predictor.cls_score.weight"].shape[0] == 6
+    assert all(torch.equal(other[k], src[k]) for k in src if not k.startswith(head))
+    # a detector of another backbone does not fit
+    with pytest.raises(DataError, match="detector tensors match"):
+        build_detector(ModelConfig(backbone="resnet18_fpn", weights=str(raw)), K)
