@@ -65,8 +65,10 @@ def main() -> None:
         Path(a.out, "summary.json").write_text(json.dumps(rows, indent=2))
     print("| run | method | noise | AP | AP50 | AP75 | IoU noisy | IoU refined | minutes |")
     print("|---|---|---|---|---|---|---|---|---|")
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
     for r in rows:
-        f = (lambda v: "-" if v is None else f"{v:.3f}")
         print(f"| {r['name']} | {r['method']} | {r['noise']} | {f(r['AP'])} | {f(r['AP50'])} | {f(r['AP75'])} | "
               f"{f(r['iou_noisy'])} | {f(r['iou_refined'])} | {(r['wall_s'] or 0) / 60:.1f} |")
 

@@ -134,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     _noise_parser(sub)
     _data_parser(sub)
     from .tools.check import add_check_parser
+    from .tools.refine import add_refine_parser
 
     add_check_parser(sub)
+    add_refine_parser(sub)
     return p
 
 
@@ -312,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .engine.train import TrainingError
     from .tools.check import cmd_check
+    from .tools.refine import cmd_refine
 
-    commands = {"train": cmd_train, "eval": cmd_eval, "noise": cmd_noise, "data": cmd_data, "check": cmd_check}
+    commands = {"train": cmd_train, "eval": cmd_eval, "noise": cmd_noise, "data": cmd_data, "check": cmd_check,
+                "refine": cmd_refine}
     try:
         return commands[args.cmd](args)
     except (DataError, TrainingError, FileExistsError) as e:

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
 class DataConfig:
-    data_dir: Optional[str] = None  # DIR/annotations.json + images, `split` field per image
-    train_ann: Optional[str] = None
-    val_ann: Optional[str] = None
-    images: Optional[str] = None  # image root; file_name is resolved relative to it
+    data_dir: str | None = None  # DIR/annotations.json + images, `split` field per image
+    train_ann: str | None = None
+    val_ann: str | None = None
+    images: str | None = None  # image root; file_name is resolved relative to it
     train_split: str = "train"
     val_split: str = "val"
     noise: float = 0.0  # OA-MIL box-noise level injected on the fly into the training split
@@ -35,9 +35,9 @@ class ModelConfig:
     box_batch_size_per_image: int = 128
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
-    backbone_weights: Optional[str] = None  # local file with backbone (or torchvision classification) weights
-    weights: Optional[str] = None  # local file with a whole-detector state_dict
-    trainable_backbone_layers: Optional[int] = None  # None: all layers when from scratch
+    backbone_weights: str | None = None  # local file with backbone (or torchvision classification) weights
+    weights: str | None = None  # local file with a whole-detector state_dict
+    trainable_backbone_layers: int | None = None  # None: all layers when from scratch
 
 
 @dataclass
@@ -53,8 +53,8 @@ class SSDDetConfig:
     sampler: str = "small"  # large (P=125) | small (P=45) | auto (large, then small if SPSD-I corrections are small)
     auto_iters: int = 200  # sampler="auto": training iterations measured before choosing large/small
     auto_thresh: float = 0.1  # sampler="auto": "small" if the median relative SPSD-I correction is below this
-    scale_ranges: Optional[list] = None  # overrides the preset if given
-    shift_ratio: Optional[float] = None
+    scale_ranges: list | None = None  # overrides the preset if given
+    shift_ratio: float | None = None
     valid_iof: float = 0.7
     num_negatives: int = 100  # random negatives per image (paper: 500)
     neg_iou_thresh: float = 0.3
@@ -119,8 +119,8 @@ class TrainConfig:
     seed: int = 0
     amp: bool = False
     nan_policy: str = "stop"  # stop | skip
-    max_iters_per_epoch: Optional[int] = None  # cap for quick runs/tests
-    time_budget_min: Optional[float] = None  # stop cleanly after this many minutes (benchmarks)
+    max_iters_per_epoch: int | None = None  # cap for quick runs/tests
+    time_budget_min: float | None = None  # stop cleanly after this many minutes (benchmarks)
     deterministic: bool = False
 
 
@@ -136,7 +136,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], src: str = "config") -> "Config":
+    def from_dict(cls, d: dict[str, Any], src: str = "config") -> Config:
         """Rebuild from `to_dict()` output; unknown sections or keys are an error (a typo must not be ignored)."""
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                     "ssddet": SSDDetConfig, "oamil": OAMILConfig}

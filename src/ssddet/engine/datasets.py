@@ -59,12 +59,26 @@ def load_split(cfg: DataConfig, split: str) -> tuple[CocoData, list[ImageRecord]
     return data, recs
 
 
-def load_train_val(cfg: DataConfig) -> Splits:
-    train_path, val_path, root, by_split = _sources(cfg)
+def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -> dict:
     raw = read_json(train_path)
     if cfg.noise > 0:
         raw = _noisy(_fill_image_sizes(raw, root), cfg, str(train_path), by_split)
-    train = parse_coco(raw, str(train_path), root)
+    return raw
+
+
+def training_split_json(cfg: DataConfig):
+    """-> (training JSON dict with the run's noise applied, its CocoData, the training split's records)."""
+    train_path, _, root, by_split = _sources(cfg)
+    raw = _train_json(cfg, train_path, root, by_split)
+    data = parse_coco(raw, str(train_path), root)
+    recs = _select(data, cfg.train_split, by_split)
+    check_image_files(recs, str(train_path))
+    return raw, data, recs
+
+
+def load_train_val(cfg: DataConfig) -> Splits:
+    train_path, val_path, root, by_split = _sources(cfg)
+    train = parse_coco(_train_json(cfg, train_path, root, by_split), str(train_path), root)
     if val_path == train_path and cfg.noise == 0:
         val = train
     else:
