@@ -100,19 +100,19 @@ def test_seed_changes_output(small_set, tmp_path):
 
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
-    assert synth.default_data_dir() == tmp_path / "synth-v2"
+    assert synth.default_data_dir() == tmp_path / "synth-v3"
     monkeypatch.delenv("SSDDET_HOME")
-    assert synth.default_data_dir().parts[-3:] == (".cache", "ssddet", "synth-v2")
+    assert synth.default_data_dir().parts[-3:] == (".cache", "ssddet", "synth-v3")
 
 
 def test_ensure_default_data_creates_then_reuses(monkeypatch, tmp_path):
     monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
     small = dict(num_train=2, num_val=1, num_test=1, image_size=(64, 64), min_digit=16, max_digit=30)
     d = synth.ensure_default_data(**small)
-    assert d == tmp_path / "synth-v2"
+    assert d == tmp_path / "synth-v3"
     ann = d / "annotations.json"
     assert len(json.loads(ann.read_text())["images"]) == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["synth-v2"]  # temp dir renamed away
+    assert [p.name for p in tmp_path.iterdir()] == ["synth-v3"]  # temp dir renamed away
     mtime = ann.stat().st_mtime_ns
 
     def boom(*a, **k):

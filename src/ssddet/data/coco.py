@@ -203,8 +203,10 @@ def _clip_box(box: np.ndarray, w: int, h: int) -> tuple[np.ndarray | None, str |
         return None, "non-positive width/height"
     clipped = np.array([min(max(box[0], 0), w), min(max(box[1], 0), h),
                         min(max(box[2], 0), w), min(max(box[3], 0), h)])
-    if clipped[2] - clipped[0] < MIN_BOX_SIDE or clipped[3] - clipped[1] < MIN_BOX_SIDE:
+    if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
         return None, "outside the image (nothing left after clipping)"
+    if clipped[2] - clipped[0] < MIN_BOX_SIDE or clipped[3] - clipped[1] < MIN_BOX_SIDE:
+        return None, f"side under {MIN_BOX_SIDE} px (after clipping to the image)"
     if not np.array_equal(clipped, box):
         return clipped, "clipped"
     return clipped, None

@@ -79,6 +79,18 @@ def load_detector_weights(model: FasterRCNN, path: str) -> None:
              f"; shape mismatch skipped: {skipped}" if skipped else "")
 
 
+def _freeze_mobilenet(model: FasterRCNN, trainable: int) -> None:
+    """Freeze all but the last `trainable` of MobileNetV3's 6 stages (torchvision's stage split)."""
+    if trainable >= 6:
+        return
+    body = model.backbone.body
+    stage_indices = [0] + [i for i, b in enumerate(body.values()) if getattr(b, "_is_cn", False)] + [len(body) - 1]
+    freeze_before = stage_indices[len(stage_indices) - trainable] if trainable > 0 else len(body)
+    for i, b in enumerate(body.values()):
+        if i < freeze_before:
+            b.requires_grad_(False)
+
+
 def build_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
     """Faster R-CNN with `num_classes` foreground classes (+ background). Tensor-only; reads no file unless
     `cfg.backbone_weights` / `cfg.weights` name a local file."""
@@ -89,7 +101,9 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
     if cfg.backbone == "mobilenet_v3_large_fpn":
         model = fasterrcnn_mobilenet_v3_large_fpn(
             weights=None, weights_backbone=None, num_classes=num_classes + 1,
-            trainable_backbone_layers=_trainable_layers(cfg, 6), **_frcnn_kwargs(cfg))
+            # torchvision itself trains every layer of a from-scratch backbone (and warns if told a number)
+            trainable_backbone_layers=None, **_frcnn_kwargs(cfg))
+        _freeze_mobilenet(model, _trainable_layers(cfg, 6))
     else:
         backbone = resnet_fpn_backbone(
             backbone_name=cfg.backbone.removesuffix("_fpn"), weights=None, norm_layer=nn.BatchNorm2d,
