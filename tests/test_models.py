@@ -2,6 +2,7 @@
 plain torchvision Faster R-CNN, OA-MIL gating, and loading local weight files."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from ssddet.data.coco import parse_coco, read_json
 from ssddet.data.dataset import CocoDetection
 from ssddet.data.errors import DataError
 from ssddet.data.noise import add_box_noise
+from ssddet.engine.checkpoint import atomic_save, deployable
+from ssddet.engine.inference import load_detector
 from ssddet.models.detector import BACKBONES, build_detector
 from ssddet.models.methods import DetectionMethod, build_method, matched_iou
 
@@ -220,6 +223,24 @@ def test_model_final_loads_into_plain_torchvision(method, backbone, tmp_path):
     with torch.no_grad():
         (det,) = model([torch.rand(3, 96, 96)])
     assert set(det) == {"boxes", "labels", "scores"}
+
+
+def test_load_detector_round_trip_and_mismatch(tmp_path):
+    """engine.inference.load_detector rebuilds a deployable file exactly; weights that do not fit the model its
+    metadata describes give a DataError (not a raw RuntimeError traceback)."""
+    mcfg = _cheap_model_cfg("mobilenet_v3_large_fpn")
+    torch.manual_seed(0)
+    det = build_detector(mcfg, K)
+    meta = {"model": dataclasses.asdict(mcfg), "num_classes": K, "method": "vanilla", "box_coder": "xywh",
+            "categories": [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]}
+    atomic_save(deployable(det, meta), tmp_path / "model.pt")
+    loaded, got = load_detector(tmp_path / "model.pt")
+    assert not loaded.training and got["num_classes"] == K
+    assert all(torch.equal(v, det.state_dict()[k]) for k, v in loaded.state_dict().items())
+    atomic_save(deployable(det, {**meta, "model": {**meta["model"], "backbone": "resnet18_fpn"}}),
+                tmp_path / "wrong.pt")
+    with pytest.raises(DataError, match="do not fit"):
+        load_detector(tmp_path / "wrong.pt")
 
 
 # ----------------------------------------------------------------------------------------------- weight files

@@ -280,3 +280,22 @@ def test_trainer_applies_schedule(shapes, tmp_path, monkeypatch):
     # iteration record k (1-based) shows the LR that step used: lr_factor of 0-based iteration k - 1
     assert lrs == pytest.approx([0.02 * lr_factor(it, 4, cfg) for it in (0, 1, 2, 3)])
     assert lrs[0] == pytest.approx(0.02 * 0.001)  # warm-up starts at warmup_factor
+
+
+def test_time_budget_stops_cleanly_and_deterministic_flag(shapes, tmp_path):
+    """train.time_budget_min: the epoch in progress is cut short, evaluated and saved, and the run ends with
+    the usual files; train.deterministic switches PyTorch to deterministic kernels."""
+    out = tmp_path / "run"
+    try:
+        assert main(train_args(shapes, out, "vanilla", 5, 2, "--set", "train.time_budget_min=1e-6",
+                               "--set", "train.deterministic=true")) == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    (epoch,) = [r for r in read_log(out) if r["kind"] == "epoch"]
+    assert epoch["stopped"] == "time budget" and epoch["epoch"] == 1 and epoch["iteration"] == 1
+    assert json.loads((out / "metrics.json").read_text())["val"] == epoch["val"]
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert (ck["epoch"], ck["iteration"]) == (1, 1)
+    assert (out / "model_final.pt").is_file()
