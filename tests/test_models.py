@@ -96,7 +96,7 @@ def _overfit(method: DetectionMethod, images, targets, steps: int, lr: float = 1
         total.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
-        history.append(({k: float(v) for k, v in losses.items()} | {"loss": float(total)}, stats))
+        history.append(({k: float(v.detach()) for k, v in losses.items()} | {"loss": float(total.detach())}, stats))
     return history
 
 
@@ -118,9 +118,10 @@ def test_vanilla_overfits_two_images(tmp_path):
 def test_ssddet_overfits_noisy_images(tmp_path):
     """SSD-Det on 2 images whose `boxes` are noisy (OA-MIL noise 0.3) and `true_boxes` clean.
 
-    At this scale the clean-box IoU of the refined boxes does NOT reliably rise: measured over 30-100 steps it
-    wanders around the noisy boxes' IoU (e.g. 0.525 noisy; refined 0.50 -> 0.49-0.60, only above the noisy
-    boxes after ~30+ steps with the default refiner), so asserting "iou_refined rises" would be a coin flip.
+    At this scale the clean-box IoU of the refined boxes does NOT reliably rise. Measured (this config, 25
+    steps, torch seeds 0-5; noisy boxes 0.545): mean iou_refined of the last 5 steps minus that of the first 3
+    = +0.05, +0.07, 0.00, +0.04, -0.015, +0.02, i.e. it rises on 4 of 6 seeds; with the previous refiner
+    defaults it wandered 0.44-0.60 around 0.525 for 60 steps. Asserting "iou_refined rises" would be flaky.
     Asserted instead: the whole model learns (total loss halves; the stage-I MIL loss and the SISD loss fall),
     the IoU statistics are computed against the right boxes (iou_noisy equals the IoU of the noisy and clean
     boxes computed here, in the original image frame: `true_boxes` follow the detector's resize), and the
@@ -146,7 +147,7 @@ def test_ssddet_overfits_noisy_images(tmp_path):
         assert 0.0 <= s["iou_refined"] <= 1.0 and math.isfinite(s["iou_stage1"])
         assert s["num_objects"] == 4 and s["num_skipped"] == 0
     late_refined = sum(s["iou_refined"] for s in stats[-5:]) / 5
-    assert late_refined > expected_noisy_iou - 0.15, late_refined  # measured 0.49-0.56 vs 0.525
+    assert late_refined > expected_noisy_iou - 0.15, late_refined  # measured 0.55-0.61 vs 0.545
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.9])

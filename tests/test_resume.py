@@ -21,6 +21,7 @@ import torch
 from test_train import read_log, train_args, write_shapes_coco
 
 from ssddet.cli import main
+from ssddet.engine import train as train_mod
 from ssddet.engine.train import Trainer
 
 
@@ -78,8 +79,8 @@ def test_resume_after_epoch_equals_straight_run(workers, tmp_path, monkeypatch):
 
     orig_save = Trainer._save
 
-    def save_then_crash(self, metrics):
-        orig_save(self, metrics)
+    def save_then_crash(self, metrics, **kw):
+        orig_save(self, metrics, **kw)
         if self.epoch == 1:
             raise _Crash
 
@@ -102,6 +103,34 @@ def test_resume_after_epoch_equals_straight_run(workers, tmp_path, monkeypatch):
     # the same losses, refined-box IoUs and val metrics in the epoch records, and the same final metrics
     assert epoch_records(straight) == epoch_records(resumed)
     assert (straight / "metrics.json").read_text() == (resumed / "metrics.json").read_text()
+
+
+def test_crash_while_saving_the_last_epoch(tmp_path, monkeypatch):
+    """checkpoint.pt is the commit point of an epoch (written last): killed while saving model_final.pt of the
+    last epoch, the resumed run re-runs that epoch and leaves a complete, consistent run directory. (Were the
+    checkpoint written first, the resume would find the run finished and keep a stale model_final.pt and no
+    metrics.json.)"""
+    data = write_shapes_coco(tmp_path / "data", n_train=2, n_val=1)
+    out = tmp_path / "run"
+    real = train_mod.atomic_save
+
+    def crash_on_last_model_final(obj, path):
+        if Path(path).name == "model_final.pt" and obj["meta"]["epoch"] == 2:
+            raise _Crash
+        real(obj, path)
+
+    monkeypatch.setattr(train_mod, "atomic_save", crash_on_last_model_final)
+    with pytest.raises(_Crash):
+        main(train_args(data, out, "vanilla", 2, 2))
+    monkeypatch.setattr(train_mod, "atomic_save", real)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not (out / "metrics.json").exists()
+    assert main(train_args(data, out, "vanilla", 2, 2, "--resume")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "model_final.pt", weights_only=True)["meta"]["epoch"] == 2
+    records = epoch_records(out)
+    assert [r["epoch"] for r in records] == [1, 2]  # the crashed attempt's epoch-2 record was dropped
+    assert json.loads((out / "metrics.json").read_text())["val"] == records[-1]["val"]
 
 
 def test_resume_when_finished_or_without_checkpoint(tmp_path, caplog):
@@ -188,6 +217,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert [r["iteration"] for r in read_log(run) if r["kind"] == "train"] == list(range(1, 25))
     assert epoch_records(run) == epoch_records(ref)
     assert len((run / "command.txt").read_text().splitlines()) == 4  # two runs, two lines each
+    assert not list(run.glob("*.tmp"))  # a save cut by the kill leaves no temp file behind
 
     # everything the run wrote loads with weights_only=True (no pickled code)
     for name in ("checkpoint.pt", "model_best.pt", "model_final.pt"):

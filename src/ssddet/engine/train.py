@@ -180,6 +180,9 @@ class Trainer:
         if not path.is_file():
             log.warning("--resume: no checkpoint at %s, starting from scratch", path)
             return False
+        if self.main:  # temp files of a save that a crash interrupted (atomic_save never renamed them)
+            for tmp in self.out.glob("*.pt*.tmp"):
+                tmp.unlink(missing_ok=True)
         hint = "delete it (or choose another --output) to start over"
         try:
             ck = load_checkpoint(path, map_location=self.device)
@@ -207,18 +210,24 @@ class Trainer:
         log.info("resumed from %s at epoch %d (iteration %d)", path, self.epoch, self.iteration)
         return True
 
-    def _save(self, metrics: dict | None) -> None:
+    def _save(self, metrics: dict | None, final: bool = False) -> None:
+        """End-of-epoch files. checkpoint.pt is written last: it is the commit point, so a crash anywhere in
+        here re-runs the epoch on --resume, which rewrites the same model_best/model_final/metrics.json
+        (otherwise a crash after the checkpoint could leave a stale model_final.pt or no model_best.pt for
+        this epoch, that a resume would never rewrite)."""
         if not self.main:
             return
-        atomic_save(self._state(), self.out / "checkpoint.pt")
         meta = model_meta(self.cfg, self.data)
         if metrics is not None and metrics["AP"] > self.best:
             self.best = metrics["AP"]
             atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch, "metrics": metrics}),
                         self.out / "model_best.pt")
-            atomic_save(self._state(), self.out / "checkpoint.pt")  # persist the new best score
         atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch}),
                     self.out / "model_final.pt")
+        if final and metrics:
+            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best},
+                                                              indent=2))
+        atomic_save(self._state(), self.out / "checkpoint.pt")
 
     # ---------------------------------------------------------------- loop
     def train_epoch(self) -> dict:
@@ -325,12 +334,9 @@ class Trainer:
                                    **({"stopped": "time budget"} if stop else {})},
                                   self.epoch, "epoch")
                 _log_epoch_stats(self.epoch, train_means)
-            self._save(metrics or None)
+            self._save(metrics or None, final=stop or self.epoch == cfg.epochs)
             if stop:
                 break
-        if self.main and metrics:
-            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best},
-                                                              indent=2))
         return metrics
 
 
