@@ -152,8 +152,6 @@ def test_train_writes_run_files_and_eval_matches_last_epoch(method, shapes, tmp_
     assert json.loads(capsys.readouterr().out) == epochs[-1]["val"]
 
 
-@pytest.mark.xfail(strict=True, reason="cli.cmd_train writes sys.argv to command.txt, not the argv given to "
-                   "main(argv) (wrong for programmatic calls, e.g. from a notebook or these tests)")
 def test_command_txt_records_the_given_arguments(shapes, tmp_path, monkeypatch):
     seen = {}
 

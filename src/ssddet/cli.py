@@ -179,6 +179,13 @@ def _typed(what: str, current, value):
 
 
 def config_from_args(a) -> Config:
+    if a.resume and a.output and (Path(a.output) / "config.json").is_file():
+        # a resumed run continues with exactly the settings it started with
+        from .data.coco import read_json
+
+        log.info("--resume: using %s/config.json (other training options on the command line are ignored)",
+                 a.output)
+        return Config.from_dict(read_json(Path(a.output) / "config.json", what="config file"), src=a.output)
     cfg = Config()
     if a.config:
         from .data.coco import read_json
@@ -212,7 +219,7 @@ def cmd_train(a) -> int:
     from .engine.train import train
 
     cfg = config_from_args(a)
-    metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *sys.argv[1:]]))
+    metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *a.argv]))
     if metrics:
         from .engine.evaluate import format_metrics
 
@@ -309,7 +316,9 @@ def cmd_data(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .engine.train import TrainingError

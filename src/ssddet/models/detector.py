@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import ModelConfig
 from ..data.errors import DataError
@@ -63,7 +64,21 @@ def load_backbone_weights(model: FasterRCNN, path: str) -> None:
         raise DataError(f"{path}: only {len(matched)}/{len(own)} backbone tensors match this backbone "
                         "(wrong architecture?)")
     body.load_state_dict(matched, strict=False)
+    freeze_batchnorm(body)
     log.info("backbone weights: %d/%d tensors loaded from %s", len(matched), len(own), path)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Pretrained statistics must not be overwritten by batch-2 estimates: swap BatchNorm2d for torchvision's
+    FrozenBatchNorm2d (what torchvision does for pretrained detection backbones)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                getattr(frozen, key).copy_(getattr(child, key).detach())
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
 
 
 def load_detector_weights(model: FasterRCNN, path: str) -> None:
