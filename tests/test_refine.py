@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_coco_dict, write_coco
 
 from ssddet.cli import main
 from ssddet.models.ssddet.bank import BoxBank, from_unit, to_unit
-from conftest import tiny_coco_dict, write_coco
 
 
 def test_unit_round_trip_with_flip():

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_coco
+
 from ssddet.cli import main
 
 
