@@ -73,3 +73,14 @@ def tiny_coco(tmp_path) -> tuple[Path, Path, dict]:
     root = tmp_path / "tiny"
     path = write_coco(root, coco)
     return root, path, coco
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Run a test's torch ops on one thread (training tests are tiny; thread start-up dominates)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

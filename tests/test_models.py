@@ -28,12 +28,7 @@ from ssddet.models.methods import DetectionMethod, build_method, matched_iou
 K = 2  # foreground classes of the shapes set
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cheap_model_cfg(backbone: str = "resnet18_fpn", **kw) -> ModelConfig:

@@ -24,13 +24,7 @@ from ssddet.cli import main
 from ssddet.engine import train as train_mod
 from ssddet.engine.train import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def identical(a, b) -> bool:
