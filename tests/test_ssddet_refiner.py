@@ -213,6 +213,20 @@ def test_auto_sampler_decides_and_is_saved():
     assert keep.sampler_name() == "large" and int(keep.sampler_state) == 0 and out.stats["bag_size"] == 125
 
 
+def test_auto_sampler_waits_for_the_end_of_the_warmup():
+    from ssddet.models.ssddet.refiner import AUTO_WINDOW
+
+    ref = _refiner(sampler="auto", auto_iters=0, auto_thresh=10.0, warmup_frac=0.5).manual_seed(0).train()
+    sizes = []
+    # undecided before the warm-up ends, however many readings it has
+    for _ in range(AUTO_WINDOW // 2):
+        sizes.append(ref(_features(), SIZES, BOXES, LABELS, progress=0.2).stats["bag_size"])
+    assert set(sizes) == {125} and int(ref.sampler_state) == -1
+    ref(_features(), SIZES, BOXES, LABELS, progress=0.5)  # warm-up over: decides on the recorded medians
+    assert ref.sampler_name() == "small"
+    assert ref(_features(), SIZES, BOXES, LABELS, progress=0.6).stats["bag_size"] == 45
+
+
 def test_autocast_cpu_bfloat16():
     ref = _refiner().manual_seed(0).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -51,7 +51,7 @@ class SSDDetConfig:
     ore: bool = True  # object relevance enhancement (add bag mean feature)
     top_k: int = 7
     sampler: str = "small"  # large (P=125) | small (P=45) | auto (large, then small if SPSD-I corrections are small)
-    auto_iters: int = 200  # sampler="auto": training iterations measured before choosing large/small
+    auto_iters: int = 0  # sampler="auto": decide after this many iterations; 0 = at the end of the warm-up
     auto_thresh: float = 0.1  # sampler="auto": "small" if the median relative SPSD-I correction is below this
     scale_ranges: list | None = None  # overrides the preset if given
     shift_ratio: float | None = None

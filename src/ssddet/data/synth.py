@@ -43,14 +43,15 @@ MIN_VISIBLE = 0.5       # every object keeps at least this fraction of its strok
 MAX_TRIES = 30          # placement attempts per object
 STRETCH = 0.2           # independent +-20% stretch of width and height
 JPEG_QUALITY = 90
+HUE_JITTER = 0.02       # class_hues: digit c gets hue c/10 +- this
 
 
-def _load_backgrounds() -> list[tuple[str, np.ndarray]]:
-    """Return ``(name, HxWx3 uint8)`` for every bundled skimage image that loads offline."""
+def _load_backgrounds(names=BACKGROUND_NAMES) -> list[tuple[str, np.ndarray]]:
+    """Return ``(name, HxWx3 uint8)`` for every named bundled skimage image that loads offline."""
     import skimage.data
 
     out = []
-    for name in BACKGROUND_NAMES:
+    for name in names:
         try:
             img = np.asarray(getattr(skimage.data, name)())
         except Exception as exc:  # missing file / would need a download
@@ -66,17 +67,35 @@ def _load_backgrounds() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """Return the 1797 sklearn digit images as uint8 0..255 (N,8,8) and labels 0..9."""
+def _load_digits(per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return sklearn digit images as uint8 0..255 (N,8,8) and labels 0..9.
+
+    ``per_class`` keeps, for each class, only the glyphs closest to the class mean (the most typical
+    handwriting): the full 1797 include scrawls that even people misread at 8x8.
+    """
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    imgs = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    return imgs, d.target.astype(np.int64)
+    images, target = d.images, d.target.astype(np.int64)
+    if per_class is not None:
+        keep = []
+        for c in range(10):
+            idx = np.flatnonzero(target == c)
+            dist = ((images[idx] - images[idx].mean(axis=0)) ** 2).sum(axis=(1, 2))
+            keep.append(idx[np.argsort(dist, kind="stable")[:per_class]])
+        keep = np.concatenate(keep)
+        images, target = images[keep], target[keep]
+    imgs = np.clip(images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    return imgs, target
 
 
-def _random_crop(rs: np.random.RandomState, bg: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Random crop of ``bg`` with the aspect ratio of ``size`` (W,H), resized to it, float [0,1]."""
+def _random_crop(rs: np.random.RandomState, bg: np.ndarray, size: tuple[int, int],
+                 contrast: float = 1.0) -> np.ndarray:
+    """Random crop of ``bg`` with the aspect ratio of ``size`` (W,H), resized to it, float [0,1].
+
+    ``contrast`` < 1 pulls the crop towards its mean colour: busy textures then stay recognisable as
+    backgrounds but no longer compete with the pasted digits' edges.
+    """
     W, H = size
     bh, bw = bg.shape[:2]
     scale_max = min(bw / W, bh / H)
@@ -88,6 +107,8 @@ def _random_crop(rs: np.random.RandomState, bg: np.ndarray, size: tuple[int, int
     arr = np.asarray(crop, dtype=np.float32) / 255.0
     if rs.rand() < 0.5:
         arr = arr[:, ::-1]
+    if contrast != 1.0:
+        arr = arr.mean(axis=(0, 1), keepdims=True) * (1.0 - contrast) + arr * contrast
     return arr
 
 
@@ -102,9 +123,10 @@ def _digit_mask(glyph: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.clip((up / 255.0 - 0.25) / 0.25, 0.0, 1.0)
 
 
-def _contrast_colour(rs: np.random.RandomState, bg_lum: float) -> np.ndarray:
-    """Saturated random RGB colour (float [0,1]) whose luminance differs from ``bg_lum``."""
-    rgb = np.array(colorsys.hsv_to_rgb(rs.rand(), rs.uniform(0.75, 1.0), 1.0), dtype=np.float32)
+def _contrast_colour(rs: np.random.RandomState, bg_lum: float, hue: float | None = None) -> np.ndarray:
+    """Saturated RGB colour (float [0,1]) whose luminance differs from ``bg_lum``; random hue unless given."""
+    h = rs.rand() if hue is None else hue
+    rgb = np.array(colorsys.hsv_to_rgb(h, rs.uniform(0.75, 1.0), 1.0), dtype=np.float32)
     lum = float(rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32))
     if bg_lum > 0.55:  # bright background: darken to lum ~ bg_lum - 0.45
         rgb = rgb * max(0.05, bg_lum - 0.45) / lum
@@ -151,9 +173,10 @@ def _accept(alpha, box, placed) -> bool:
     return all((p["visible"] & ~cover).sum() >= MIN_VISIBLE * p["full"] for p in placed)
 
 
-def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range):
+def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, contrast=1.0,
+                   class_hues=False):
     """Render one image; returns ``(HxWx3 uint8, [(label, box_xyxy, visible_fraction), ...])``."""
-    canvas = _random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size)
+    canvas = _random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size, contrast)
     n_obj = rs.randint(n_range[0], n_range[1] + 1)
     placed: list[dict] = []
     for _ in range(n_obj):
@@ -170,7 +193,8 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range):
             p["visible"] &= ~cover
         x0, y0, x1, y1 = (int(v) for v in box)
         region_lum = float(canvas[y0:y1, x0:x1].mean())
-        colour = _contrast_colour(rs, region_lum)
+        hue = None if not class_hues else (labels[idx] / 10.0 + rs.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+        colour = _contrast_colour(rs, region_lum, hue)
         a = alpha[:, :, None]
         canvas = canvas * (1.0 - a) + colour[None, None, :] * a
         vis = alpha > 0
@@ -209,6 +233,10 @@ def make_synth(
     max_objects: int = 5,
     min_digit: int = 28,
     max_digit: int = 80,
+    background_contrast: float = 1.0,
+    backgrounds: tuple[str, ...] = BACKGROUND_NAMES,
+    glyphs_per_class: int | None = None,
+    class_hues: bool = False,
 ) -> Path:
     """Generate the synthetic set into ``out_dir`` and return the path of ``annotations.json``.
 
@@ -227,19 +255,20 @@ def make_synth(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rs = np.random.RandomState(seed)
-    backgrounds = _load_backgrounds()
-    digits, labels = _load_digits()
+    bgs = _load_backgrounds(backgrounds)
+    digits, labels = _load_digits(glyphs_per_class)
     params = {
         "num_train": num_train, "num_val": num_val, "num_test": num_test,
         "image_size": list(size), "min_objects": min_objects, "max_objects": max_objects,
-        "min_digit": min_digit, "max_digit": max_digit,
+        "min_digit": min_digit, "max_digit": max_digit, "background_contrast": background_contrast,
+        "glyphs_per_class": glyphs_per_class, "class_hues": class_hues,
     }
-    coco = _coco_skeleton(seed, params, [n for n, _ in backgrounds])
+    coco = _coco_skeleton(seed, params, [n for n, _ in bgs])
     counts = {"train": num_train, "val": num_val, "test": num_test}
     for split in SPLITS:
         for i in range(counts[split]):
-            img, objs = _compose_image(rs, backgrounds, digits, labels, size,
-                                       (min_objects, max_objects), (min_digit, max_digit))
+            img, objs = _compose_image(rs, bgs, digits, labels, size, (min_objects, max_objects),
+                                       (min_digit, max_digit), background_contrast, class_hues)
             _append_image(coco, out, split, i, img, objs)
     path = out / "annotations.json"
     path.write_text(json.dumps(coco, indent=1))

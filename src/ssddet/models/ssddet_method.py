@@ -52,7 +52,8 @@ class SSDDetMethod(DetectionMethod):
         true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
         if self.cfg.detach_features:
             features = {k: v.detach() for k, v in features.items()}
-        out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true)
+        out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
+                           progress=progress)
         refined = out.refined
         if self.cfg.bank:
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes)

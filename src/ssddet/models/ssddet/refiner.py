@@ -39,6 +39,7 @@ MIN_BOX_SIZE = 1.0
 
 # sampler_state buffer values
 _UNDECIDED, _LARGE, _SMALL = -1, 0, 1
+AUTO_WINDOW = 100  # sampler="auto" with auto_iters=0: iterations whose median SPSD-I correction decides
 
 
 @dataclass
@@ -117,7 +118,8 @@ class SSDDetRefiner(nn.Module):
         state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[cfg.sampler]
         self.register_buffer("sampler_state", torch.tensor(state, dtype=torch.long))
         self.register_buffer("auto_iter", torch.zeros((), dtype=torch.long))
-        self.register_buffer("auto_hist", torch.full((max(int(cfg.auto_iters), 1),), float("nan")))
+        n_hist = int(cfg.auto_iters) if int(cfg.auto_iters) > 0 else AUTO_WINDOW
+        self.register_buffer("auto_hist", torch.full((n_hist,), float("nan")))
         self.generator: torch.Generator | None = None
         self._init_weights()
 
@@ -214,12 +216,17 @@ class SSDDetRefiner(nn.Module):
             out.append(idx)
         return out
 
-    def _auto_update(self, b0: Tensor, b1: Tensor, scales: list[float]) -> Tensor | None:
+    def _auto_update(self, b0: Tensor, b1: Tensor, scales: list[float], progress: float | None) -> Tensor | None:
         """`sampler="auto"`: record this iteration's median relative SPSD-I correction of the unshifted
         (scale 1 x 1) proposal, i.e. how far the regressor moves each noisy box, |Δ| / size averaged over the
-        4 coordinates. After cfg.auto_iters training iterations pick "small" if the median over the second
-        half of that window (the regressor is still untrained in the first half) is below cfg.auto_thresh,
-        else "large". Returns this iteration's median (Tensor scalar) or None."""
+        4 coordinates, then decide once: "small" if the recorded median is below cfg.auto_thresh, else "large".
+
+        When: with cfg.auto_iters > 0 after that many iterations, over the second half of them (the
+        regressor is untrained in the first half); with auto_iters = 0 (default) once training `progress`
+        reaches cfg.warmup_frac and at least AUTO_WINDOW/2 readings exist, over the last AUTO_WINDOW
+        iterations: a from-scratch regressor only learns to move boxes after a few epochs, so an early
+        reading says "small" whatever the noise.
+        Returns this iteration's median (Tensor scalar) or None."""
         if 1.0 not in scales:
             return None
         i = scales.index(1.0)
@@ -230,16 +237,20 @@ class SSDDetRefiner(nn.Module):
             h = (ref[:, 3] - ref[:, 1]).clamp(min=1e-6)
             rel = ((b1[:, j].float() - ref).abs() / torch.stack([w, h, w, h], dim=1)).mean(dim=1)
             med = rel.median()
-            it = int(self.auto_iter)
-            n = self.auto_hist.numel()
-            if it < n:
-                self.auto_hist[it] = med
+            it, n = int(self.auto_iter), self.auto_hist.numel()
+            self.auto_hist[it % n] = med
             self.auto_iter += 1
-            if it + 1 >= int(self.cfg.auto_iters):
+            by_iters = int(self.cfg.auto_iters) > 0
+            if by_iters and it + 1 >= int(self.cfg.auto_iters):
                 window = self.auto_hist[n // 2 :]
-                val = window.nanmedian() if window.numel() else window.new_tensor(float("nan"))
-                small = bool(torch.isfinite(val)) and float(val) < float(self.cfg.auto_thresh)
-                self.sampler_state.fill_(_SMALL if small else _LARGE)
+            elif (not by_iters and progress is not None and progress >= float(self.cfg.warmup_frac)
+                  and it + 1 >= n // 2):
+                window = self.auto_hist
+            else:
+                return med
+            val = window.nanmedian() if window.numel() else window.new_tensor(float("nan"))
+            small = bool(torch.isfinite(val)) and float(val) < float(self.cfg.auto_thresh)
+            self.sampler_state.fill_(_SMALL if small else _LARGE)
         return med
 
     # ------------------------------------------------------------------ forward
@@ -251,6 +262,7 @@ class SSDDetRefiner(nn.Module):
         labels: list[Tensor],
         true_boxes: list[Tensor] | None = None,
         generator: torch.Generator | None = None,
+        progress: float | None = None,
     ) -> RefinerOutput:
         """Refine the noisy boxes of a batch.
 
@@ -262,6 +274,7 @@ class SSDDetRefiner(nn.Module):
             labels: N x Int64[M_i] in 1..K.
             true_boxes: optional N x Tensor[M_i, 4] clean boxes, paired one-to-one with `boxes`; logged only.
             generator: optional torch.Generator for the cap subset and the negatives.
+            progress: fraction of training done (0..1); the "auto" sampler decides on it.
 
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
@@ -326,7 +339,7 @@ class SSDDetRefiner(nn.Module):
             losses["loss_spsd1"] = cfg.w_spsd1 * self.reg_ori.loss(d0, b0, gt)
             b1 = self.reg_ori.decode(d0, b0)
             if self.training and state == _UNDECIDED:
-                med = self._auto_update(b0, b1, scales)
+                med = self._auto_update(b0, b1, scales, progress)
                 if med is not None:
                     stats["auto_rel_corr"] = med
         else:
