@@ -47,7 +47,7 @@ def test_annotations(small_set):
     sizes = {im["id"]: (im["width"], im["height"]) for im in coco["images"]}
     per_image = Counter(a["image_id"] for a in coco["annotations"])
     assert set(per_image) == set(sizes)  # every image has at least one object
-    assert max(per_image.values()) <= 5
+    assert max(per_image.values()) <= 10
     ann_ids = [a["id"] for a in coco["annotations"]]
     assert len(set(ann_ids)) == len(ann_ids)
     for a in coco["annotations"]:
@@ -100,19 +100,19 @@ def test_seed_changes_output(small_set, tmp_path):
 
 def test_default_data_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
-    assert synth.default_data_dir() == tmp_path / "synth-v3"
+    assert synth.default_data_dir() == tmp_path / "synth-v4"
     monkeypatch.delenv("SSDDET_HOME")
-    assert synth.default_data_dir().parts[-3:] == (".cache", "ssddet", "synth-v3")
+    assert synth.default_data_dir().parts[-3:] == (".cache", "ssddet", "synth-v4")
 
 
 def test_ensure_default_data_creates_then_reuses(monkeypatch, tmp_path):
     monkeypatch.setenv("SSDDET_HOME", str(tmp_path))
     small = dict(num_train=2, num_val=1, num_test=1, image_size=(64, 64), min_digit=16, max_digit=30)
     d = synth.ensure_default_data(**small)
-    assert d == tmp_path / "synth-v3"
+    assert d == tmp_path / "synth-v4"
     ann = d / "annotations.json"
     assert len(json.loads(ann.read_text())["images"]) == 4
-    assert [p.name for p in tmp_path.iterdir()] == ["synth-v3"]  # temp dir renamed away
+    assert [p.name for p in tmp_path.iterdir()] == ["synth-v4"]  # temp dir renamed away
     mtime = ann.stat().st_mtime_ns
 
     def boom(*a, **k):
@@ -146,3 +146,42 @@ def test_ensure_default_data_refuses_foreign_dir(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError):
         synth.make_synth(tmp_path, min_objects=3, max_objects=2)
+
+
+def test_glyph_pool_keeps_the_most_typical_per_class():
+    from sklearn.datasets import load_digits
+
+    imgs, labels = synth._load_digits(3)
+    assert imgs.shape == (30, 8, 8) and imgs.dtype == np.uint8
+    assert Counter(labels.tolist()) == {c: 3 for c in range(10)}
+    assert len(synth._load_digits()[0]) == 1797
+    d = load_digits()
+    zeros = d.images[d.target == 0]
+    nearest = np.argsort(((zeros - zeros.mean(axis=0)) ** 2).sum(axis=(1, 2)))[:3]
+    want = np.clip(zeros[nearest] * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    assert np.array_equal(imgs[labels == 0], want)
+
+
+def test_class_hues_colour_each_digit_by_its_class(tmp_path):
+    import colorsys
+
+    path = synth.make_synth(tmp_path, seed=1, num_train=6, num_val=0, num_test=0, class_hues=True,
+                            min_objects=1, max_objects=1)
+    coco = json.loads(path.read_text())
+    for im, arr in zip(coco["images"], _pixels(tmp_path, coco)):
+        (a,) = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        x, y, w, h = (int(round(v)) for v in a["bbox"])
+        crop = arr[y:y + h, x:x + w].reshape(-1, 3).astype(float) / 255
+        bright = crop[crop.max(axis=1) > 0.8]  # solid stroke pixels (the dimmed photo stays <= 0.5)
+        hue = colorsys.rgb_to_hsv(*np.median(bright, axis=0))[0]
+        want = (a["category_id"] - 1) / 10
+        assert min(abs(hue - want), 1 - abs(hue - want)) < 0.06, (a["category_id"], hue)
+
+
+def test_background_contrast_flattens_the_photo():
+    rs = [np.random.RandomState(0) for _ in range(2)]
+    bg = synth._load_backgrounds(("camera",))[0][1]
+    full = synth._random_crop(rs[0], bg, (64, 64), 1.0)
+    flat = synth._random_crop(rs[1], bg, (64, 64), 0.25)
+    assert np.allclose(flat.mean(axis=(0, 1)), full.mean(axis=(0, 1)), atol=1e-5)
+    assert np.allclose(flat - flat.mean(axis=(0, 1)), 0.25 * (full - full.mean(axis=(0, 1))), atol=1e-5)

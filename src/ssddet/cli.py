@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import logging
 import shlex
@@ -112,9 +113,13 @@ def _data_parser(sub) -> None:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--out", metavar="DIR", help="output directory (default: the built-in data location)")
     s.add_argument("--seed", type=int, default=0, help="generator seed")
-    s.add_argument("--num-train", type=int, default=600, help="training images")
-    s.add_argument("--num-val", type=int, default=100, help="validation images")
-    s.add_argument("--num-test", type=int, default=100, help="test images")
+    # make_synth's own defaults, so `ssddet data synth` writes exactly the set `ssddet train` generates
+    from .data.synth import make_synth
+
+    dflt = {k: v.default for k, v in inspect.signature(make_synth).parameters.items()}
+    s.add_argument("--num-train", type=int, default=dflt["num_train"], help="training images")
+    s.add_argument("--num-val", type=int, default=dflt["num_val"], help="validation images")
+    s.add_argument("--num-test", type=int, default=dflt["num_test"], help="test images")
     v = dsub.add_parser("voc2coco", help="Pascal VOC XML folders -> COCO JSON with splits from ImageSets/Main",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     v.add_argument("--voc-root", required=True, metavar="DIR", help="folder with Annotations/, JPEGImages/, "
