@@ -185,3 +185,25 @@ def test_background_contrast_flattens_the_photo():
     flat = synth._random_crop(rs[1], bg, (64, 64), 0.25)
     assert np.allclose(flat.mean(axis=(0, 1)), full.mean(axis=(0, 1)), atol=1e-5)
     assert np.allclose(flat - flat.mean(axis=(0, 1)), 0.25 * (full - full.mean(axis=(0, 1))), atol=1e-5)
+
+
+def test_cli_synth_writes_the_set_train_would_generate(tmp_path, monkeypatch):
+    """`ssddet data synth` and the set `ssddet train` generates share make_synth's defaults."""
+    import inspect
+
+    from ssddet.cli import main
+
+    seen = {}
+    real = synth.make_synth
+
+    def spy(out_dir, **kw):
+        seen.update(kw)
+        return real(out_dir, **{**kw, "num_train": 1, "num_val": 1, "num_test": 0})
+
+    spy.__signature__ = inspect.signature(real)  # the parser reads its defaults from the signature
+    monkeypatch.setattr(synth, "make_synth", spy)
+    assert main(["data", "synth", "--out", str(tmp_path / "s")]) == 0
+    dflt = inspect.signature(real).parameters
+    assert {k: seen[k] for k in ("num_train", "num_val", "num_test")} == {
+        k: dflt[k].default for k in ("num_train", "num_val", "num_test")}
+    assert (tmp_path / "s" / "annotations.json").is_file()
