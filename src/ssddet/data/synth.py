@@ -255,7 +255,7 @@ def make_synth(
     fewer than ``min_objects`` objects (never fewer than one).
 
     The defaults are sized so a from-scratch mobilenet_v3 Faster R-CNN at 320 px learns the set within a few
-    CPU-minutes (measured: val AP50 0.62 after 480 iterations): 320 px images so nothing is resampled,
+    CPU-minutes (measured: vanilla val AP50 0.58 after 400 iterations): 320 px images so nothing is resampled,
     several large digits per image so each of the 10 classes gets examples every step,
     ``background_contrast`` 0.4 to calm busy photos and ``class_hues`` (digit c is drawn in hue c/10 +- 0.02
     on a dimmed photo) so the class is learnable from colour and shape while the box still has to come from
