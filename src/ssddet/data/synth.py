@@ -180,7 +180,6 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, 
     canvas = _random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size, contrast)
     if class_hues:  # dim the photo so bright digits of any hue stand out without washing the hue to white
         canvas = canvas * CLASS_HUE_BG
-
     n_obj = rs.randint(n_range[0], n_range[1] + 1)
     placed: list[dict] = []
     for _ in range(n_obj):
@@ -195,13 +194,12 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, 
         cover = alpha > 0.5
         for p in placed:
             p["visible"] &= ~cover
-        x0, y0, x1, y1 = (int(v) for v in box)
-        region_lum = float(canvas[y0:y1, x0:x1].mean())
         if class_hues:
             hue = (labels[idx] / 10.0 + rs.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
             colour = np.array(colorsys.hsv_to_rgb(hue, rs.uniform(0.6, 0.9), 1.0), dtype=np.float32)
         else:
-            colour = _contrast_colour(rs, region_lum)
+            x0, y0, x1, y1 = (int(v) for v in box)
+            colour = _contrast_colour(rs, float(canvas[y0:y1, x0:x1].mean()))
         a = alpha[:, :, None]
         canvas = canvas * (1.0 - a) + colour[None, None, :] * a
         vis = alpha > 0

@@ -225,7 +225,8 @@ class SSDDetRefiner(nn.Module):
         regressor is untrained in the first half); with auto_iters = 0 (default) once training `progress`
         reaches cfg.warmup_frac and at least AUTO_WINDOW/2 readings exist, over the last AUTO_WINDOW
         iterations: a from-scratch regressor only learns to move boxes after a few epochs, so an early
-        reading says "small" whatever the noise.
+        reading says "small" whatever the noise. Even then the reading is small (BCCD, 40% noise: 0.001-0.005,
+        benchmarks/results/bccd.md), so auto_thresh is not a calibrated noise-level test.
         Returns this iteration's median (Tensor scalar) or None."""
         if 1.0 not in scales:
             return None
