@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ssddet.cli import build_parser, config_from_args, main
 from ssddet.config import Config, ModelConfig
@@ -22,7 +23,7 @@ from ssddet.data.errors import DataError
 from ssddet.data.noise import add_box_noise
 from ssddet.engine.checkpoint import atomic_save, deployable
 from ssddet.engine.inference import load_detector
-from ssddet.models.detector import BACKBONES, build_detector
+from ssddet.models.detector import BACKBONES, build_detector, build_trained_detector
 from ssddet.models.methods import DetectionMethod, build_method, matched_iou
 
 K = 2  # foreground classes of the shapes set
@@ -266,6 +267,13 @@ def test_backbone_weights_from_torchvision_resnet18(tmp_path):
     assert not model.backbone.body.conv1.weight.requires_grad
     assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
     assert model.backbone.body.layer4[0].conv1.weight.requires_grad
+    # rebuilding that run's model for its saved weights reads no file and matches its (frozen-BN) layout
+    path.unlink()
+    rebuilt = build_trained_detector(mcfg, K)
+    assert isinstance(rebuilt.backbone.body.bn1, FrozenBatchNorm2d)
+    rebuilt.load_state_dict(model.state_dict())
+    assert not isinstance(build_trained_detector(_cheap_model_cfg("resnet18_fpn"), K).backbone.body.bn1,
+                          FrozenBatchNorm2d)
 
 
 def test_backbone_weights_mismatch_is_data_error(tmp_path, capsys):

@@ -7,7 +7,7 @@ from torchvision.models.detection import FasterRCNN
 
 from ..config import ModelConfig
 from ..data.errors import DataError
-from ..models.detector import build_detector, freeze_batchnorm
+from ..models.detector import build_trained_detector
 from .checkpoint import load_checkpoint
 
 
@@ -30,11 +30,7 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
                         "checkpoint.pt)")
     known = set(ModelConfig.__dataclass_fields__)
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
-    pretrained_backbone = bool(mcfg.backbone_weights)
-    mcfg.weights = mcfg.backbone_weights = None  # the state_dict below replaces them
-    detector = build_detector(mcfg, meta["num_classes"])
-    if pretrained_backbone:  # trained with a local ImageNet backbone: its BatchNorm was frozen
-        freeze_batchnorm(detector.backbone.body)
+    detector = build_trained_detector(mcfg, meta["num_classes"])
     try:
         detector.load_state_dict(state)
     except RuntimeError as e:  # e.g. a hand-edited meta, or weights of another architecture

@@ -5,6 +5,7 @@ From scratch by default (no download is ever attempted). A local weights file ca
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -128,4 +129,13 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
         load_backbone_weights(model, cfg.backbone_weights)
     if cfg.weights:
         load_detector_weights(model, cfg.weights)
+    return model
+
+
+def build_trained_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
+    """The architecture a run trained, ready for its saved state_dict: no weight file is read (the state_dict
+    replaces them), and a run that started from a local backbone file gets that run's frozen BatchNorm."""
+    model = build_detector(dataclasses.replace(cfg, weights=None, backbone_weights=None), num_classes)
+    if cfg.backbone_weights:
+        freeze_batchnorm(model.backbone.body)
     return model

@@ -18,7 +18,7 @@ from ..data.dataset import load_image, record_target
 from ..data.errors import DataError
 from ..engine.checkpoint import load_checkpoint
 from ..engine.datasets import training_split_json
-from ..models.detector import build_detector, freeze_batchnorm
+from ..models.detector import build_trained_detector
 from ..models.methods import build_method
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,8 @@ def load_refiner_method(path: str | Path, device: torch.device):
     cfg = Config.from_dict(ck["config"], src=str(path))
     if cfg.train.method != "ssddet":
         raise DataError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
-    pretrained_backbone = bool(cfg.model.backbone_weights)
-    cfg.model.weights = cfg.model.backbone_weights = None
     num_classes = ck["meta"]["num_classes"]
-    detector = build_detector(cfg.model, num_classes)
-    if pretrained_backbone:
-        freeze_batchnorm(detector.backbone.body)
-    method = build_method(cfg, detector, num_classes)
+    method = build_method(cfg, build_trained_detector(cfg.model, num_classes), num_classes)
     method.load_state_dict(ck["method"])
     return method.to(device).eval(), cfg
 
