@@ -194,6 +194,30 @@ def test_eval_mode_skips_negatives():
     assert out.losses["loss_neg"].item() == 0.0 and out.stats["num_negatives"] == 0
 
 
+def test_diagnostic_bags_reproduce_the_picks():
+    """`bags` holds the refined objects' intermediates; re-merging them with the documented rules gives back
+    b̂ (stage-I q, top-k, clipped) and b̃ (sigma(cls) * min-max U', top-k) exactly."""
+    from ssddet.models.ssddet.merge import clip_boxes, topk_merge
+    from ssddet.models.ssddet.sisd import spatial_confidence
+
+    ref = _refiner(top_k=5).eval()
+    with torch.no_grad():
+        out = ref(_features(), SIZES, BOXES, LABELS)
+    b = out.bags
+    m, p = 4, 125
+    assert b["gt"].shape == (m, 4) and b["valid0"].shape == (m, p) and b["valid0"].dtype == torch.bool
+    for name in ("bag0", "bag1", "bag2"):
+        assert b[name].shape == (m, p, 4) and not b[name].requires_grad
+    for name in ("q1", "cls2", "sisd"):
+        assert b[name].shape == (m, p)
+    assert torch.equal(b["gt"], torch.cat(BOXES))
+    hw = torch.tensor([[64.0, 64.0]] * 3 + [[64.0, 56.0]])
+    b_hat = clip_boxes(topk_merge(b["bag1"], b["q1"], 5)[0], hw)
+    b_fin = topk_merge(b["bag2"], b["cls2"] * spatial_confidence(b["sisd"]), 5)[0]
+    assert torch.allclose(torch.cat(out.stage1), b_hat, atol=1e-5)
+    assert torch.allclose(torch.cat(out.refined), b_fin, atol=1e-5)
+
+
 def test_auto_sampler_decides_and_is_saved():
     ref = _refiner(sampler="auto", auto_iters=3, auto_thresh=10.0).manual_seed(0)  # huge threshold -> small
     ref.train()

@@ -60,6 +60,10 @@ class RefinerOutput:
     losses: dict[str, Tensor]
     stats: dict[str, float] = field(default_factory=dict)
     selected: list[Tensor] = field(default_factory=list)  # per image Bool[M_i]: refined in this call
+    # detached intermediates of the refined objects, for diagnostics (benchmarks/refiner_diagnostics.py):
+    # "gt" [M, 4] input boxes, "bag0"/"bag1"/"bag2" [M, P, 4], "valid0" Bool[M, P], "q1" [M, P] stage-I
+    # GT-class scores, "cls2" [M, P] stage-II GT-class sigmoid scores, "sisd" [M, P] raw SISD predictions U
+    bags: dict[str, Tensor] = field(default_factory=dict)
 
 
 class SSDDetRefiner(nn.Module):
@@ -357,6 +361,7 @@ class SSDDetRefiner(nn.Module):
             b_hat = clip_boxes(b_hat, hw)  # stage-I box is clipped to the image (method.md 5 item 9)
             b_hat, n_bad = _keep_sane(b_hat, gt)
         b_fin, bag_fin = b_hat, b1
+        bags = {"gt": gt, "bag0": b0, "valid0": v0, "bag1": b1.detach(), "q1": q}
 
         if cfg.num_stages == 2:
             # ---- step 4: B2 = SPSD-II regression of B1 towards b̂ (code path), or a fresh bag around b̂
@@ -416,6 +421,9 @@ class SSDDetRefiner(nn.Module):
                     b_fin, _ = topk_merge(b2, s2, cfg.top_k)
                     b_fin = clip_boxes(b_fin, hw)
             bag_fin = b2
+            bags.update(bag2=b2.detach(), cls2=p_cls1[ar, :, lab - 1].detach())
+            if self.sisd is not None:
+                bags["sisd"] = u.detach()
 
         if cfg.num_stages == 2:
             b_fin, n_bad2 = _keep_sane(b_fin, gt)
@@ -455,7 +463,7 @@ class SSDDetRefiner(nn.Module):
                         "bag_iou_top10": bag_iou.topk(min(10, p), dim=1).values.mean(),
                     }
                 )
-        return RefinerOutput(refined, stage1, losses, _to_floats(stats), _selected_masks(boxes, sel))
+        return RefinerOutput(refined, stage1, losses, _to_floats(stats), _selected_masks(boxes, sel), bags)
 
 
 def _selected_masks(boxes: list[Tensor], sel: list[Tensor]) -> list[Tensor]:
