@@ -15,13 +15,11 @@ import json
 from collections import defaultdict
 
 import torch
-from tqdm import tqdm
 
-from ssddet.data.dataset import load_image, record_target
 from ssddet.engine.datasets import training_split_json
 from ssddet.models.ssddet.merge import topk_merge
 from ssddet.models.ssddet.sisd import aligned_box_iou, spatial_confidence
-from ssddet.tools.refine import load_refiner_method
+from ssddet.tools.refine import load_refiner_method, refine_chunks
 
 
 def picks(bags: dict, b_hat: torch.Tensor, clean: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -47,6 +45,31 @@ def picks(bags: dict, b_hat: torch.Tensor, clean: torch.Tensor, k: int) -> dict[
     return out
 
 
+def accumulate(acc: dict, res, clean: torch.Tensor, k: int) -> None:
+    """Append this chunk's per-object IoUs (RefinerOutput `res`, its refined objects' clean boxes
+    Tensor[M, 4] in the resized frame) to `acc` {row name: list of Tensor[M]}."""
+    sel = res.selected[0]
+    bags = res.bags
+    acc["noisy"].append(aligned_box_iou(bags["gt"], clean))
+    acc["b_hat (stage I)"].append(aligned_box_iou(res.stage1[0][sel], clean))
+    acc["b_tilde (final)"].append(aligned_box_iou(res.refined[0][sel], clean))
+    for name in ("bag0", "bag1", "bag2"):
+        if name in bags:
+            iou = aligned_box_iou(bags[name], clean[:, None])
+            acc[f"{name} mean"].append(iou.mean(1))
+            acc[f"{name} max"].append(iou.max(1).values)
+            acc[f"{name} top10"].append(iou.topk(min(10, iou.shape[1]), 1).values.mean(1))
+    if "bag2" in bags:
+        for rule, v in picks(bags, res.stage1[0][sel], clean, k).items():
+            acc[rule].append(v)
+        if "sisd" in bags:
+            # SISD quality: Pearson correlation (within each bag) of U with the IoU to b̂ (its target) and to the clean box
+            u = bags["sisd"]
+            for ref_name, ref in (("b_hat", res.stage1[0][sel]), ("clean", clean)):
+                t = aligned_box_iou(bags["bag2"], ref[:, None])
+                acc[f"corr(U, IoU {ref_name})"].append(_rowcorr(u, t))
+
+
 @torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -62,45 +85,17 @@ def main() -> None:
         for mod in method.detector.backbone.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                 mod.train()
-    method.refiner.cfg.max_objects_per_image = 0
     k = int(method.refiner.cfg.top_k)
     _, _, records = training_split_json(cfg.data)
     if a.max_images:
         records = records[: a.max_images]
     acc: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for rec in tqdm(records, desc="diagnose"):
-        if len(rec.boxes) == 0 or rec.true_boxes is None:
+    for rec, part, res, back in refine_chunks(method, records, device):
+        if rec.true_boxes is None:
             continue
-        image, sx, sy = load_image(rec)
-        target = record_target(rec, sx, sy)
-        images, targets = method.detector.transform([image], [dict(target)])
-        (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
-        clean_all = target["true_boxes"] * torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0])
-        features = method.detector.backbone(images.tensors)
-        boxes, labels = targets[0]["boxes"], targets[0]["labels"]
-        for s in range(0, len(boxes), 32):
-            res = method.refiner(features, images.image_sizes, [boxes[s:s + 32]], [labels[s:s + 32]])
-            sel = res.selected[0]
-            clean = clean_all[s:s + 32][sel]
-            bags = res.bags
-            acc["noisy"].append(aligned_box_iou(bags["gt"], clean))
-            acc["b_hat (stage I)"].append(aligned_box_iou(res.stage1[0][sel], clean))
-            acc["b_tilde (final)"].append(aligned_box_iou(res.refined[0][sel], clean))
-            for name in ("bag0", "bag1", "bag2"):
-                if name in bags:
-                    iou = aligned_box_iou(bags[name], clean[:, None])
-                    acc[f"{name} mean"].append(iou.mean(1))
-                    acc[f"{name} max"].append(iou.max(1).values)
-                    acc[f"{name} top10"].append(iou.topk(min(10, iou.shape[1]), 1).values.mean(1))
-            if "bag2" in bags:
-                for rule, v in picks(bags, res.stage1[0][sel], clean, k).items():
-                    acc[rule].append(v)
-                if "sisd" in bags:
-                    # SISD quality: rank correlation of U with the IoU to b̂ (its target) and to the clean box
-                    u = bags["sisd"]
-                    for ref_name, ref in (("b_hat", res.stage1[0][sel]), ("clean", clean)):
-                        t = aligned_box_iou(bags["bag2"], ref[:, None])
-                        acc[f"corr(U, IoU {ref_name})"].append(_rowcorr(u, t))
+        sel = res.selected[0]
+        clean = (torch.from_numpy(rec.true_boxes[part]).float().to(device) / back)[sel]  # resized frame
+        accumulate(acc, res, clean, k)
     table = {name: float(torch.cat(v).float().nanmean()) for name, v in acc.items()}
     width = max(map(len, table))
     for name, v in table.items():

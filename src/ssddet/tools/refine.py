@@ -42,11 +42,13 @@ def load_refiner_method(path: str | Path, device: torch.device):
 
 
 @torch.no_grad()
-def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.ndarray]:
-    """-> {annotation id: refined xyxy box in the JSON's pixel frame}. Objects go through the refiner in chunks
-    of `chunk` so crowded images stay within memory."""
-    method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking below bounds the cost
-    out: dict[int, np.ndarray] = {}
+def refine_chunks(method, records, device, chunk: int = 32):
+    """Run the refiner over every object of every record (eval mode, no per-image cap), `chunk` objects per
+    call so crowded images stay within memory.
+
+    Yields (record, slice of its objects, RefinerOutput of that chunk, back: Tensor[4]); multiplying a
+    refiner box (resized-image frame) by `back` gives the JSON's pixel frame."""
+    method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
     for rec in tqdm(records, desc="refine", leave=False):
         if len(rec.boxes) == 0:
             continue
@@ -59,9 +61,16 @@ def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.nda
         (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
         back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
         for s in range(0, len(boxes), chunk):
-            res = method.refiner(features, images.image_sizes, [boxes[s:s + chunk]], [labels[s:s + chunk]])
-            for aid, box in zip(rec.ann_ids[s:s + chunk].tolist(), (res.refined[0] * back).cpu().numpy()):
-                out[int(aid)] = box
+            part = slice(s, s + chunk)
+            yield rec, part, method.refiner(features, images.image_sizes, [boxes[part]], [labels[part]]), back
+
+
+def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.ndarray]:
+    """-> {annotation id: refined xyxy box in the JSON's pixel frame} (see `refine_chunks`)."""
+    out: dict[int, np.ndarray] = {}
+    for rec, part, res, back in refine_chunks(method, records, device, chunk):
+        for aid, box in zip(rec.ann_ids[part].tolist(), (res.refined[0] * back).cpu().numpy()):
+            out[int(aid)] = box
     return out
 
 
