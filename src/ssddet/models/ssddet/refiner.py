@@ -399,6 +399,7 @@ class SSDDetRefiner(nn.Module):
             n_shared += int(f_all.shape[0])
             f2 = f_all[~is_neg].reshape(m, p, -1)
             bag2, p_cls1, p_ins1 = stage2_bag_scores(self.cls1(f2), self.ins1(f2), v2)
+            cls2 = p_cls1[ar, :, lab - 1].detach()  # [M, P] GT-class sigmoid scores: SISD picking + diagnostics
             losses["loss_mil2"] = cfg.w_mil2 * stage2_loss(bag2, lab, omega)
             n_neg = int(is_neg.sum())
             if n_neg > 0:
@@ -413,7 +414,7 @@ class SSDDetRefiner(nn.Module):
                 losses["loss_sisd"] = cfg.w_sisd * sisd_loss(u, sisd_targets(b2, b_hat))
                 with torch.no_grad():
                     # code: sigma(cls) * v * U', no instance term (method.md 5 item 3); not clipped
-                    s2 = p_cls1[ar, :, lab - 1] * spatial_confidence(u)
+                    s2 = cls2 * spatial_confidence(u)
                     b_fin, _ = topk_merge(b2, s2, cfg.top_k)
             else:
                 with torch.no_grad():
@@ -421,7 +422,7 @@ class SSDDetRefiner(nn.Module):
                     b_fin, _ = topk_merge(b2, s2, cfg.top_k)
                     b_fin = clip_boxes(b_fin, hw)
             bag_fin = b2
-            bags.update(bag2=b2.detach(), cls2=p_cls1[ar, :, lab - 1].detach())
+            bags.update(bag2=b2.detach(), cls2=cls2)
             if self.sisd is not None:
                 bags["sisd"] = u.detach()
 
