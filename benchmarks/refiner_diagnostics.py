@@ -63,7 +63,8 @@ def accumulate(acc: dict, res, clean: torch.Tensor, k: int) -> None:
         for rule, v in picks(bags, res.stage1[0][sel], clean, k).items():
             acc[rule].append(v)
         if "sisd" in bags:
-            # SISD quality: Pearson correlation (within each bag) of U with the IoU to b̂ (its target) and to the clean box
+            # SISD quality: Pearson correlation (within each bag) of U with the IoU to b̂ (its target) and to the
+            # clean box
             u = bags["sisd"]
             for ref_name, ref in (("b_hat", res.stage1[0][sel]), ("clean", clean)):
                 t = aligned_box_iou(bags["bag2"], ref[:, None])

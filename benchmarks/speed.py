@@ -1,10 +1,12 @@
 """Median train-step time of SSD-Det vs vanilla Faster R-CNN on the same model, image size and batch, and a
 profile of where the refiner's time goes.
 
-    python benchmarks/speed.py --data ../shared/data/bccd --steps 12 [--set ssddet.sampler=small ...]
+    python benchmarks/speed.py --data ../shared/data/bccd --steps 12 [--set ssddet.sampler=small ...] \
+        [--backbone efficientnet_lite0_fpn --backbone mobilenet_v3_large_fpn]
 
-Each configuration trains from the same initial weights on the same BCCD batches (noise 0.4); the first
-`--warmup` steps are discarded. Prints one table row per configuration and a torch.profiler op summary.
+For every --backbone (default: the default backbone), each configuration trains from the same initial weights
+on the same batches (noise 0.4); the first `--warmup` steps are discarded. Prints one table row per
+configuration (the ratio is to the first backbone's vanilla step) and, with --profile, a torch.profiler summary.
 """
 from __future__ import annotations
 
@@ -67,6 +69,9 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="overrides for the ssddet runs, ';'-separated "
                     "per configuration, e.g. --set 'ssddet.sampler=small;ssddet.trunk_dim=256'")
     ap.add_argument("--profile", action="store_true", help="profile one step of each SSD-Det configuration")
+    ap.add_argument("--backbone", action="append", default=[], help="backbones to time (repeatable); the "
+                    "ratios of the table are to the first backbone's vanilla step")
+    ap.add_argument("--min-size", type=int, default=0, help="image size (default: the config default)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
@@ -74,21 +79,27 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     base = Config()
     base.data.data_dir, base.data.noise = a.data, a.noise
+    if a.min_size:
+        base.model.min_size = a.min_size
     data, k = batches(base, a.steps + a.warmup)
     rows = []
-    t_van, _, _ = time_steps(_with(base, "vanilla", []), data, k, a.warmup)
-    rows.append({"config": "vanilla", "step_s": t_van, "ratio": 1.0})
-    print(f"{'config':60s} {'step s':>8s} {'x vanilla':>9s} {'RoIs/it':>8s} {'IoU refined':>11s}")
-    print(f"{'vanilla':60s} {t_van:8.3f} {1.0:9.2f}")
-    for spec in a.set or [""]:
-        overrides = [s for s in spec.split(";") if s]
-        t, stats, prof = time_steps(_with(base, "ssddet", overrides), data, k, a.warmup, a.profile)
-        name = "ssddet " + " ".join(overrides)
-        rows.append({"config": name, "step_s": t, "ratio": t / t_van, "rois": stats.get("num_rois_shared"),
-                     "iou_refined": stats.get("iou_refined"), "iou_noisy": stats.get("iou_noisy")})
-        print(f"{name:60s} {t:8.3f} {t / t_van:9.2f} {stats.get('num_rois_shared', 0):8.0f}")
-        if prof is not None:
-            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
+    t_ref = None
+    print(f"{'config':60s} {'step s':>8s} {'x vanilla':>9s} {'RoIs/it':>8s}")
+    for backbone in a.backbone or [base.model.backbone]:
+        base.model.backbone = backbone
+        t_van, _, _ = time_steps(_with(base, "vanilla", []), data, k, a.warmup)
+        t_ref = t_ref or t_van
+        rows.append({"config": f"{backbone} vanilla", "step_s": t_van, "ratio": t_van / t_ref})
+        print(f"{backbone + ' vanilla':60s} {t_van:8.3f} {t_van / t_ref:9.2f}")
+        for spec in a.set or [""]:
+            overrides = [s for s in spec.split(";") if s]
+            t, stats, prof = time_steps(_with(base, "ssddet", overrides), data, k, a.warmup, a.profile)
+            name = f"{backbone} ssddet " + " ".join(overrides)
+            rows.append({"config": name, "step_s": t, "ratio": t / t_ref, "rois": stats.get("num_rois_shared"),
+                         "iou_refined": stats.get("iou_refined"), "iou_noisy": stats.get("iou_noisy")})
+            print(f"{name:60s} {t:8.3f} {t / t_ref:9.2f} {stats.get('num_rois_shared', 0):8.0f}")
+            if prof is not None:
+                print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12))
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -58,7 +58,8 @@ def _fresh(targets):
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_build_detector_every_backbone(backbone):
     torch.manual_seed(0)
-    model = build_detector(ModelConfig(backbone=backbone, min_size=64, max_size=96), num_classes=3)
+    model = build_detector(ModelConfig(backbone=backbone, pretrained="none", min_size=64, max_size=96),
+                           num_classes=3)
     assert isinstance(model, FasterRCNN)
     pred = model.roi_heads.box_predictor
     assert pred.cls_score.out_features == 4 and pred.bbox_pred.out_features == 16  # 3 classes + background

