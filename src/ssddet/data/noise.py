@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import __version__
-from .boxes import pairwise_iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from .boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from .errors import DataError
 
 
@@ -122,7 +122,7 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
             noisy = perturb_box(clean, level, im["width"], im["height"], rng)
             ann["bbox"] = [float(v) for v in xyxy_to_xywh(noisy)]
             ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            ious.append(pairwise_iou_xyxy(noisy, clean)[0])
+            ious.append(float(aligned_iou_np(noisy, clean)))
     info = dict(out.get("info") or {}) if isinstance(out.get("info"), dict) else {}
     info["box_noise"] = {"level": level, "seed": seed, "generator": "OA-MIL (RandomState, 4 draws/box)",
                          "ssddet_version": __version__, "boxes_perturbed": len(ious)}

@@ -8,7 +8,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..config import SSDDetConfig
-from .methods import DetectionMethod, matched_iou
+from ..data.boxes import aligned_iou
+from .methods import DetectionMethod
 from .ssddet import SSDDetRefiner
 from .ssddet.bank import BoxBank, from_unit, to_unit
 
@@ -64,7 +65,7 @@ class SSDDetMethod(DetectionMethod):
             boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
             if len(boxes):
                 # what the detector actually trains on (refined, banked or noisy, blended)
-                stats["iou_det_target"] = float(matched_iou(boxes, clean).mean())
+                stats["iou_det_target"] = float(aligned_iou(boxes, clean).mean())
         return det_targets, out.losses, stats
 
     def weight_losses(self, losses):

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.boxes import pairwise_iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
 from ..data.errors import DataError
 from ..engine.checkpoint import load_checkpoint
@@ -91,8 +91,8 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict,
     d["info"] = {**(d.get("info") or {}), "ssddet_refine": info}
     stats = {"refined_boxes": len(refined)}
     if clean:
-        stats["iou_noisy"] = float(pairwise_iou_xyxy(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
-        stats["iou_refined"] = float(pairwise_iou_xyxy(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
+        stats["iou_noisy"] = float(aligned_iou_np(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
+        stats["iou_refined"] = float(aligned_iou_np(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
     return d, stats
 
 

@@ -24,11 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SSDDetConfig
+from ...data.boxes import aligned_iou
 from .merge import clip_boxes, topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import random_negatives, select_negatives
 from .sampler import PRESETS, bag_validity, neighbourhood_bag
-from .sisd import SISDHead, aligned_box_iou, sisd_loss, sisd_targets, spatial_confidence
+from .sisd import SISDHead, sisd_loss, sisd_targets, spatial_confidence
 from .spsd import SPSDRegressor
 from .trunk import build_trunk
 
@@ -448,17 +449,17 @@ class SSDDetRefiner(nn.Module):
                     "num_rois_sisd": torch.tensor(float(n_sisd)),
                     "omega_mean": omega.mean(),
                     "num_fallback": n_bad.float(),
-                    "bag_iou_noisy": aligned_box_iou(bag_fin, gt[:, None]).mean(),
+                    "bag_iou_noisy": aligned_iou(bag_fin, gt[:, None]).mean(),
                 }
             )
             if clean is not None:
-                bag_iou = aligned_box_iou(bag_fin, clean[:, None])  # [M, P]
+                bag_iou = aligned_iou(bag_fin, clean[:, None])  # [M, P]
                 stats.update(
                     {
-                        "iou_noisy": aligned_box_iou(gt, clean).mean(),
-                        "iou_stage1": aligned_box_iou(b_hat, clean).mean(),
-                        "iou_refined": aligned_box_iou(b_fin, clean).mean(),
-                        "bag0_iou_mean": aligned_box_iou(b0, clean[:, None]).mean(),
+                        "iou_noisy": aligned_iou(gt, clean).mean(),
+                        "iou_stage1": aligned_iou(b_hat, clean).mean(),
+                        "iou_refined": aligned_iou(b_fin, clean).mean(),
+                        "bag0_iou_mean": aligned_iou(b0, clean[:, None]).mean(),
                         "bag_iou_mean": bag_iou.mean(),
                         "bag_iou_max": bag_iou.max(dim=1).values.mean(),
                         "bag_iou_top10": bag_iou.topk(min(10, p), dim=1).values.mean(),
