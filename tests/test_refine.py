@@ -66,3 +66,34 @@ def test_refine_rejects_a_vanilla_run(tmp_path, capsys):
           "--max-size", "96", "--workers", "0", "--output", str(out)])
     assert main(["refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs an ssddet run" in capsys.readouterr().err
+
+
+def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypatch):
+    """Every banked annotation of an image (refined this iteration or not) reaches the refiner as a box its
+    negatives must avoid, in the image's resized and flipped frame."""
+    from types import SimpleNamespace
+
+    from ssddet.config import ModelConfig, SSDDetConfig
+    from ssddet.models.detector import build_detector
+    from ssddet.models.ssddet.refiner import RefinerOutput
+    from ssddet.models.ssddet_method import SSDDetMethod
+
+    method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), SSDDetConfig(), 2).train()
+    method.bank.update(torch.tensor([5, 9]), torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]))
+    seen = {}
+
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None):
+        seen["avoid"] = avoid
+        return RefinerOutput([b.clone() for b in boxes], [b.clone() for b in boxes], {}, {},
+                             [torch.ones(len(b), dtype=torch.bool) for b in boxes])
+
+    monkeypatch.setattr(method.refiner, "forward", fake_refiner)
+    boxes = torch.tensor([[1.0, 1.0, 5.0, 5.0], [10.0, 10.0, 20.0, 20.0], [30.0, 30.0, 40.0, 40.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 2, 1]), "ann_ids": torch.tensor([9, 7, 5]),
+                "flipped": True},
+               {"boxes": boxes[:1], "labels": torch.tensor([1]), "ann_ids": torch.tensor([8])}]
+    method.refine_targets({}, SimpleNamespace(image_sizes=[(100, 200), (100, 200)]), targets, 1.0)
+    # unit (x1, y1, x2, y2) in a 200 x 100 image flipped: (200 (1 - x2), 100 y1, 200 (1 - x1), 100 y2)
+    torch.testing.assert_close(seen["avoid"][0], torch.tensor([[80.0, 50.0, 100.0, 70.0],
+                                                               [140.0, 20.0, 180.0, 40.0]]))
+    assert seen["avoid"][1].shape == (0, 4)
