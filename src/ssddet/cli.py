@@ -153,6 +153,8 @@ def _noise_parser(sub) -> None:
     p.add_argument("--level", type=_positive_float, default=0.4, help="noise level r in [0, 1)")
     p.add_argument("--seed", type=int, default=45, help="seed (legacy numpy RandomState, as the official code)")
     p.add_argument("--split", help="only perturb images of this split (others are copied unchanged)")
+    p.add_argument("--images", metavar="DIR", help="image root that file_name is relative to, for the sizes of "
+                   "images without width/height in the JSON (default: the directory of the JSON / --data)")
     p.add_argument("--out", metavar="JSON", help="output file (default: print the mean IoU only)")
 
 
@@ -339,16 +341,11 @@ def cmd_noise(a) -> int:
     import numpy as np
 
     from .data.coco import read_json
-    from .data.noise import add_box_noise
+    from .data.noise import noisy_copy
 
     src = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
-    d = read_json(src)
-    ids = None
-    if a.split:
-        ids = [im.get("id") for im in d.get("images", []) if isinstance(im, dict) and im.get("split") == a.split]
-        if not ids:
-            raise DataError(f"{src}: no image has split '{a.split}'")
-    noisy, ious = add_box_noise(d, a.level, a.seed, ids, src=str(src))
+    root = Path(a.images) if a.images else src.parent
+    noisy, ious = noisy_copy(read_json(src), a.level, a.seed, root, a.split, src=str(src))
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)

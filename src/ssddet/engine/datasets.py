@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
 from ..data.errors import DataError
-from ..data.noise import add_box_noise
+from ..data.noise import noisy_copy
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -
     raw = read_json(train_path)
     by_split = _uses_split(raw, by_split)
     if cfg.noise > 0:
-        raw = _noisy(_fill_image_sizes(raw, root), cfg, str(train_path), by_split)
+        raw = _noisy(raw, cfg, str(train_path), root, by_split)
     return raw, by_split
 
 
@@ -107,32 +107,9 @@ def load_train_val(cfg: DataConfig) -> Splits:
     return Splits(train, train_recs, val, val_recs)
 
 
-def _fill_image_sizes(raw: dict, root: Path) -> dict:
-    """Images without a usable width/height in the JSON get the file's size (the noise generator clips to it),
-    as the loader does; what cannot be read is left for the loader to report."""
-    from ..data.coco import _as_number, _image_size_from_file
-
-    images = raw.get("images") if isinstance(raw, dict) else None
-    if not isinstance(images, list):
-        return raw
-    filled = []
-    for im in images:
-        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and any(
-                (_as_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
-            size = _image_size_from_file(root / im["file_name"])
-            if size is not None:
-                im = {**im, "width": size[0], "height": size[1]}
-        filled.append(im)
-    return {**raw, "images": filled}
-
-
-def _noisy(raw: dict, cfg: DataConfig, src: str, by_split: bool) -> dict:
+def _noisy(raw: dict, cfg: DataConfig, src: str, root: Path, by_split: bool) -> dict:
     """Noise the training images only (the evaluation split always stays clean)."""
-    image_ids = None
-    if by_split:
-        image_ids = [im.get("id") for im in raw.get("images", []) if isinstance(im, dict)
-                     and im.get("split") == cfg.train_split]
-    noisy, ious = add_box_noise(raw, cfg.noise, cfg.noise_seed, image_ids, src=src)
+    noisy, ious = noisy_copy(raw, cfg.noise, cfg.noise_seed, root, cfg.train_split if by_split else None, src)
     log.info("box noise %.2f (seed %d) on %d training boxes: mean IoU with clean %.3f", cfg.noise,
              cfg.noise_seed, len(ious), float(ious.mean()) if len(ious) else float("nan"))
     return noisy
