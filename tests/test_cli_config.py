@@ -56,18 +56,19 @@ def test_given_flags_override_the_config_file(tmp_path):
 
 def test_every_train_flag_reaches_its_field():
     """Each table row is wired: the flag given alone changes exactly its field."""
-    values = {"--method": "oamil", "--backbone": "resnet18_fpn", "--lr-schedule": "cosine",
-              "--nan-policy": "skip", "--noise": "0.25", "--lr": "0.5"}
     default = Config().to_dict()
     for flag, field, opts in train_flags():
-        if opts.get("action") is not None:
-            args, want = [flag], True
-        else:
-            args = [flag, values.get(flag, "17" if opts.get("type") is int else "x")]
-            want = opts.get("type", str)(args[1])
-        got = _resolve("--output", "o", *args).to_dict()
         section, key = field.split(".")
-        assert got[section][key] == want, flag
+        if opts.get("action") is not None:  # --x / --no-x
+            args, want = [flag if not default[section][key] else f"--no-{flag[2:]}"], not default[section][key]
+        else:
+            if "choices" in opts:
+                value = next(str(c) for c in opts["choices"] if c != default[section][key])
+            else:
+                value = "17" if opts.get("type") is int else ("0.25" if "type" in opts else "x")  # float | str
+            args, want = [flag, value], opts.get("type", str)(value)
+        got = _resolve("--output", "o", *args).to_dict()
+        assert got[section][key] == want != default[section][key], flag
         got[section][key] = default[section][key]
         got["train"]["output"] = default["train"]["output"]
         assert got == default, flag
