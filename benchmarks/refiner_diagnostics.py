@@ -16,17 +16,18 @@ from collections import defaultdict
 
 import torch
 
+from ssddet.data.boxes import aligned_iou
 from ssddet.engine.datasets import training_split_json
 from ssddet.models.ssddet.merge import topk_merge
-from ssddet.models.ssddet.sisd import aligned_box_iou, spatial_confidence
+from ssddet.models.ssddet.sisd import spatial_confidence
 from ssddet.tools.refine import load_refiner_method, refine_chunks
 
 
 def picks(bags: dict, b_hat: torch.Tensor, clean: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
     """-> {rule: Tensor[M] IoU with the clean boxes} for the final-box rules compared."""
     b2, cls2 = bags["bag2"], bags["cls2"]
-    iou_bag = aligned_box_iou(b2, clean[:, None])  # [M, P]
-    out = {"bag2 mean box": aligned_box_iou(b2.mean(1), clean)}
+    iou_bag = aligned_iou(b2, clean[:, None])  # [M, P]
+    out = {"bag2 mean box": aligned_iou(b2.mean(1), clean)}
     rules = {"cls": cls2}
     if "sisd" in bags:
         u = spatial_confidence(bags["sisd"])
@@ -35,13 +36,13 @@ def picks(bags: dict, b_hat: torch.Tensor, clean: torch.Tensor, k: int) -> dict[
     for name, s in rules.items():
         for kk in sorted({1, 3, k, 15}):
             box, _ = topk_merge(b2, s, kk)
-            out[f"{name} k={kk}"] = aligned_box_iou(box, clean)
+            out[f"{name} k={kk}"] = aligned_iou(box, clean)
     # perfect SISD: ranked by its target IoU(B2, b̂); oracle: ranked by the IoU with the clean box
-    for name, ref in (("perfect-SISD", aligned_box_iou(b2, b_hat[:, None])), ("oracle", iou_bag)):
+    for name, ref in (("perfect-SISD", aligned_iou(b2, b_hat[:, None])), ("oracle", iou_bag)):
         for kk in (1, 3, k):
             onehot = torch.zeros_like(ref).scatter(1, ref.topk(min(kk, b2.shape[1]), 1).indices, 1.0)
             box, _ = topk_merge(b2, onehot, kk)
-            out[f"{name} k={kk}"] = aligned_box_iou(box, clean)
+            out[f"{name} k={kk}"] = aligned_iou(box, clean)
     return out
 
 
@@ -50,12 +51,12 @@ def accumulate(acc: dict, res, clean: torch.Tensor, k: int) -> None:
     Tensor[M, 4] in the resized frame) to `acc` {row name: list of Tensor[M]}."""
     sel = res.selected[0]
     bags = res.bags
-    acc["noisy"].append(aligned_box_iou(bags["gt"], clean))
-    acc["b_hat (stage I)"].append(aligned_box_iou(res.stage1[0][sel], clean))
-    acc["b_tilde (final)"].append(aligned_box_iou(res.refined[0][sel], clean))
+    acc["noisy"].append(aligned_iou(bags["gt"], clean))
+    acc["b_hat (stage I)"].append(aligned_iou(res.stage1[0][sel], clean))
+    acc["b_tilde (final)"].append(aligned_iou(res.refined[0][sel], clean))
     for name in ("bag0", "bag1", "bag2"):
         if name in bags:
-            iou = aligned_box_iou(bags[name], clean[:, None])
+            iou = aligned_iou(bags[name], clean[:, None])
             acc[f"{name} mean"].append(iou.mean(1))
             acc[f"{name} max"].append(iou.max(1).values)
             acc[f"{name} top10"].append(iou.topk(min(10, iou.shape[1]), 1).values.mean(1))
@@ -67,7 +68,7 @@ def accumulate(acc: dict, res, clean: torch.Tensor, k: int) -> None:
             # clean box
             u = bags["sisd"]
             for ref_name, ref in (("b_hat", res.stage1[0][sel]), ("clean", clean)):
-                t = aligned_box_iou(bags["bag2"], ref[:, None])
+                t = aligned_iou(bags["bag2"], ref[:, None])
                 acc[f"corr(U, IoU {ref_name})"].append(_rowcorr(u, t))
 
 

@@ -205,6 +205,10 @@ def test_counted_warnings(case, tmp_path, capsys, caplog):
     assert rc == 0 and "Traceback" not in err
     assert f"warning: 1 annotation(s): {kind} (e.g. ids [99])" in out.splitlines()
     assert out.splitlines()[-1] == "OK"
+    # --strict: the same summary, then a failure naming the finding, exit 1
+    rc, strict_out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 1 and strict_out.splitlines()[:-1] == out.splitlines()[:-1]
+    assert strict_out.splitlines()[-1] == f"FAILED --strict: 1 annotation(s) {kind}"
     data = load_coco(ann)
     assert data.warnings[kind] == 1 and sum(data.warnings.values()) == 1
     assert data.warning_examples[kind] == [99]
@@ -223,6 +227,8 @@ def test_image_size_differs_from_json(tiny_coco, capsys):
     assert rc == 0
     assert (f"warning: 1 image(s): image size differs from JSON (boxes will be rescaled), e.g. "
             f"{root / 'images/a.jpg'} (image 1)") in out
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 1 and out.splitlines()[-1] == "FAILED --strict: 1 image(s) rescaled"
     image, t = CocoDetection(load_coco(ann).records[:1])[0]
     assert image.shape == (3, 128, 40)
     torch.testing.assert_close(t["boxes"], torch.tensor([[5., 20., 20., 60.], [20., 40., 30., 100.]]))
@@ -237,6 +243,8 @@ def test_grey_and_rgba_images(tmp_path, capsys, mode):
     write_image(root / "images/a.png", 80, 64, mode=mode)
     rc, out, _ = run(["check", "--ann", ann], capsys)
     assert rc == 0 and f"warning: 1 image(s): non-RGB image ({mode}) converted to RGB" in out
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)  # no box changes: not a --strict finding
+    assert rc == 0 and out.splitlines()[-1] == "OK"
     image, _ = CocoDetection(load_coco(ann).records[:1])[0]
     assert image.shape == (3, 64, 80)
 
@@ -249,6 +257,8 @@ def test_category_without_boxes(tmp_path, capsys):
     assert rc == 0
     assert "warning: categories without any box: ['ghost']" in out
     assert "boxes per category: cat3=2, cat7=2, cat42=2, ghost=0" in out
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 1 and out.splitlines()[-1] == "FAILED --strict: 1 category(ies) without any box"
 
 
 def test_missing_width_height_read_from_file(tmp_path, capsys):
@@ -265,6 +275,29 @@ def test_missing_width_height_read_from_file(tmp_path, capsys):
     assert data.warnings[kind] == 2
     rc, out, _ = run(["check", "--ann", ann], capsys)
     assert rc == 0 and f"warning: 2 image(s): {kind} (e.g. ids [2, 4])" in out
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)  # sizes from the files change no box
+    assert rc == 0 and out.splitlines()[-1] == "OK"
+
+
+def test_check_strict_on_a_clean_set_and_on_several_findings(tiny_coco, tmp_path, capsys):
+    _, ann, _ = tiny_coco
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 0 and out.splitlines()[-1] == "OK"
+    coco = tiny_coco_dict()
+    for mutate in (_ann_case(image_id=1234), _ann_case(bbox=[70, 50, 20, 20])):
+        mutate(coco)
+    coco["annotations"][-1]["id"] = 100
+    coco["categories"].append({"id": 50, "name": "ghost"})
+    ann = write_coco(tmp_path / "ds", coco)
+    rc, out, _ = run(["check", "--ann", ann, "--strict", "--no-images"], capsys)
+    assert rc == 1 and out.splitlines()[-1] == ("FAILED --strict: 1 annotation(s) clipped; 1 annotation(s) "
+                                                "unknown image_id (skipped); 1 category(ies) without any box")
+    # an unusable set stays exit 2, --strict or not
+    for a in coco["annotations"]:
+        a["bbox"] = [1, 2, 3]
+    ann.write_text(json.dumps(coco))
+    rc, out, _ = run(["check", "--ann", ann, "--strict", "--no-images"], capsys)
+    assert rc == 2 and out.splitlines()[-1] == "NOT USABLE as is (see errors above)"
 
 
 # ------------------------------------------------------------------ training / CLI arguments

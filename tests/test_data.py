@@ -217,8 +217,20 @@ def test_separate_train_val_files(tmp_path):
     val = {**coco, "images": [im for im in coco["images"] if im["split"] == "val"]}
     val_ann = write_coco(root, val, name="val.json", images=False)
     splits = load_train_val(DataConfig(train_ann=str(train_ann), val_ann=str(val_ann), noise=0.1))
-    assert len(splits.train_records) == 5  # no split filter with separate files: the whole train file
+    # the train file has `split` fields: its training split only (never its val/test images), noised
+    assert [r.image_id for r in splits.train_records] == [1, 2, 3]
     assert [r.image_id for r in splits.val_records] == [4] and splits.val_records[0].true_boxes is None
+    assert splits.train.info["box_noise"]["boxes_perturbed"] == 3  # images 1 and 2, not 4 and 5
+    # a file without `split` fields is used whole
+    for im in coco["images"]:
+        del im["split"]
+    write_coco(root, coco, name="train.json", images=False)
+    splits = load_train_val(DataConfig(train_ann=str(train_ann), val_ann=str(val_ann)))
+    assert [r.image_id for r in splits.train_records] == [1, 2, 3, 4, 5]
+    # a --val-ann file with every split (and `split` fields): its val split only
+    all_ann = write_coco(root, tiny_coco_dict(), name="all.json", images=False)
+    splits = load_train_val(DataConfig(train_ann=str(train_ann), val_ann=str(all_ann)))
+    assert [r.image_id for r in splits.val_records] == [4]
 
 
 def test_image_size_mismatch_rescales_boxes(tmp_path):

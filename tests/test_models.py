@@ -17,6 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ssddet.cli import build_parser, config_from_args, main
 from ssddet.config import Config, ModelConfig
+from ssddet.data.boxes import aligned_iou
 from ssddet.data.coco import parse_coco, read_json
 from ssddet.data.dataset import CocoDetection
 from ssddet.data.errors import DataError
@@ -24,7 +25,7 @@ from ssddet.data.noise import add_box_noise
 from ssddet.engine.checkpoint import atomic_save, deployable
 from ssddet.engine.inference import load_detector
 from ssddet.models.detector import BACKBONES, build_detector, build_trained_detector
-from ssddet.models.methods import DetectionMethod, build_method, matched_iou
+from ssddet.models.methods import DetectionMethod, build_method
 
 K = 2  # foreground classes of the shapes set
 
@@ -125,7 +126,7 @@ def test_ssddet_overfits_noisy_images(tmp_path):
     refined boxes stay near the objects (no collapse, no NaN)."""
     torch.manual_seed(0)
     images, targets = _batch(tmp_path, noise=0.3)
-    expected_noisy_iou = float(matched_iou(torch.cat([t["boxes"] for t in targets]),
+    expected_noisy_iou = float(aligned_iou(torch.cat([t["boxes"] for t in targets]),
                                            torch.cat([t["true_boxes"] for t in targets])).mean())
     assert expected_noisy_iou < 0.8  # the noise is substantial
     cfg = Config()

@@ -267,3 +267,41 @@ def test_cli_level_out_of_range(tiny_coco, level, capsys):
 def test_api_level_out_of_range(level):
     with pytest.raises(DataError, match=r"noise level must be in \[0, 1\)"):
         add_box_noise(make_coco(HAND_CASE), level, 45)
+
+
+def test_cli_reads_missing_image_sizes_from_the_files_as_train_does(tiny_coco, tmp_path, capsys):
+    """`ssddet noise` accepts what `train --noise` accepts: width/height missing from the JSON come from the
+    image files (--images, default: the JSON's directory), and both give the same noisy boxes."""
+    from conftest import tiny_coco_dict
+
+    from ssddet.config import DataConfig
+    from ssddet.data.boxes import xywh_to_xyxy
+    from ssddet.engine.datasets import load_train_val
+
+    root, _, coco = tiny_coco
+    for im in coco["images"]:
+        del im["width"], im["height"]
+    sizeless = root / "sizeless.json"
+    sizeless.write_text(json.dumps(coco))
+    out = tmp_path / "noisy.json"
+    args = ["noise", "--level", "0.4", "--seed", "5", "--split", "train", "--out", str(out)]
+    assert main([*args, "--ann", str(sizeless)]) == 0
+    expected, _ = add_box_noise(tiny_coco_dict(), 0.4, 5, image_ids=[1, 2, 3])  # the JSON with its sizes
+    assert json.loads(out.read_text()) == expected
+    # the training path perturbs the same boxes
+    splits = load_train_val(DataConfig(train_ann=str(sizeless), noise=0.4, noise_seed=5))
+    noisy = {a["id"]: a["bbox"] for a in expected["annotations"]}
+    for r in splits.train_records:
+        np.testing.assert_allclose(r.boxes, xywh_to_xyxy([noisy[i] for i in r.ann_ids.tolist()]).reshape(-1, 4),
+                                   atol=1e-4)
+    # a JSON away from its images: --images gives the root, else a clear error naming the unreadable file
+    away = tmp_path / "elsewhere" / "ann.json"
+    away.parent.mkdir()
+    away.write_text(json.dumps(coco))
+    capsys.readouterr()
+    assert main([*args, "--ann", str(away), "--images", str(root)]) == 0
+    assert json.loads(out.read_text()) == expected
+    assert main([*args, "--ann", str(away)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{away}: image 1 needs numeric width/height to add box noise: none in the JSON, and "
+            f"{away.parent / 'images/a.jpg'} cannot be read (image root: --images DIR)") in err

@@ -14,7 +14,6 @@ from ssddet.models.oamil import (
     class_balanced_score,
     group_bags,
     oamil_loss,
-    paired_iou,
     refine_boxes,
 )
 from ssddet.models.oamil_coder import XYXYBoxCoder, make_box_coder, rcnn_losses
@@ -71,12 +70,6 @@ def test_oamil_loss_variants():
     assert oamil_loss(s[:1], 0.1, "refine", 1.0).item() == pytest.approx(0.05)
     assert oamil_loss(s, 0.1, "refine", 1.0).item() == pytest.approx(0.1 * (0.5 + 0.3))
     assert oamil_loss(s, 0.1, "random", 1.0).item() == pytest.approx(0.1 * (1 - 1.9 / 3))
-
-
-def test_paired_iou():
-    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]])
-    b = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]])
-    assert paired_iou(a, b).tolist() == pytest.approx([1.0, 1 / 3])
 
 
 # --------------------------------------------------------------------------------------------- coders

@@ -48,14 +48,51 @@ def test_refine_exports_refined_boxes(tiny_ssddet_run, tmp_path, capsys):
     dst = tmp_path / "refined.json"
     assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(dst)]) == 0
     d = json.loads(dst.read_text())
-    train_ids = {im["id"] for im in d["images"] if im["split"] == "train"}
+    # only the training split is written (its image without boxes too), with all of its annotations
+    assert [(im["id"], im["split"]) for im in d["images"]] == [(1, "train"), (2, "train"), (3, "train")]
+    assert sorted(a["id"] for a in d["annotations"]) == [11, 12, 21, 22]
     refined = [a for a in d["annotations"] if "noisy_bbox" in a]
-    # every non-crowd training box (ids 11, 12, 21) is refined; val/test and crowd boxes are untouched
+    # every non-crowd training box (ids 11, 12, 21) is refined; the crowd box is untouched
     assert sorted(a["id"] for a in refined) == [11, 12, 21]
-    assert all(a["image_id"] in train_ids and len(a["bbox"]) == 4 and a["bbox"][2] > 0 for a in refined)
+    assert all(len(a["bbox"]) == 4 and a["bbox"][2] > 0 for a in refined)
     assert all("true_bbox" in a for a in refined)  # the run's on-the-fly noise is reproduced with its seed
-    assert d["info"]["ssddet_refine"]["noise"] == 0.3
-    assert "mean IoU with true_bbox" in capsys.readouterr().out
+    assert d["info"]["ssddet_refine"]["noise"] == 0.3 and d["info"]["ssddet_refine"]["all_splits"] is False
+    out = capsys.readouterr().out
+    assert "mean IoU with true_bbox" in out and "wrote split 'train' only (3 of 5 images" in out
+
+
+def test_refine_all_splits_keeps_the_other_splits_unchanged(tiny_ssddet_run, tmp_path):
+    data, run = tiny_ssddet_run
+    dst = tmp_path / "refined_all.json"
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(dst), "--all-splits"]) == 0
+    d = json.loads(dst.read_text())
+    assert [im["id"] for im in d["images"]] == [1, 2, 3, 4, 5]
+    src = {a["id"]: a for a in tiny_coco_dict()["annotations"]}
+    others = [a for a in d["annotations"] if a["image_id"] in (4, 5)]
+    assert [(a["id"], a["bbox"]) for a in others] == [(i, src[i]["bbox"]) for i in (41, 42, 51)]
+    assert not any("noisy_bbox" in a for a in others)
+
+
+@pytest.mark.parametrize("all_splits", [False, True])
+def test_fr_recipe_trains_on_the_training_split_only(tiny_ssddet_run, tmp_path, all_splits):
+    """`ssddet refine` then `ssddet train --train-ann refined.json --val-ann DATA.json`: whatever the export
+    holds, no val/test image (with its clean boxes) reaches the training set, and validation is the val split."""
+    from ssddet.config import DataConfig
+    from ssddet.engine.datasets import load_train_val
+
+    data, run = tiny_ssddet_run
+    dst = tmp_path / "refined.json"
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(dst),
+                 *(["--all-splits"] if all_splits else [])]) == 0
+    splits = load_train_val(DataConfig(train_ann=str(dst), val_ann=str(data / "annotations.json"),
+                                       images=str(data)))
+    assert [r.image_id for r in splits.train_records] == [1, 2, 3]
+    assert [r.image_id for r in splits.val_records] == [4]
+    refined = {a["id"]: a["bbox"] for a in json.loads(dst.read_text())["annotations"]}
+    for r in splits.train_records:  # the training boxes are the refined ones
+        for aid, box in zip(r.ann_ids.tolist(), r.boxes.tolist()):
+            x, y, w, h = refined[aid]
+            assert box == pytest.approx([x, y, x + w, y + h], abs=1e-4)
 
 
 def test_refine_rejects_a_vanilla_run(tmp_path, capsys):
@@ -66,3 +103,34 @@ def test_refine_rejects_a_vanilla_run(tmp_path, capsys):
           "--max-size", "96", "--workers", "0", "--output", str(out)])
     assert main(["refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs an ssddet run" in capsys.readouterr().err
+
+
+def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypatch):
+    """Every banked annotation of an image (refined this iteration or not) reaches the refiner as a box its
+    negatives must avoid, in the image's resized and flipped frame."""
+    from types import SimpleNamespace
+
+    from ssddet.config import ModelConfig, SSDDetConfig
+    from ssddet.models.detector import build_detector
+    from ssddet.models.ssddet.refiner import RefinerOutput
+    from ssddet.models.ssddet_method import SSDDetMethod
+
+    method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), SSDDetConfig(), 2).train()
+    method.bank.update(torch.tensor([5, 9]), torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]))
+    seen = {}
+
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None):
+        seen["avoid"] = avoid
+        return RefinerOutput([b.clone() for b in boxes], [b.clone() for b in boxes], {}, {},
+                             [torch.ones(len(b), dtype=torch.bool) for b in boxes])
+
+    monkeypatch.setattr(method.refiner, "forward", fake_refiner)
+    boxes = torch.tensor([[1.0, 1.0, 5.0, 5.0], [10.0, 10.0, 20.0, 20.0], [30.0, 30.0, 40.0, 40.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 2, 1]), "ann_ids": torch.tensor([9, 7, 5]),
+                "flipped": True},
+               {"boxes": boxes[:1], "labels": torch.tensor([1]), "ann_ids": torch.tensor([8])}]
+    method.refine_targets({}, SimpleNamespace(image_sizes=[(100, 200), (100, 200)]), targets, 1.0)
+    # unit (x1, y1, x2, y2) in a 200 x 100 image flipped: (200 (1 - x2), 100 y1, 200 (1 - x1), 100 y2)
+    torch.testing.assert_close(seen["avoid"][0], torch.tensor([[80.0, 50.0, 100.0, 70.0],
+                                                               [140.0, 20.0, 180.0, 40.0]]))
+    assert seen["avoid"][1].shape == (0, 4)

@@ -263,3 +263,30 @@ def test_foreign_or_mismatched_checkpoint_gives_clear_error(trained, tmp_path, c
     assert main(train_args(data, out, "ssddet", 2, 2, "--resume")) == 2
     err = capsys.readouterr().err
     assert "does not match" in err and "vanilla" in err and "ssddet" in err, err
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_resume_restores_cpu_rng_states_whatever_the_device(trained, tmp_path, monkeypatch):
+    """On CUDA the checkpoint was loaded with map_location=<device>, which moved the saved CPU RNG states onto
+    the GPU, and torch.set_rng_state raised TypeError. Simulated here with the meta device (tensors that are
+    not on the CPU) as the training device: the resume must still restore the saved CPU RNG states."""
+    import shutil
+
+    import numpy as np
+
+    from ssddet.cli import build_parser, config_from_args
+
+    data, src = trained
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    monkeypatch.setattr(train_mod, "init_distributed", lambda device: (torch.device("meta"), 0, 1))
+    cfg = config_from_args(build_parser().parse_args(train_args(data, out, "vanilla", 2, 2, "--resume")))
+    torch.manual_seed(12345)
+    np.random.seed(12345)
+    trainer = Trainer(cfg, resume=True)
+    assert (trainer.epoch, trainer.iteration) == (saved["epoch"], saved["iteration"]) == (1, 1)
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert np.array_equal(np.random.get_state()[1], saved["rng"]["numpy"][1].numpy().astype(np.uint32))
+    assert next(trainer.method.parameters()).device.type == "meta"  # the model stayed on its device
+

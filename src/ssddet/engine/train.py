@@ -185,7 +185,9 @@ class Trainer:
                 tmp.unlink(missing_ok=True)
         hint = "delete it (or choose another --output) to start over"
         try:
-            ck = load_checkpoint(path, map_location=self.device)
+            # on the CPU: the RNG states must stay CPU ByteTensors (torch.set_rng_state rejects a CUDA tensor);
+            # load_state_dict moves the model and optimizer tensors to their parameters' device
+            ck = load_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - truncated/corrupt/foreign file: a user-level error
             raise DataError(f"{path}: cannot resume, the checkpoint is unreadable or corrupt ({e}); "
                             f"{hint}") from None

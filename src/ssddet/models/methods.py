@@ -12,18 +12,10 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.ops import box_iou
 
 from ..config import Config
 
 METHODS = ("vanilla", "ssddet", "oamil")
-
-
-def matched_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of aligned boxes: Tensor[N,4], Tensor[N,4] -> Tensor[N]."""
-    if len(a) == 0:
-        return a.new_zeros(0)
-    return box_iou(a, b).diagonal()
 
 
 def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):

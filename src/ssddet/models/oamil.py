@@ -29,6 +29,7 @@ from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
 from ssddet.config import OAMILConfig
+from ssddet.data.boxes import aligned_iou
 from ssddet.models.oamil_coder import make_box_coder, rcnn_losses
 
 # progress is a float fraction of the schedule; absorb rounding so "epoch 1 of 12" starts exactly at 1/12
@@ -116,16 +117,6 @@ def oamil_loss(round_scores: list[Tensor], lam: float, oaie_type: str, coef: flo
     if oaie_type == "random":
         return lam * (1.0 - torch.stack(round_scores).mean())
     raise ValueError(f"unknown oaie_type {oaie_type!r}; expected 'refine' or 'random'")
-
-
-def paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of row-aligned boxes a, b Tensor[N,4] -> Tensor[N] (0 for empty unions)."""
-    lt = torch.maximum(a[:, :2], b[:, :2])
-    rb = torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)  # noqa: E731
-    union = area(a) + area(b) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -296,8 +287,8 @@ class OAMILRoIHeads(RoIHeads):
         vals = {"oamil_score": s0.detach(), "phi_mean": phi.mean()}
         if all("true_boxes" in t for t in targets):
             clean = torch.cat([t["true_boxes"] for t in targets]).to(b_noisy)[bags.gt_idx]
-            vals["iou_noisy"] = paired_iou(b_noisy, clean).mean()
-            vals["iou_refined"] = paired_iou(b_ref.detach(), clean).mean()
+            vals["iou_noisy"] = aligned_iou(b_noisy, clean).mean()
+            vals["iou_refined"] = aligned_iou(b_ref.detach(), clean).mean()
         floats = torch.stack([v.float() for v in vals.values()]).tolist()
         self.last_stats.update(dict(zip(vals, floats)), num_rounds=float(num_rounds))
 

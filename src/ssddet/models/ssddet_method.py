@@ -8,7 +8,8 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..config import SSDDetConfig
-from .methods import DetectionMethod, matched_iou
+from ..data.boxes import aligned_iou
+from .methods import DetectionMethod
 from .ssddet import SSDDetRefiner
 from .ssddet.bank import BoxBank, from_unit, to_unit
 
@@ -47,13 +48,26 @@ class SSDDetMethod(DetectionMethod):
             out.append(r)
         return out
 
+    def banked_boxes(self, targets, sizes) -> list:
+        """Per image Tensor[B_i, 4] in its (resized, flipped) frame: the bank's boxes of its annotations that
+        have one, which the refiner's negatives must avoid as well as the noisy boxes."""
+        out = []
+        for t, size in zip(targets, sizes):
+            empty = t["boxes"].new_zeros((0, 4))
+            if not self.training or not self.cfg.bank or "ann_ids" not in t or len(self.bank) == 0:
+                out.append(empty)
+                continue
+            banked, found = self.bank.lookup(t["ann_ids"].cpu())
+            out.append(from_unit(banked[found].to(empty), size, bool(t.get("flipped", False))))
+        return out
+
     def refine_targets(self, features, images, targets, progress: float):
         noisy = [t["boxes"] for t in targets]
         true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
         if self.cfg.detach_features:
             features = {k: v.detach() for k, v in features.items()}
         out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
-                           progress=progress)
+                           progress=progress, avoid=self.banked_boxes(targets, images.image_sizes))
         refined = out.refined
         if self.cfg.bank:
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes)
@@ -64,7 +78,7 @@ class SSDDetMethod(DetectionMethod):
             boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
             if len(boxes):
                 # what the detector actually trains on (refined, banked or noisy, blended)
-                stats["iou_det_target"] = float(matched_iou(boxes, clean).mean())
+                stats["iou_det_target"] = float(aligned_iou(boxes, clean).mean())
         return det_targets, out.losses, stats
 
     def weight_losses(self, losses):

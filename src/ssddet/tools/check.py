@@ -1,4 +1,5 @@
-"""`ssddet check`: run every dataset check up front and print a summary (exit 2 when the set is unusable)."""
+"""`ssddet check`: run every dataset check up front and print a summary (exit 2 when the set is unusable; with
+--strict, exit 1 when any annotation was dropped or changed on the way in)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -6,11 +7,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.coco import load_coco, warning_unit
+from ..data.coco import IMAGE_SIZE_FROM_FILE, load_coco, warning_unit
 from ..data.errors import DataError
 
 # image problems that make the set unusable (the others are warnings); keys start with the kind
 FATAL_IMAGE_PROBLEMS = ("image file missing", "image file unreadable")
+RESCALED = "image size differs from JSON (boxes will be rescaled)"
 
 
 def add_check_parser(sub) -> None:
@@ -19,6 +21,8 @@ def add_check_parser(sub) -> None:
     p.add_argument("--data", metavar="DIR", help="dataset directory")
     p.add_argument("--images", metavar="DIR", help="image root (default: the JSON's directory)")
     p.add_argument("--no-images", action="store_true", help="skip opening every image file")
+    p.add_argument("--strict", action="store_true", help="exit 1 (after the summary) if any annotation is "
+                   "dropped, clipped or rescaled, has an unknown image/category id, or a category has no box")
 
 
 def check_images(records) -> Counter:
@@ -37,7 +41,7 @@ def check_images(records) -> Counter:
         else:
             kind = None
             if size != (r.width, r.height):
-                kind = "image size differs from JSON (boxes will be rescaled)"
+                kind = RESCALED
             elif mode not in ("RGB",):
                 problems[f"non-RGB image ({mode}) converted to RGB"] += 1
         if kind:
@@ -46,7 +50,26 @@ def check_images(records) -> Counter:
     return Counter({f"{k}, e.g. {examples[k]}" if k in examples else k: v for k, v in problems.items()})
 
 
-def summarise(data, image_problems: Counter) -> tuple[str, bool]:
+def empty_categories(data) -> list[str]:
+    """Names of the categories without any usable box."""
+    per_class = Counter(int(lab) for r in data.records for lab in r.labels)
+    return [n for i, n in enumerate(data.class_names) if per_class.get(i + 1, 0) == 0]
+
+
+def strict_findings(data, image_problems: Counter) -> list[str]:
+    """What --strict fails on: annotations dropped, clipped or with an unknown image/category id, images whose
+    boxes get rescaled, categories without a box. Sizes read from the image file and non-RGB images are not
+    findings: they change no box."""
+    found = [f"{n} {warning_unit(k)} {k}" for k, n in sorted(data.warnings.items()) if k != IMAGE_SIZE_FROM_FILE]
+    found += [f"{n} image(s) rescaled" for k, n in sorted(image_problems.items()) if k.startswith(RESCALED)]
+    empty = empty_categories(data)
+    if empty:
+        found.append(f"{len(empty)} category(ies) without any box")
+    return found
+
+
+def summarise(data, image_problems: Counter, strict: bool = False) -> tuple[str, int]:
+    """-> (summary text ending with the verdict, exit status: 0 OK, 1 --strict findings, 2 not usable)."""
     recs = data.records
     splits = Counter(str(r.split) for r in recs)
     boxes = sum(len(r.boxes) for r in recs)
@@ -59,7 +82,7 @@ def summarise(data, image_problems: Counter) -> tuple[str, bool]:
              f"crowd boxes (ignored for training): {sum(len(r.crowd_boxes) for r in recs)}",
              "annotations with clean true_bbox: "
              f"{sum(len(r.boxes) for r in recs if r.true_boxes is not None)}"]
-    empty_cats = [n for i, n in enumerate(data.class_names) if per_class.get(i + 1, 0) == 0]
+    empty_cats = empty_categories(data)
     if empty_cats:
         lines.append(f"warning: categories without any box: {empty_cats}")
     examples = getattr(data, "warning_examples", {}) or {}
@@ -72,8 +95,14 @@ def summarise(data, image_problems: Counter) -> tuple[str, bool]:
     if boxes == 0:
         lines.append("error: no usable box in the dataset (see the warnings above)")
     ok = boxes > 0 and not any(k.startswith(FATAL_IMAGE_PROBLEMS) for k in image_problems)
-    lines.append("OK" if ok else "NOT USABLE as is (see errors above)")
-    return "\n".join(lines), ok
+    findings = strict_findings(data, image_problems) if strict else []
+    if not ok:
+        lines.append("NOT USABLE as is (see errors above)")
+    elif findings:
+        lines.append(f"FAILED --strict: {'; '.join(findings)}")
+    else:
+        lines.append("OK")
+    return "\n".join(lines), 2 if not ok else (1 if findings else 0)
 
 
 def cmd_check(a) -> int:
@@ -82,6 +111,6 @@ def cmd_check(a) -> int:
     ann = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
     data = load_coco(ann, a.images or (a.data if a.data and not a.images else None))
     problems = Counter() if a.no_images else check_images(data.records)
-    text, ok = summarise(data, problems)
+    text, status = summarise(data, problems, strict=a.strict)
     print(text)
-    return 0 if ok else 2
+    return status

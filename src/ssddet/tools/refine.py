@@ -1,6 +1,8 @@
 """`ssddet refine`: run a trained SSD-Det refiner over a dataset split and export the refined boxes as COCO JSON
 (`bbox` = refined, `noisy_bbox` = the input box, `true_bbox` kept when present), ready for re-training a plain
-detector on them (`ssddet train --method vanilla --train-ann refined.json ...`, the paper's "+FR" rows)."""
+detector on them (`ssddet train --method vanilla --train-ann refined.json --val-ann DATA.json`, the paper's "+FR"
+rows). Only the refined split's images are written unless --all-splits: the other splits' boxes are clean, and a
+detector trained on the whole file would see the evaluation images."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.boxes import pairwise_iou_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
 from ..data.errors import DataError
 from ..engine.checkpoint import load_checkpoint
@@ -74,6 +76,12 @@ def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.nda
     return out
 
 
+def only_images(raw: dict, image_ids: set[int]) -> dict:
+    """The COCO dict restricted to the images `image_ids` and their annotations (categories, info kept)."""
+    return {**raw, "images": [im for im in raw["images"] if im.get("id") in image_ids],
+            "annotations": [a for a in raw["annotations"] if a.get("image_id") in image_ids]}
+
+
 def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict, dict]:
     """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats."""
     d = copy.deepcopy(raw)
@@ -91,8 +99,8 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict,
     d["info"] = {**(d.get("info") or {}), "ssddet_refine": info}
     stats = {"refined_boxes": len(refined)}
     if clean:
-        stats["iou_noisy"] = float(pairwise_iou_xyxy(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
-        stats["iou_refined"] = float(pairwise_iou_xyxy(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
+        stats["iou_noisy"] = float(aligned_iou_np(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
+        stats["iou_refined"] = float(aligned_iou_np(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
     return d, stats
 
 
@@ -104,6 +112,9 @@ def add_refine_parser(sub) -> None:
     p.add_argument("--train-ann", metavar="JSON", help="annotations to refine (default: the run's)")
     p.add_argument("--images", metavar="DIR", help="image root")
     p.add_argument("--split", help="split to refine (default: the run's training split)")
+    p.add_argument("--all-splits", action="store_true", help="also write the other splits' images, unchanged "
+                   "(default: only the refined split, so that training on the export never sees evaluation "
+                   "images)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -118,12 +129,19 @@ def cmd_refine(a) -> int:
         cfg.data.train_split = a.split
     raw, data, records = training_split_json(cfg.data)
     refined = refine_records(method, records, device)
+    n_all = len(raw["images"])
+    if not a.all_splits:
+        raw = only_images(raw, {r.image_id for r in records})
     d, stats = export(raw, refined, {"checkpoint": str(a.checkpoint), "split": cfg.data.train_split,
-                                     "noise": cfg.data.noise, "noise_seed": cfg.data.noise_seed})
+                                     "all_splits": a.all_splits, "noise": cfg.data.noise,
+                                     "noise_seed": cfg.data.noise_seed})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(d))
     msg = f"refined {stats['refined_boxes']} boxes of {len(records)} images -> {a.out}"
     if "iou_refined" in stats:
         msg += f"\nmean IoU with true_bbox: input {stats['iou_noisy']:.4f} -> refined {stats['iou_refined']:.4f}"
+    if len(d["images"]) < n_all:
+        msg += (f"\nwrote split '{cfg.data.train_split}' only ({len(d['images'])} of {n_all} images; "
+                f"--all-splits keeps all): re-train with --train-ann {a.out} --val-ann <the dataset's JSON>")
     print(msg)
     return 0

@@ -1,6 +1,7 @@
 """Random negative boxes for the stage-II MIL background term (method.md 3.1 step 5).
 
-Shapes: n negatives per image, Q bag proposals of that image (all objects' B2 boxes, flattened).
+Shapes: n negatives per image, Q boxes a negative must not overlap (the image's B2 proposals and every
+annotated box of the image).
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
+
+from ...data.boxes import aligned_iou
 
 
 def random_negatives(image_size: Sequence[int], n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -41,21 +43,19 @@ def random_negatives(image_size: Sequence[int], n: int, generator: torch.Generat
     return torch.stack([x1, y1, x2, y2], dim=1)
 
 
-def select_negatives(negs: Tensor, bag_boxes: Tensor, thresh: float = 0.3) -> Tensor:
-    """Keep a negative iff its IoU is below `thresh` with EVERY bag proposal of its image.
+def select_negatives(negs: Tensor, avoid: Tensor, thresh: float = 0.3) -> Tensor:
+    """Keep a negative iff its IoU is below `thresh` with EVERY box to avoid.
 
     Args:
         negs: Tensor[n, 4] xyxy.
-        bag_boxes: Tensor[Q, 4] xyxy, all bag proposals of the image (Q may be 0: then every negative is
-            kept).
+        avoid: Tensor[Q, 4] xyxy: the image's bag proposals and annotated boxes (Q may be 0: then every
+            negative is kept). Empty boxes overlap nothing (IoU 0).
         thresh: IoU threshold (0.3 in the code).
 
     Returns:
         Bool[n].
     """
-    if bag_boxes.numel() == 0:
+    if avoid.numel() == 0:
         return torch.ones(negs.shape[0], dtype=torch.bool, device=negs.device)
-    iou = box_iou(negs.float(), bag_boxes.float().to(negs.device))  # [n, Q]
-    # nan (0/0 for two zero-area boxes) compares False and would drop the negative; zero-area negatives
-    # overlap nothing, so count nan as 0
-    return (torch.nan_to_num(iou, nan=0.0) < thresh).all(dim=1)
+    iou = aligned_iou(negs[:, None, :], avoid.to(negs.device)[None, :, :])  # [n, Q]
+    return (iou < thresh).all(dim=1)

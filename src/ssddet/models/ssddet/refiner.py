@@ -24,11 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SSDDetConfig
+from ...data.boxes import aligned_iou
 from .merge import clip_boxes, topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import random_negatives, select_negatives
 from .sampler import PRESETS, bag_validity, neighbourhood_bag
-from .sisd import SISDHead, aligned_box_iou, sisd_loss, sisd_targets, spatial_confidence
+from .sisd import SISDHead, sisd_loss, sisd_targets, spatial_confidence
 from .spsd import SPSDRegressor
 from .trunk import build_trunk
 
@@ -64,6 +65,7 @@ class RefinerOutput:
     # "gt" [M, 4] input boxes, "bag0"/"bag1"/"bag2" [M, P, 4], "valid0" Bool[M, P], "q1" [M, P] stage-I
     # GT-class scores, "cls2" [M, P] stage-II GT-class sigmoid scores, "sisd" [M, P] raw SISD predictions U
     bags: dict[str, Tensor] = field(default_factory=dict)
+    negatives: list[Tensor] = field(default_factory=list)  # per image Tensor[Q_i, 4], the kept negatives
 
 
 class SSDDetRefiner(nn.Module):
@@ -268,6 +270,7 @@ class SSDDetRefiner(nn.Module):
         true_boxes: list[Tensor] | None = None,
         generator: torch.Generator | None = None,
         progress: float | None = None,
+        avoid: list[Tensor] | None = None,
     ) -> RefinerOutput:
         """Refine the noisy boxes of a batch.
 
@@ -280,6 +283,8 @@ class SSDDetRefiner(nn.Module):
             true_boxes: optional N x Tensor[M_i, 4] clean boxes, paired one-to-one with `boxes`; logged only.
             generator: optional torch.Generator for the cap subset and the negatives.
             progress: fraction of training done (0..1); the "auto" sampler decides on it.
+            avoid: optional N x Tensor[A_i, 4], more boxes of each image that no negative may overlap (the
+                bank's last refined boxes of its objects); every box of `boxes` is avoided anyway.
 
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
@@ -374,13 +379,15 @@ class SSDDetRefiner(nn.Module):
                 b2 = neighbourhood_bag(b_hat, scales, shift)
                 v2 = bag_validity(b2, hw, cfg.valid_iof)
 
-            # ---- step 5: negatives (IoU < thr with every B2 box of their image); invalid ones are not pooled
+            # ---- step 5: negatives (IoU < thr with every B2 box and every annotated box of their image)
             b2_img = b2.split(counts)
             negs: list[Tensor] = []
             if self.training and cfg.num_negatives > 0:
                 for i in range(n_img):
                     cand = random_negatives(image_sizes[i], int(cfg.num_negatives), gen).to(dev)
-                    negs.append(cand[select_negatives(cand, b2_img[i].reshape(-1, 4), cfg.neg_iou_thresh)])
+                    keep = select_negatives(cand, _negative_avoid(b2_img[i], boxes[i], avoid, i),
+                                            cfg.neg_iou_thresh)
+                    negs.append(cand[keep])
             else:
                 negs = [b2.new_zeros((0, 4)) for _ in range(n_img)]
             rois = [torch.cat([b.reshape(-1, 4), ng]) for b, ng in zip(b2_img, negs)]
@@ -448,23 +455,37 @@ class SSDDetRefiner(nn.Module):
                     "num_rois_sisd": torch.tensor(float(n_sisd)),
                     "omega_mean": omega.mean(),
                     "num_fallback": n_bad.float(),
-                    "bag_iou_noisy": aligned_box_iou(bag_fin, gt[:, None]).mean(),
+                    "bag_iou_noisy": aligned_iou(bag_fin, gt[:, None]).mean(),
                 }
             )
             if clean is not None:
-                bag_iou = aligned_box_iou(bag_fin, clean[:, None])  # [M, P]
+                bag_iou = aligned_iou(bag_fin, clean[:, None])  # [M, P]
                 stats.update(
                     {
-                        "iou_noisy": aligned_box_iou(gt, clean).mean(),
-                        "iou_stage1": aligned_box_iou(b_hat, clean).mean(),
-                        "iou_refined": aligned_box_iou(b_fin, clean).mean(),
-                        "bag0_iou_mean": aligned_box_iou(b0, clean[:, None]).mean(),
+                        "iou_noisy": aligned_iou(gt, clean).mean(),
+                        "iou_stage1": aligned_iou(b_hat, clean).mean(),
+                        "iou_refined": aligned_iou(b_fin, clean).mean(),
+                        "bag0_iou_mean": aligned_iou(b0, clean[:, None]).mean(),
                         "bag_iou_mean": bag_iou.mean(),
                         "bag_iou_max": bag_iou.max(dim=1).values.mean(),
                         "bag_iou_top10": bag_iou.topk(min(10, p), dim=1).values.mean(),
                     }
                 )
-        return RefinerOutput(refined, stage1, losses, _to_floats(stats), _selected_masks(boxes, sel), bags)
+        return RefinerOutput(refined, stage1, losses, _to_floats(stats), _selected_masks(boxes, sel), bags,
+                             [ng.detach() for ng in negs] if cfg.num_stages == 2 else [])
+
+
+def _negative_avoid(b2: Tensor, noisy: Tensor, avoid: list[Tensor] | None, i: int) -> Tensor:
+    """Tensor[Q, 4]: what the negatives of image i must not overlap: the B2 proposals of its refined objects
+    (Tensor[M_i, P, 4]), ALL its annotated boxes (Tensor[M_all, 4], noisy) and its extra `avoid` boxes.
+
+    The released code refines every object, so B2 alone covers the image's objects; with a per-image cap
+    (max_objects_per_image) the objects not refined this iteration would otherwise be trained as
+    background."""
+    parts = [b2.reshape(-1, 4), noisy.detach().to(b2)]
+    if avoid is not None:
+        parts.append(avoid[i].to(b2))
+    return torch.cat(parts)
 
 
 def _selected_masks(boxes: list[Tensor], sel: list[Tensor]) -> list[Tensor]:

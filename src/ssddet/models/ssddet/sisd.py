@@ -15,29 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
+from ...data.boxes import aligned_iou
+
 IOU_MEAN, IOU_STD = 0.5, 0.5  # IoU targets are normalised to [-1, 1] as (T - 0.5) / 0.5
-
-
-def aligned_box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of corresponding xyxy boxes.
-
-    Args:
-        a: Tensor[..., 4].
-        b: Tensor[..., 4] (broadcastable to a).
-
-    Returns:
-        Tensor[...] float32; 0 where both boxes have zero area.
-    """
-    a = a.float()
-    b = b.float()
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)
-    union = area_a + area_b - inter
-    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)
 
 
 class SISDHead(nn.Module):
@@ -86,7 +66,7 @@ def sisd_targets(bag: Tensor, ref_boxes: Tensor) -> Tensor:
         Tensor[M, P] in [-1, 1], detached.
     """
     with torch.no_grad():
-        t = aligned_box_iou(bag, ref_boxes[:, None, :])
+        t = aligned_iou(bag, ref_boxes[:, None, :])
         return (t - IOU_MEAN) / IOU_STD
 
 

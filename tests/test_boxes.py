@@ -1,0 +1,62 @@
+"""The one aligned-pairs IoU (`ssddet.data.boxes.aligned_iou`) and its numpy wrapper: exact values on
+hand-built boxes, broadcasting, dtypes, and empty/degenerate boxes (0, never NaN)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssddet.data.boxes import aligned_iou, aligned_iou_np
+
+A = [[0.0, 0.0, 10.0, 10.0]] * 6
+B = [[0.0, 0.0, 10.0, 10.0],  # identical: 1
+     [5.0, 0.0, 15.0, 10.0],  # half overlap: 50 / 150
+     [10.0, 0.0, 20.0, 10.0],  # touching edge: 0
+     [2.0, 2.0, 6.0, 7.0],  # inside: 20 / 100
+     [20.0, 20.0, 30.0, 30.0],  # disjoint: 0
+     [-5.0, 5.0, 5.0, 20.0]]  # corner: 25 / (100 + 150 - 25)
+EXPECTED = [1.0, 1 / 3, 0.0, 0.2, 0.0, 25 / 225]
+
+
+def test_aligned_iou_exact_values():
+    got = aligned_iou(torch.tensor(A, dtype=torch.float64), torch.tensor(B, dtype=torch.float64))
+    assert got.dtype == torch.float64 and got.tolist() == EXPECTED
+    assert aligned_iou_np(A, B).tolist() == EXPECTED
+    # symmetric, float32 by default
+    got32 = aligned_iou(torch.tensor(B), torch.tensor(A))
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32, torch.tensor(EXPECTED))
+
+
+def test_aligned_iou_empty_and_degenerate_boxes_are_zero_not_nan():
+    point = [3.0, 3.0, 3.0, 3.0]
+    line = [0.0, 5.0, 10.0, 5.0]
+    inverted = [10.0, 10.0, 0.0, 0.0]  # x2 < x1 and y2 < y1: empty, not an area of +100
+    a = torch.tensor([point, point, line, line, inverted, inverted, [0.0, 0.0, 10.0, 10.0]])
+    b = torch.tensor([point, [0.0, 0.0, 10.0, 10.0], line, [0.0, 0.0, 10.0, 10.0], inverted,
+                      [0.0, 0.0, 10.0, 10.0], [4.0, 8.0, 2.0, 9.0]])
+    got = aligned_iou(a, b)
+    assert got.tolist() == [0.0] * 7  # 0/0 for the identical empty pairs
+    # no boxes at all
+    assert aligned_iou(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
+    assert aligned_iou_np(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0,)
+
+
+def test_aligned_iou_broadcasts_a_bag_against_its_box():
+    bag = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0]],
+                        [[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 2.0, 2.0]]])  # [M=2, P=2, 4]
+    ref = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 4.0]])  # [M, 4]
+    got = aligned_iou(bag, ref[:, None])
+    assert got.shape == (2, 2)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 1 / 3], [1.0, 0.25]]))
+    # one box against many (numpy, as the synthetic-set generator uses it)
+    assert aligned_iou_np(A[0], B[:2]).tolist() == pytest.approx([1.0, 1 / 3])
+    assert aligned_iou_np(A[0], B[1]).shape == ()
+
+
+def test_aligned_iou_half_precision_and_int_inputs_give_float32():
+    a = torch.tensor([[0, 0, 10, 10]])
+    b = torch.tensor([[5, 0, 15, 10]])
+    assert aligned_iou(a, b).dtype == torch.float32
+    assert aligned_iou(a.half(), b.half()).dtype == torch.float32
+    torch.testing.assert_close(aligned_iou(a, b), torch.tensor([1 / 3]))

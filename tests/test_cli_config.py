@@ -1,0 +1,106 @@
+"""`ssddet train --config`: a saved config.json reruns the same run (flags not given leave it alone, flags
+given override it) and `--print-config` shows the resolved config without training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ssddet.cli import build_parser, config_from_args, main, train_flags
+from ssddet.config import PAPER_REFINER, Config, SSDDetConfig
+
+
+def _resolve(*args: str) -> Config:
+    return config_from_args(build_parser().parse_args(["train", *args]))
+
+
+def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
+    """A config.json as a run directory holds it, every flag-settable field away from its default."""
+    cfg = Config()
+    cfg.data.data_dir, cfg.data.images, cfg.data.noise, cfg.data.noise_seed = "data/bccd", "img", 0.4, 7
+    cfg.data.keep_empty, cfg.data.num_workers = True, 0
+    cfg.model.backbone, cfg.model.min_size, cfg.model.max_size = "resnet50_fpn", 480, 800
+    cfg.model.backbone_weights, cfg.model.weights = "r50.pth", "det.pth"
+    t = cfg.train
+    t.method, t.epochs, t.lr, t.batch_size, t.lr_schedule, t.warmup_iters = "oamil", 20, 0.02, 4, "cosine", 50
+    t.seed, t.eval_every, t.max_iters_per_epoch, t.amp, t.nan_policy, t.device = 3, 2, 9, True, "skip", "cpu"
+    t.output = str(tmp_path / "old_run")
+    cfg.ssddet.top_k = 5
+    cfg.oamil.oaie_num = 2
+    path = tmp_path / "old_run" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(cfg.to_dict(), indent=2))
+    return path, cfg.to_dict()
+
+
+def test_config_file_reloads_identically(tmp_path):
+    path, saved = _saved_run_config(tmp_path)
+    assert _resolve("--config", str(path), "--output", saved["train"]["output"]).to_dict() == saved
+    # without --output: the same settings in a fresh run directory (never the saved run's own)
+    got = _resolve("--config", str(path)).to_dict()
+    assert got["train"].pop("output").startswith("runs/oamil-")
+    saved["train"].pop("output")
+    assert got == saved
+
+
+def test_given_flags_override_the_config_file(tmp_path):
+    path, saved = _saved_run_config(tmp_path)
+    got = _resolve("--config", str(path), "--output", "o", "--epochs", "3", "--noise", "0.1", "--no-amp",
+                   "--method", "vanilla", "--set", "ssddet.top_k=2").to_dict()
+    saved["train"].update(epochs=3, amp=False, method="vanilla", output="o")
+    saved["data"]["noise"] = 0.1
+    saved["ssddet"]["top_k"] = 2
+    assert got == saved
+
+
+def test_every_train_flag_reaches_its_field():
+    """Each table row is wired: the flag given alone changes exactly its field."""
+    default = Config().to_dict()
+    for flag, field, opts in train_flags():
+        section, key = field.split(".")
+        if opts.get("action") is not None:  # --x / --no-x
+            args, want = [flag if not default[section][key] else f"--no-{flag[2:]}"], not default[section][key]
+        else:
+            if "choices" in opts:
+                value = next(str(c) for c in opts["choices"] if c != default[section][key])
+            else:
+                value = "17" if opts.get("type") is int else ("0.25" if "type" in opts else "x")  # float | str
+            args, want = [flag, value], opts.get("type", str)(value)
+        got = _resolve("--output", "o", *args).to_dict()
+        assert got[section][key] == want != default[section][key], flag
+        got[section][key] = default[section][key]
+        got["train"]["output"] = default["train"]["output"]
+        assert got == default, flag
+
+
+def test_refiner_preset_over_a_config_file(tmp_path):
+    cfg = Config()
+    for k, v in PAPER_REFINER.items():
+        setattr(cfg.ssddet, k, v)
+    path = tmp_path / "paper.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert _resolve("--config", str(path)).ssddet == cfg.ssddet  # not given: the file's paper settings stay
+    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig()
+    assert _resolve("--refiner", "paper").ssddet == cfg.ssddet
+
+
+def test_print_config_prints_the_resolved_config_and_does_not_train(tmp_path, capsys):
+    path, saved = _saved_run_config(tmp_path)
+    out = tmp_path / "new_run"
+    assert main(["train", "--config", str(path), "--output", str(out), "--lr", "0.03", "--print-config"]) == 0
+    saved["train"].update(lr=0.03, output=str(out))
+    assert json.loads(capsys.readouterr().out) == saved
+    assert not out.exists()
+
+
+def test_help_shows_the_config_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    d = Config()
+    for flag, value in (("--epochs EPOCHS", d.train.epochs), ("--lr LR", d.train.lr),
+                        ("--backbone", d.model.backbone), ("--noise NOISE", d.data.noise),
+                        ("--amp, --no-amp", d.train.amp)):
+        assert flag in text and f"(default: {value})" in text, flag
