@@ -324,3 +324,18 @@ def test_detector_weights_file(tmp_path):
     # a detector of another backbone does not fit
     with pytest.raises(DataError, match="detector tensors match"):
         build_detector(ModelConfig(backbone="resnet18_fpn", weights=str(raw)), K)
+
+
+def test_param_groups_give_the_refiner_its_lr_multiplier():
+    cfg = Config()
+    cfg.ssddet.refiner_lr_mult = 8.0
+    method = build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
+    base, refiner = method.param_groups(0.01)
+    assert base["lr"] == 0.01 and refiner["lr"] == pytest.approx(0.08)
+    assert {id(p) for p in refiner["params"]} == {id(p) for p in method.refiner.parameters()}
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    ids = [id(p) for g in (base, refiner) for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == trainable  # every trainable tensor once, frozen ones never
+    cfg.train.method = "vanilla"
+    (only,) = build_method(cfg, build_detector(_cheap_model_cfg(), K), K).param_groups(0.01)
+    assert only["lr"] == 0.01

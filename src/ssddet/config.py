@@ -80,6 +80,7 @@ class SSDDetConfig:
     pool_sampling_ratio: int = 1  # RoIAlign samples per bin side for the refiner (paper: 2)
     detach_features: bool = False  # True: refiner losses do not train the backbone (cheaper on CPU)
     bank: bool = True  # objects not refined this iteration reuse their last refined box (per annotation id)
+    refiner_lr_mult: float = 1.0  # LR of the refiner's (randomly initialised) heads relative to the base LR
 
 
 # The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).

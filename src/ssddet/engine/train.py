@@ -135,8 +135,8 @@ class Trainer:
             self.model = DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum,
+        self.optimizer = torch.optim.SGD(self.method.param_groups(cfg.train.lr), lr=cfg.train.lr,
+                                         momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
         self.iters_per_epoch = len(self.train_loader)
         if cfg.train.max_iters_per_epoch:

@@ -41,6 +41,10 @@ class DetectionMethod(nn.Module):
     def weight_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return losses
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups (trainable parameters only); one group at the base LR by default."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     def forward(self, images: list[torch.Tensor], targets: list[dict], progress: float = 0.0):
         before = [tuple(img.shape[-2:]) for img in images]
         image_list, targets = self.detector.transform(images, targets)
