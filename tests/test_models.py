@@ -310,14 +310,16 @@ def test_detector_weights_file(tmp_path):
     wrapped = tmp_path / "model_final.pt"  # what a run writes: {"model": state_dict, "meta": ...}
     torch.save({"model": src, "meta": {"num_classes": K}}, wrapped)
     for path in (raw, wrapped):
-        mcfg = _model_cfg_from_cli("--weights", str(path), "--min-size", "64", "--max-size", "96")
+        mcfg = _model_cfg_from_cli("--weights", str(path), "--min-size", "64", "--max-size", "96",
+                                   "--backbone", "mobilenet_v3_large_fpn")
         assert mcfg.weights == str(path)
         torch.manual_seed(2)  # a different init, which the file must overwrite
         loaded = build_detector(mcfg, K).state_dict()
         assert all(torch.equal(loaded[k], src[k]) for k in src)
     # another class count: the class-dependent layers keep their fresh init, everything else loads
     torch.manual_seed(2)
-    other = build_detector(ModelConfig(min_size=64, max_size=96, weights=str(raw)), 5).state_dict()
+    other = build_detector(ModelConfig(backbone="mobilenet_v3_large_fpn", min_size=64, max_size=96,
+                                       weights=str(raw)), 5).state_dict()
     head = ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred")
     assert other["roi_heads.box_predictor.cls_score.weight"].shape[0] == 6
     assert all(torch.equal(other[k], src[k]) for k in src if not k.startswith(head))
