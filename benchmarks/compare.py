@@ -92,9 +92,10 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="extra `ssddet train` arguments for every run")
     ap.add_argument("--run", action="append", required=True)
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (threads split evenly)")
+    ap.add_argument("--threads", type=int, default=0, help="threads per run (default: CPU cores / jobs)")
     ap.add_argument("--test-split", default="", help="also score model_final.pt on this split (e.g. test)")
     a = ap.parse_args()
-    threads = max(1, (os.cpu_count() or 1) // a.jobs)
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
 
     def one(spec: str) -> dict:
         name, method, noise, *rest = spec.split(":", 3)
