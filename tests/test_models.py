@@ -341,3 +341,23 @@ def test_param_groups_give_the_refiner_its_lr_multiplier():
     cfg.train.method = "vanilla"
     (only,) = build_method(cfg, build_detector(_cheap_model_cfg(), K), K).param_groups(0.01)
     assert only["lr"] == 0.01
+
+
+def test_l1_box_loss_is_the_released_configs(tmp_path):
+    """train.box_loss="l1": same sampled RoIs and classifier loss as torchvision's head, the box term is L1."""
+    images, targets = _batch(tmp_path)
+    losses = {}
+    for box_loss in ("smooth_l1", "l1"):
+        cfg = Config()
+        cfg.train.method, cfg.train.box_loss = "vanilla", box_loss
+        torch.manual_seed(0)
+        method = build_method(cfg, build_detector(_cheap_model_cfg(), K), K).train()
+        torch.manual_seed(1)  # same RPN and RoI sampling in both passes
+        losses[box_loss] = {k: float(v.detach()) for k, v in method(images, [dict(t) for t in targets])[0].items()}
+    assert losses["l1"]["loss_classifier"] == pytest.approx(losses["smooth_l1"]["loss_classifier"])
+    # smooth L1 (beta 1/9) is L1 minus up to beta/2 per coordinate: never above it, and close to it
+    assert losses["smooth_l1"]["loss_box_reg"] <= losses["l1"]["loss_box_reg"] + 1e-6
+    assert losses["l1"]["loss_box_reg"] > 0
+    cfg.train.box_loss = "l2"
+    with pytest.raises(DataError, match="unknown train.box_loss 'l2'"):
+        build_method(cfg, build_detector(_cheap_model_cfg(), K), K)

@@ -103,8 +103,13 @@ def test_make_box_coder_and_losses():
     reg[0, 4:8] = torch.tensor([1.0, -1.0, 0.5, 0.0])  # RoI 0, class 1
     labels = torch.tensor([1, 0, 0, 0])
     tgt = torch.zeros(4, 4)
-    _, l1 = rcnn_losses(logits, reg, labels, tgt, "xyxy")
+    _, l1 = rcnn_losses(logits, reg, labels, tgt, "l1")
     assert l1.item() == pytest.approx(2.5 / 4)  # L1 sum over positives / sampled RoIs
+    # torchvision's smooth L1 (beta 1/9): |x| - beta/2 outside +-beta, x^2 / (2 beta) inside
+    _, sl1 = rcnn_losses(logits, reg, labels, tgt, "smooth_l1")
+    assert sl1.item() == pytest.approx((0.5 / 9 * 0 + (1 - 1 / 18) * 2 + (0.5 - 1 / 18)) / 4)
+    with pytest.raises(ValueError, match="unknown box loss"):
+        rcnn_losses(logits, reg, labels, tgt, "l2")
 
 
 # --------------------------------------------------------------------------------------------- detector

@@ -123,7 +123,10 @@ class TrainConfig:
     lr_schedule: str = "multistep"  # multistep | cosine
     lr_steps: list = field(default_factory=lambda: [8 / 12, 11 / 12])  # fractions of total epochs
     lr_gamma: float = 0.1
-    clip_grad_norm: float = 10.0
+    clip_grad_norm: float = 10.0  # per parameter group (engine/train.py clip_per_group)
+    # R-CNN box loss of vanilla and SSD-Det: torchvision's smooth L1 (beta 1/9), or "l1" as the released
+    # SSD-Det config (docs/method.md §5.8; measured on BCCD in benchmarks/results). OA-MIL: oamil.box_coder.
+    box_loss: str = "smooth_l1"
     eval_every: int = 1
     seed: int = 0
     amp: bool = False

@@ -12,10 +12,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
 
 from ..config import Config
+from ..data.errors import DataError
+from .oamil_coder import rcnn_losses
 
 METHODS = ("vanilla", "ssddet", "oamil")
+BOX_LOSSES = ("smooth_l1", "l1")
 
 
 def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):
@@ -30,9 +34,10 @@ class DetectionMethod(nn.Module):
     """Vanilla Faster R-CNN training, split at the seam where the other methods act:
     transform -> backbone -> [refine targets] -> RPN -> RoI heads."""
 
-    def __init__(self, detector: FasterRCNN):
+    def __init__(self, detector: FasterRCNN, box_loss: str = "smooth_l1"):
         super().__init__()
         self.detector = detector
+        self.box_loss = box_loss
 
     def refine_targets(self, features, images, targets, progress: float):
         """Hook: return (targets for RPN/RoI heads, extra losses, stats). Vanilla trains on the given boxes."""
@@ -54,7 +59,8 @@ class DetectionMethod(nn.Module):
             features = OrderedDict([("0", features)])
         det_targets, losses, stats = self.refine_targets(features, image_list, targets, progress)
         proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
-        _, roi_losses = self.detector.roi_heads(features, proposals, image_list.image_sizes, det_targets)
+        roi_losses = rcnn_training_losses(self.detector.roi_heads, features, proposals, image_list.image_sizes,
+                                          det_targets, self.box_loss)
         losses = {**losses, **self.weight_losses({**rpn_losses, **roi_losses})}
         stats = {**stats, **self.detector_stats()}
         return losses, stats
@@ -63,14 +69,29 @@ class DetectionMethod(nn.Module):
         return {}
 
 
+def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str) -> dict:
+    """The R-CNN head's training losses with the chosen box loss: "smooth_l1" is torchvision's RoIHeads as is;
+    "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs."""
+    if box_loss == "smooth_l1" or type(roi_heads) is not RoIHeads:  # OA-MIL's head picks its own loss
+        return roi_heads(features, proposals, image_sizes, targets)[1]
+    proposals, _, labels, reg_targets = roi_heads.select_training_samples(proposals, targets)
+    x = roi_heads.box_head(roi_heads.box_roi_pool(features, proposals, image_sizes))
+    class_logits, box_regression = roi_heads.box_predictor(x)
+    loss_cls, loss_box = rcnn_losses(class_logits, box_regression, torch.cat(labels), torch.cat(reg_targets),
+                                     box_loss)
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+
 def build_method(cfg: Config, detector: FasterRCNN, num_classes: int) -> DetectionMethod:
     name = cfg.train.method
+    if cfg.train.box_loss not in BOX_LOSSES:
+        raise DataError(f"unknown train.box_loss '{cfg.train.box_loss}' (choose from {', '.join(BOX_LOSSES)})")
     if name == "vanilla":
-        return DetectionMethod(detector)
+        return DetectionMethod(detector, cfg.train.box_loss)
     if name == "ssddet":
         from .ssddet_method import SSDDetMethod
 
-        return SSDDetMethod(detector, cfg.ssddet, num_classes)
+        return SSDDetMethod(detector, cfg.ssddet, num_classes, cfg.train.box_loss)
     if name == "oamil":
         from .oamil_method import OAMILMethod
 

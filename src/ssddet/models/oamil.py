@@ -209,8 +209,9 @@ class OAMILRoIHeads(RoIHeads):
         loss_oamil, reg_targets = self._oamil(
             features, image_shapes, targets, rois, labels_cat, bags, class_logits, box_regression, reg_targets
         )
+        # the official corner coder comes with its L1 loss; torchvision's coder with its smooth L1
         loss_cls, loss_box = rcnn_losses(
-            class_logits, box_regression, labels_cat, reg_targets, self.cfg.box_coder
+            class_logits, box_regression, labels_cat, reg_targets, "l1" if self.cfg.box_coder == "xyxy" else "smooth_l1"
         )
         return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_oamil": loss_oamil}
 

@@ -80,16 +80,18 @@ def make_box_coder(name: str, xywh_weights: tuple[float, ...] = (10.0, 10.0, 5.0
 
 
 def rcnn_losses(
-    class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor, coder: str
+    class_logits: Tensor, box_regression: Tensor, labels: Tensor, regression_targets: Tensor, box_loss: str
 ) -> tuple[Tensor, Tensor]:
     """R-CNN losses over all sampled RoIs.
 
     class_logits Tensor[R,K+1], box_regression Tensor[R,4(K+1)], labels Tensor[R] (0 = background),
-    regression_targets Tensor[R,4] -> (cross-entropy, box loss). "xywh" is exactly torchvision's
-    ``fastrcnn_loss``; "xyxy" swaps smooth-L1 for L1 (official config), same normaliser (R).
+    regression_targets Tensor[R,4] -> (cross-entropy, box loss). box_loss "smooth_l1" is exactly torchvision's
+    ``fastrcnn_loss`` (beta 1/9); "l1" is the released OA-MIL/SSD-Det configs' L1, same normaliser (R).
     """
-    if coder == "xywh":
+    if box_loss == "smooth_l1":
         return fastrcnn_loss(class_logits, box_regression, [labels], [regression_targets])
+    if box_loss != "l1":
+        raise ValueError(f"unknown box loss '{box_loss}' (choose from smooth_l1, l1)")
     loss_cls = F.cross_entropy(class_logits, labels)
     pos = torch.where(labels > 0)[0]
     pred = box_regression.reshape(labels.shape[0], -1, 4)[pos, labels[pos]]

@@ -15,8 +15,8 @@ from .ssddet.bank import BoxBank, from_unit, to_unit
 
 
 class SSDDetMethod(DetectionMethod):
-    def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int):
-        super().__init__(detector)
+    def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int, box_loss: str = "smooth_l1"):
+        super().__init__(detector, box_loss)
         self.cfg = cfg
         self.refiner = SSDDetRefiner(cfg, num_classes, _refiner_pool(detector.roi_heads.box_roi_pool, cfg),
                                      in_channels=detector.backbone.out_channels)
