@@ -12,7 +12,8 @@ K foreground classes, C FPN channels (256), R RoI resolution (7), D trunk width 
     RoIs] B2 feats  --SISD trunk + ORE + iou-->  U  ->  b̃ = top-k of sigma(cls)*U'           [SISD trunk: M*P
     RoIs]
 
-Only boxes are detached; every loss trains the backbone/FPN through the pooled features (method.md 3.5).
+Only boxes are detached here; every loss trains the features it is given (method.md 3.5). The training wrapper
+detaches those features by default (`detach_features`), so the backbone/FPN then learn from the detector only.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .trunk import build_trunk
 
 LOSS_NAMES = ("loss_spsd1", "loss_mil1", "loss_spsd2", "loss_mil2", "loss_neg", "loss_sisd")
 CLS_PRIOR = 0.01  # fc_cls bias init: log(p / (1 - p)) = -4.595 (mmdet bias_prob)
-# smallest pseudo-box side (px) passed on; the data loader drops GT boxes under 1 px too (method.md 1)
+# smallest pseudo-box side (px) passed on (the data loader drops GT boxes under 0.5 px; method.md 1)
 MIN_BOX_SIZE = 1.0
 
 # sampler_state buffer values
