@@ -361,3 +361,6 @@ def test_l1_box_loss_is_the_released_configs(tmp_path):
     cfg.train.box_loss = "l2"
     with pytest.raises(DataError, match="unknown train.box_loss 'l2'"):
         build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
+    cfg.train.method, cfg.train.box_loss = "oamil", "l1"
+    with pytest.raises(DataError, match="follows oamil.box_coder"):
+        build_method(cfg, build_detector(_cheap_model_cfg(), K), K)

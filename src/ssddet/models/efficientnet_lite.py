@@ -136,10 +136,8 @@ def build_lite_fpn(backbone: str, pretrained: bool, trainable: int, load_weights
     import timm
     from timm.layers import freeze_batch_norm_2d
 
-    arch = LITE_BACKBONES[backbone][0]
-    if pretrained and load_weights:
-        weights_path(backbone)  # fail on a missing package before building anything
-    body = timm.create_model(arch, pretrained=False, features_only=True, out_indices=OUT_INDICES)
+    body = timm.create_model(LITE_BACKBONES[backbone][0], pretrained=False, features_only=True,
+                             out_indices=OUT_INDICES)
     if pretrained:
         if load_weights:
             load_lite_weights(body, backbone)

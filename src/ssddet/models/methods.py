@@ -12,7 +12,6 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.roi_heads import RoIHeads
 
 from ..config import Config
 from ..data.errors import DataError
@@ -72,7 +71,7 @@ class DetectionMethod(nn.Module):
 def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str) -> dict:
     """The R-CNN head's training losses with the chosen box loss: "smooth_l1" is torchvision's RoIHeads as is;
     "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs."""
-    if box_loss == "smooth_l1" or type(roi_heads) is not RoIHeads:  # OA-MIL's head picks its own loss
+    if box_loss == "smooth_l1":
         return roi_heads(features, proposals, image_sizes, targets)[1]
     proposals, _, labels, reg_targets = roi_heads.select_training_samples(proposals, targets)
     x = roi_heads.box_head(roi_heads.box_roi_pool(features, proposals, image_sizes))
@@ -86,6 +85,8 @@ def build_method(cfg: Config, detector: FasterRCNN, num_classes: int) -> Detecti
     name = cfg.train.method
     if cfg.train.box_loss not in BOX_LOSSES:
         raise DataError(f"unknown train.box_loss '{cfg.train.box_loss}' (choose from {', '.join(BOX_LOSSES)})")
+    if name == "oamil" and cfg.train.box_loss != "smooth_l1":  # its head pairs the loss with its box coder
+        raise DataError("OA-MIL's box loss follows oamil.box_coder (xyxy: L1); leave train.box_loss at smooth_l1")
     if name == "vanilla":
         return DetectionMethod(detector, cfg.train.box_loss)
     if name == "ssddet":
