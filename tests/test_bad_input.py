@@ -1,7 +1,7 @@
 """Bad user input: one clear message and exit code 2 (no traceback), or a counted warning where skipping
 is sane.
 
-`ssddet.cli.main` returns 2 for a DataError; argparse errors raise SystemExit(2).
+`ssddet.cli.main` returns 2 for a UserError; argparse errors raise SystemExit(2).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ssddet.cli import main
 from ssddet.config import ModelConfig
 from ssddet.data.coco import load_coco
 from ssddet.data.dataset import CocoDetection, training_records
-from ssddet.data.errors import DataError
+from ssddet.errors import UserError
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -114,7 +114,7 @@ def test_fatal_annotation_problems(case, tmp_path, capsys):
     rc, out, err = run(["check", "--ann", ann], capsys)
     assert_one_error(rc, err, f"ssddet check: error: {ann}", problem)
     assert out == ""
-    with pytest.raises(DataError, match=None) as e:
+    with pytest.raises(UserError, match=None) as e:
         load_coco(ann)
     assert str(ann) in str(e.value) and problem in str(e.value)
     # the same file through `ssddet eval --data` and `ssddet train --data`
@@ -156,7 +156,7 @@ def test_image_file_not_an_image(tiny_coco, capsys):
     assert errors == ["error: 1 image(s): image file unreadable / not an image, e.g. "
                       f"{root / 'images/a.jpg'} (image 1)"]
     rec = load_coco(ann).records[0]
-    with pytest.raises(DataError, match=r"images/a\.jpg: cannot read image \(image id 1\)"):
+    with pytest.raises(UserError, match=r"images/a\.jpg: cannot read image \(image id 1\)"):
         CocoDetection([rec])[0]
 
 
@@ -307,7 +307,7 @@ def test_empty_training_set(tmp_path, capsys):
     root = tmp_path / "ds"
     write_coco(root, coco)
     data = load_coco(root / "annotations.json")
-    with pytest.raises(DataError, match=r"annotations\.json: the training set is empty after filtering "
+    with pytest.raises(UserError, match=r"annotations\.json: the training set is empty after filtering "
                                         r"\(3 images, none with a usable box\)"):
         training_records(data.select("train"), keep_empty=False, src=data.ann_path)
     argv = ["train", "--data", root, "--device", "cpu", "--output", tmp_path / "run", "--workers", "0"]
@@ -347,7 +347,7 @@ def test_unknown_backbone(capsys):
     assert rc == 2 and "argument --backbone: invalid choice: 'foo'" in err and "Traceback" not in err
     from ssddet.models.detector import build_detector
 
-    with pytest.raises(DataError, match="unknown backbone 'foo'"):
+    with pytest.raises(UserError, match="unknown backbone 'foo'"):
         build_detector(ModelConfig(backbone="foo"), 3)
 
 

@@ -12,9 +12,9 @@ from conftest import tiny_coco_dict, write_coco, write_image
 from ssddet.config import DataConfig
 from ssddet.data.coco import load_coco
 from ssddet.data.dataset import CocoDetection, collate, load_image, record_target, training_records
-from ssddet.data.errors import DataError
 from ssddet.data.transforms import RandomHorizontalFlip, hflip
 from ssddet.engine.datasets import load_split, load_train_val
+from ssddet.errors import UserError
 
 
 def by_id(records):
@@ -159,7 +159,7 @@ def test_split_selection(tiny_coco):
     assert [r.image_id for r in data.select("val")] == [4]
     assert [r.image_id for r in data.select("test")] == [5]
     assert len(data.select(None)) == 5
-    with pytest.raises(DataError, match=r"no image has split 'trian'.*\['test', 'train', 'val'\]"):
+    with pytest.raises(UserError, match=r"no image has split 'trian'.*\['test', 'train', 'val'\]"):
         data.select("trian")
 
 
@@ -263,5 +263,5 @@ def test_non_rgb_images_load_as_three_channels(tmp_path, mode, suffix):
 def test_training_records_empty_raises(tiny_coco):
     _, ann, _ = tiny_coco
     empty = [r for r in load_coco(ann).records if len(r.boxes) == 0]
-    with pytest.raises(DataError, match="training set is empty after filtering"):
+    with pytest.raises(UserError, match="training set is empty after filtering"):
         training_records(empty, keep_empty=False, src="my.json")

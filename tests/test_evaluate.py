@@ -11,8 +11,8 @@ import pytest
 
 from ssddet.cli import main
 from ssddet.data.coco import load_coco
-from ssddet.data.errors import DataError
 from ssddet.engine.evaluate import STAT_NAMES, coco_evaluate, format_metrics, load_results
+from ssddet.errors import UserError
 
 
 def gt_as_results(gt: dict) -> list[dict]:
@@ -117,7 +117,7 @@ def test_load_results_rejects_unknown_category(tiny_gt, tmp_path):
     res[1]["category_id"] = 99
     path = tmp_path / "res.json"
     path.write_text(json.dumps(res))
-    with pytest.raises(DataError, match=r"res\.json: entry 1 has category_id 99 unknown to the ground truth"):
+    with pytest.raises(UserError, match=r"res\.json: entry 1 has category_id 99 unknown to the ground truth"):
         load_results(path, tiny_gt)
 
 
@@ -131,20 +131,20 @@ def test_load_results_rejects_unknown_category(tiny_gt, tmp_path):
 def test_load_results_rejects_bad_entries(tiny_gt, tmp_path, entry, problem):
     path = tmp_path / "res.json"
     path.write_text(json.dumps([entry]))
-    with pytest.raises(DataError, match=problem) as e:
+    with pytest.raises(UserError, match=problem) as e:
         load_results(path, tiny_gt)
     assert "res.json: entry 0" in str(e.value)
 
 
 def test_load_results_file_problems(tiny_gt, tmp_path):
-    with pytest.raises(DataError, match="results file not found"):
+    with pytest.raises(UserError, match="results file not found"):
         load_results(tmp_path / "nope.json", tiny_gt)
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    with pytest.raises(DataError, match="not valid JSON"):
+    with pytest.raises(UserError, match="not valid JSON"):
         load_results(bad, tiny_gt)
     bad.write_text('{"x": 1}')
-    with pytest.raises(DataError, match="list of detections"):
+    with pytest.raises(UserError, match="list of detections"):
         load_results(bad, tiny_gt)
 
 

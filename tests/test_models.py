@@ -20,10 +20,10 @@ from ssddet.config import Config, ModelConfig
 from ssddet.data.boxes import aligned_iou
 from ssddet.data.coco import parse_coco, read_json
 from ssddet.data.dataset import CocoDetection
-from ssddet.data.errors import DataError
 from ssddet.data.noise import add_box_noise
 from ssddet.engine.checkpoint import atomic_save, deployable
 from ssddet.engine.inference import load_detector
+from ssddet.errors import UserError
 from ssddet.models.detector import BACKBONES, build_detector, build_trained_detector
 from ssddet.models.methods import DetectionMethod, build_method
 
@@ -74,9 +74,9 @@ def test_build_detector_every_backbone(backbone):
 
 
 def test_build_detector_rejects_unknown_backbone():
-    with pytest.raises(DataError, match="unknown backbone 'vgg16'"):
+    with pytest.raises(UserError, match="unknown backbone 'vgg16'"):
         build_detector(ModelConfig(backbone="vgg16"), 3)
-    with pytest.raises(DataError, match="no categories"):
+    with pytest.raises(UserError, match="no categories"):
         build_detector(ModelConfig(), 0)
 
 
@@ -226,7 +226,7 @@ def test_model_final_loads_into_plain_torchvision(method, backbone, tmp_path):
 
 def test_load_detector_round_trip_and_mismatch(tmp_path):
     """engine.inference.load_detector rebuilds a deployable file exactly; weights that do not fit the model its
-    metadata describes give a DataError (not a raw RuntimeError traceback)."""
+    metadata describes give a UserError (not a raw RuntimeError traceback)."""
     mcfg = _cheap_model_cfg("mobilenet_v3_large_fpn")
     torch.manual_seed(0)
     det = build_detector(mcfg, K)
@@ -238,7 +238,7 @@ def test_load_detector_round_trip_and_mismatch(tmp_path):
     assert all(torch.equal(v, det.state_dict()[k]) for k, v in loaded.state_dict().items())
     atomic_save(deployable(det, {**meta, "model": {**meta["model"], "backbone": "resnet18_fpn"}}),
                 tmp_path / "wrong.pt")
-    with pytest.raises(DataError, match="do not fit"):
+    with pytest.raises(UserError, match="do not fit"):
         load_detector(tmp_path / "wrong.pt")
 
 
@@ -281,17 +281,17 @@ def test_backbone_weights_from_torchvision_resnet18(tmp_path):
 def test_backbone_weights_mismatch_is_data_error(tmp_path, capsys):
     wrong = tmp_path / "mobilenet.pth"
     torch.save(mobilenet_v3_large(weights=None).state_dict(), wrong)
-    with pytest.raises(DataError, match=r"backbone tensors match this backbone"):
+    with pytest.raises(UserError, match=r"backbone tensors match this backbone"):
         build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(wrong)), K)
     not_a_dict = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), not_a_dict)
-    with pytest.raises(DataError, match="expected a state_dict"):
+    with pytest.raises(UserError, match="expected a state_dict"):
         build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(not_a_dict)), K)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"definitely not a checkpoint")
-    with pytest.raises(DataError, match="cannot load weights"):
+    with pytest.raises(UserError, match="cannot load weights"):
         build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(garbage)), K)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         build_detector(ModelConfig(backbone="resnet18_fpn", backbone_weights=str(tmp_path / "nope.pth")), K)
     # through the CLI: exit status 2 and the message, no traceback
     data = write_shapes_coco(tmp_path / "data", n_train=2, n_val=1)
@@ -324,7 +324,7 @@ def test_detector_weights_file(tmp_path):
     assert other["roi_heads.box_predictor.cls_score.weight"].shape[0] == 6
     assert all(torch.equal(other[k], src[k]) for k in src if not k.startswith(head))
     # a detector of another backbone does not fit
-    with pytest.raises(DataError, match="detector tensors match"):
+    with pytest.raises(UserError, match="detector tensors match"):
         build_detector(ModelConfig(backbone="resnet18_fpn", weights=str(raw)), K)
 
 
@@ -359,8 +359,8 @@ def test_l1_box_loss_is_the_released_configs(tmp_path):
     assert losses["smooth_l1"]["loss_box_reg"] <= losses["l1"]["loss_box_reg"] + 1e-6
     assert losses["l1"]["loss_box_reg"] > 0
     cfg.train.box_loss = "l2"
-    with pytest.raises(DataError, match="unknown train.box_loss 'l2'"):
+    with pytest.raises(UserError, match="unknown train.box_loss 'l2'"):
         build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
     cfg.train.method, cfg.train.box_loss = "oamil", "l1"
-    with pytest.raises(DataError, match="follows oamil.box_coder"):
+    with pytest.raises(UserError, match="follows oamil.box_coder"):
         build_method(cfg, build_detector(_cheap_model_cfg(), K), K)

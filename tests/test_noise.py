@@ -11,8 +11,8 @@ import pytest
 import ssddet
 from ssddet.cli import main
 from ssddet.data.coco import load_coco
-from ssddet.data.errors import DataError
 from ssddet.data.noise import add_box_noise
+from ssddet.errors import UserError
 
 BCCD = Path("/work/shared/data/bccd/annotations.json")
 
@@ -265,7 +265,7 @@ def test_cli_level_out_of_range(tiny_coco, level, capsys):
 
 @pytest.mark.parametrize("level", [1.0, -0.1, float("nan"), float("inf")])
 def test_api_level_out_of_range(level):
-    with pytest.raises(DataError, match=r"noise level must be in \[0, 1\)"):
+    with pytest.raises(UserError, match=r"noise level must be in \[0, 1\)"):
         add_box_noise(make_coco(HAND_CASE), level, 45)
 
 

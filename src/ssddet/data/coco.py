@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from .boxes import xywh_to_xyxy, xyxy_to_xywh
-from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class CocoData:
         out = [r for r in self.records if r.split == split]
         if not out:
             found = sorted({str(r.split) for r in self.records})
-            raise DataError(f"{self.ann_path}: no image has split '{split}' (splits found: {found})")
+            raise UserError(f"{self.ann_path}: no image has split '{split}' (splits found: {found})")
         return out
 
     def gt_dict(self, records: list[ImageRecord]) -> dict:
@@ -97,18 +97,18 @@ def read_json(path: str | Path, what: str = "annotation file") -> dict:
     `what` names the file in messages (e.g. "config file")."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{p}: {what} not found")
+        raise UserError(f"{p}: {what} not found")
     if p.stat().st_size == 0:
-        raise DataError(f"{p}: {what} is empty (expected JSON)")
+        raise UserError(f"{p}: {what} is empty (expected JSON)")
     try:
         with open(p, encoding="utf-8") as f:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
+        raise UserError(f"{p}: not valid JSON ({e})") from None
     except OSError as e:
-        raise DataError(f"{p}: cannot read the {what} ({e.strerror or e})") from None
+        raise UserError(f"{p}: cannot read the {what} ({e.strerror or e})") from None
     if not isinstance(d, dict):
-        raise DataError(f"{p}: top level must be a JSON object with images/annotations/categories")
+        raise UserError(f"{p}: top level must be a JSON object with images/annotations/categories")
     return d
 
 
@@ -130,11 +130,11 @@ def _as_number(x: Any) -> float | None:
 def _check_structure(d: dict, src: str) -> None:
     for key in ("images", "annotations", "categories"):
         if key not in d:
-            raise DataError(f"{src}: missing top-level key '{key}'")
+            raise UserError(f"{src}: missing top-level key '{key}'")
         if not isinstance(d[key], list):
-            raise DataError(f"{src}: '{key}' must be a list, got {type(d[key]).__name__}")
+            raise UserError(f"{src}: '{key}' must be a list, got {type(d[key]).__name__}")
     if not d["categories"]:
-        raise DataError(f"{src}: 'categories' is empty")
+        raise UserError(f"{src}: 'categories' is empty")
 
 
 def _parse_categories(d: dict, src: str) -> list[dict]:
@@ -142,9 +142,9 @@ def _parse_categories(d: dict, src: str) -> list[dict]:
     cats = []
     for i, c in enumerate(d["categories"]):
         if not isinstance(c, dict) or isinstance(c.get("id"), bool) or not isinstance(c.get("id"), int):
-            raise DataError(f"{src}: categories[{i}] needs an integer 'id'")
+            raise UserError(f"{src}: categories[{i}] needs an integer 'id'")
         if c["id"] in seen:
-            raise DataError(f"{src}: duplicate category id {c['id']}")
+            raise UserError(f"{src}: duplicate category id {c['id']}")
         seen.add(c["id"])
         extra = {"supercategory": c["supercategory"]} if "supercategory" in c else {}
         cats.append({"id": c["id"], "name": str(c.get("name", c["id"])), **extra})
@@ -165,19 +165,19 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
     images: dict[int, dict] = {}
     for i, im in enumerate(d["images"]):
         if not isinstance(im, dict) or isinstance(im.get("id"), bool) or not isinstance(im.get("id"), int):
-            raise DataError(f"{src}: images[{i}] needs an integer 'id'")
+            raise UserError(f"{src}: images[{i}] needs an integer 'id'")
         iid = im["id"]
         if iid in images:
-            raise DataError(f"{src}: duplicate image id {iid}")
+            raise UserError(f"{src}: duplicate image id {iid}")
         fn = im.get("file_name")
         if not isinstance(fn, str) or not fn:
-            raise DataError(f"{src}: image {iid} has no 'file_name'")
+            raise UserError(f"{src}: image {iid} has no 'file_name'")
         w, h = _as_number(im.get("width")), _as_number(im.get("height"))
         path = root / fn
         if w is None or h is None or w < 1 or h < 1:
             size = _image_size_from_file(path)
             if size is None:
-                raise DataError(f"{src}: image {iid} ({fn}) has no valid width/height and the file {path} "
+                raise UserError(f"{src}: image {iid} ({fn}) has no valid width/height and the file {path} "
                                 "cannot be read")
             w, h = size
             _note(warn, examples, IMAGE_SIZE_FROM_FILE, iid, src)
@@ -220,7 +220,7 @@ def _note(warn: Counter, examples: dict, reason: str, ann_id: Any, src: str) -> 
 
 
 def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
-    """Validate a COCO dict and build per-image records. Fatal structure problems raise `DataError`;
+    """Validate a COCO dict and build per-image records. Fatal structure problems raise `UserError`;
     per-annotation problems drop (or clip) the box and are counted in `CocoData.warnings`."""
     _check_structure(d, src)
     root = Path(images_root)
@@ -234,12 +234,12 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
     ann_ids = set()
     for i, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
-            raise DataError(f"{src}: annotations[{i}] is not an object")
+            raise UserError(f"{src}: annotations[{i}] is not an object")
         aid = a.get("id", f"#{i}")
         if _hashable(aid) is None:
-            raise DataError(f"{src}: annotations[{i}] has an invalid id {aid!r}")
+            raise UserError(f"{src}: annotations[{i}] has an invalid id {aid!r}")
         if aid in ann_ids:
-            raise DataError(f"{src}: duplicate annotation id {aid}")
+            raise UserError(f"{src}: duplicate annotation id {aid}")
         ann_ids.add(aid)
         iid = _hashable(a.get("image_id"))
         if iid is None or iid not in images:
@@ -308,4 +308,4 @@ def check_image_files(records: list[ImageRecord], src: str) -> None:
     missing = [r for r in records if not r.path.is_file()]
     if missing:
         names = ", ".join(f"{r.path} (image {r.image_id})" for r in missing[:5])
-        raise DataError(f"{src}: {len(missing)} image file(s) not found, e.g. {names}")
+        raise UserError(f"{src}: {len(missing)} image file(s) not found, e.g. {names}")

@@ -8,8 +8,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .coco import ImageRecord
-from .errors import DataError
 from .transforms import RandomHorizontalFlip
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,9 @@ def load_image(rec: ImageRecord) -> tuple[torch.Tensor, float, float]:
             im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
-        raise DataError(f"{rec.path}: image file not found (image id {rec.image_id})") from None
+        raise UserError(f"{rec.path}: image file not found (image id {rec.image_id})") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"{rec.path}: cannot read image (image id {rec.image_id}): {e}") from None
+        raise UserError(f"{rec.path}: cannot read image (image id {rec.image_id}): {e}") from None
     h, w = arr.shape[:2]
     sx, sy = w / rec.width, h / rec.height
     if (w, h) != (rec.width, rec.height):
@@ -81,6 +81,6 @@ def training_records(records: list[ImageRecord], keep_empty: bool, src: str) -> 
         log.info("%s: %d training image(s) without boxes skipped (use --keep-empty to keep them)",
                  src, len(records) - len(kept))
     if not kept:
-        raise DataError(f"{src}: the training set is empty after filtering ({len(records)} images, none with "
+        raise UserError(f"{src}: the training set is empty after filtering ({len(records)} images, none with "
                         "a usable box)")
     return kept

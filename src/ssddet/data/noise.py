@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import UserError
 from .boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
-from .errors import DataError
 
 
 def perturb_box(box: np.ndarray, level: float, width: float, height: float,
@@ -62,23 +62,23 @@ def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
 def _check_noise_input(coco, src: str) -> None:
     """The structure the generator walks (a clear error instead of a crash on a malformed file)."""
     if not isinstance(coco, dict):
-        raise DataError(f"{src}: top level must be a JSON object with images/annotations/categories")
+        raise UserError(f"{src}: top level must be a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if key not in coco:
-            raise DataError(f"{src}: missing top-level key '{key}'")
+            raise UserError(f"{src}: missing top-level key '{key}'")
         if not isinstance(coco[key], list):
-            raise DataError(f"{src}: '{key}' must be a list, got {type(coco[key]).__name__}")
+            raise UserError(f"{src}: '{key}' must be a list, got {type(coco[key]).__name__}")
     for key in ("images", "annotations", "categories"):
         for i, item in enumerate(coco[key]):
             if not isinstance(item, dict):
-                raise DataError(f"{src}: {key}[{i}] is not an object")
+                raise UserError(f"{src}: {key}[{i}] is not an object")
     seen = set()
     for i, im in enumerate(coco["images"]):
         iid = im.get("id")
         if isinstance(iid, bool) or not isinstance(iid, int):
-            raise DataError(f"{src}: images[{i}] needs an integer 'id'")
+            raise UserError(f"{src}: images[{i}] needs an integer 'id'")
         if iid in seen:
-            raise DataError(f"{src}: duplicate image id {iid}")
+            raise UserError(f"{src}: duplicate image id {iid}")
         seen.add(iid)
 
 
@@ -100,7 +100,7 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
     (e.g. the train split); the others are copied unchanged and consume no draws.
     """
     if not (0.0 <= level < 1.0) or not np.isfinite(level):
-        raise DataError(f"noise level must be in [0, 1), got {level}")
+        raise UserError(f"noise level must be in [0, 1), got {level}")
     _check_noise_input(coco, src)
     out = copy.deepcopy(coco)
     selected = None if image_ids is None else set(image_ids)
@@ -113,7 +113,7 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
     ious = []
     for im in images:
         if not isinstance(im.get("width"), (int, float)) or not isinstance(im.get("height"), (int, float)):
-            raise DataError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise")
+            raise UserError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise")
         for ann in by_image.get(im.get("id"), []):
             bbox = ann.get("bbox")
             ann.setdefault("true_bbox", list(bbox) if isinstance(bbox, list) else bbox)
@@ -143,19 +143,19 @@ def noisy_copy(raw: dict, level: float, seed: int, root: str | Path, split: str 
     ids = None if split is None else split_image_ids(raw, split, src)
     for im in raw["images"]:
         if (ids is None or im.get("id") in ids) and not all(_is_size(im.get(k)) for k in ("width", "height")):
-            raise DataError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise: none in "
+            raise UserError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise: none in "
                             f"the JSON, and {Path(root) / str(im.get('file_name'))} cannot be read (image root: "
                             "--images DIR)")
     return add_box_noise(raw, level, seed, ids, src=src)
 
 
 def split_image_ids(raw: dict, split: str, src: str) -> list:
-    """Ids of the images whose `split` field is `split`; a DataError naming the splits present if none."""
+    """Ids of the images whose `split` field is `split`; a UserError naming the splits present if none."""
     images = [im for im in raw["images"] if isinstance(im, dict)]
     ids = [im.get("id") for im in images if im.get("split") == split]
     if not ids:
         found = sorted({str(im.get("split")) for im in images})
-        raise DataError(f"{src}: no image has split '{split}' (splits found: {found})")
+        raise UserError(f"{src}: no image has split '{split}' (splits found: {found})")
     return ids
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..data.coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
-from ..data.errors import DataError
 from ..data.noise import noisy_copy
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _sources(cfg: DataConfig) -> tuple[Path, Path, Path, bool]:
         log.info("no dataset given: using the built-in synthetic set at %s", d)
     ann = d / "annotations.json"
     if not ann.is_file():
-        raise DataError(f"{d}: expected {ann.name} inside the dataset directory")
+        raise UserError(f"{d}: expected {ann.name} inside the dataset directory")
     return ann, ann, Path(cfg.images) if cfg.images else d, True
 
 
@@ -61,7 +61,7 @@ def load_split(cfg: DataConfig, split: str) -> tuple[CocoData, list[ImageRecord]
     train, val, root, by_split = _sources(cfg)
     src = val if split == cfg.val_split else train
     if not by_split and split not in (cfg.train_split, cfg.val_split):
-        raise DataError(f"split '{split}' needs --data DIR (a `split` field); with --train-ann/--val-ann use "
+        raise UserError(f"split '{split}' needs --data DIR (a `split` field); with --train-ann/--val-ann use "
                         f"'{cfg.train_split}' or '{cfg.val_split}'")
     raw = read_json(src)
     data = parse_coco(raw, str(src), root)
@@ -99,7 +99,7 @@ def load_train_val(cfg: DataConfig) -> Splits:
         val_raw = read_json(val_path)
         val, val_by_split = parse_coco(val_raw, str(val_path), root), _uses_split(val_raw, by_split)
     if [c["id"] for c in train.categories] != [c["id"] for c in val.categories]:
-        raise DataError(f"{train_path} and {val_path} have different category ids")
+        raise UserError(f"{train_path} and {val_path} have different category ids")
     train_recs = _select(train, cfg.train_split, train_by_split)
     val_recs = _select(val, cfg.val_split, val_by_split)
     check_image_files(train_recs, str(train_path))

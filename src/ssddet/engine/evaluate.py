@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
-from ..data.errors import DataError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -81,31 +81,31 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
     try:
         res = json.loads(p.read_text())
     except FileNotFoundError:
-        raise DataError(f"{p}: results file not found") from None
+        raise UserError(f"{p}: results file not found") from None
     except OSError as e:
-        raise DataError(f"{p}: cannot read the results file ({e.strerror or e})") from None
+        raise UserError(f"{p}: cannot read the results file ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{p}: not valid JSON ({e})") from None
+        raise UserError(f"{p}: not valid JSON ({e})") from None
     if isinstance(res, dict) and "annotations" in res:
         res = res["annotations"]
     if not isinstance(res, list):
-        raise DataError(f"{p}: a COCO results file is a list of detections")
+        raise UserError(f"{p}: a COCO results file is a list of detections")
     image_ids = {im["id"] for im in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
     kept = []
     for i, r in enumerate(res):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox"} <= r.keys():
-            raise DataError(f"{p}: entry {i} needs image_id, category_id and bbox")
+            raise UserError(f"{p}: entry {i} needs image_id, category_id and bbox")
         cat, iid, bbox, score = r["category_id"], r["image_id"], r["bbox"], r.get("score", 1.0)
         if isinstance(cat, bool) or not isinstance(cat, int) or cat not in cat_ids:
-            raise DataError(f"{p}: entry {i} has category_id {cat!r} unknown to the ground truth "
+            raise UserError(f"{p}: entry {i} has category_id {cat!r} unknown to the ground truth "
                             f"(known: {sorted(cat_ids)})")
         if isinstance(iid, bool) or not isinstance(iid, int):
-            raise DataError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
+            raise UserError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
-            raise DataError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
+            raise UserError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
         if not _finite(score):
-            raise DataError(f"{p}: entry {i} has an invalid score {score!r}")
+            raise UserError(f"{p}: entry {i} has an invalid score {score!r}")
         if iid in image_ids:
             kept.append({**r, "bbox": [float(v) for v in bbox], "score": float(score)})
     if len(kept) < len(res):

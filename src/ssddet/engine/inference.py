@@ -6,7 +6,7 @@ from pathlib import Path
 from torchvision.models.detection import FasterRCNN
 
 from ..config import ModelConfig
-from ..data.errors import DataError
+from ..errors import UserError
 from ..models.detector import build_trained_detector
 from .checkpoint import load_checkpoint
 
@@ -15,18 +15,18 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
     """-> (detector in eval mode, meta with categories/num_classes/model config)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: checkpoint not found")
     try:
         ck = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - a corrupt/foreign file is a user error
-        raise DataError(f"{path}: cannot load checkpoint ({e})") from None
+        raise UserError(f"{path}: cannot load checkpoint ({e})") from None
     if "model" in ck and "meta" in ck:
         state, meta = ck["model"], ck["meta"]
     elif "method" in ck and "config" in ck:  # a training checkpoint: take the detector part
         state = {k.removeprefix("detector."): v for k, v in ck["method"].items() if k.startswith("detector.")}
         meta = ck.get("meta") or _meta_from_training(ck, state)
     else:
-        raise DataError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or "
+        raise UserError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or "
                         "checkpoint.pt)")
     known = set(ModelConfig.__dataclass_fields__)
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
@@ -34,7 +34,7 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
     try:
         detector.load_state_dict(state)
     except RuntimeError as e:  # e.g. a hand-edited meta, or weights of another architecture
-        raise DataError(f"{path}: the weights do not fit the model its metadata describes "
+        raise UserError(f"{path}: the weights do not fit the model its metadata describes "
                         f"({mcfg.backbone}, {meta['num_classes']} classes): {e}") from None
     if meta.get("box_coder") == "xyxy":
         from ..models.oamil_coder import XYXYBoxCoder

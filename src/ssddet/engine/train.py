@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config
 from ..data.dataset import CocoDetection, collate, training_records
-from ..data.errors import DataError
+from ..errors import UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
@@ -189,19 +189,19 @@ class Trainer:
             # load_state_dict moves the model and optimizer tensors to their parameters' device
             ck = load_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - truncated/corrupt/foreign file: a user-level error
-            raise DataError(f"{path}: cannot resume, the checkpoint is unreadable or corrupt ({e}); "
+            raise UserError(f"{path}: cannot resume, the checkpoint is unreadable or corrupt ({e}); "
                             f"{hint}") from None
         needed = ("method", "optimizer", "scheduler", "scaler", "epoch", "iteration", "best", "rng")
         missing = [k for k in needed if not isinstance(ck, dict) or k not in ck]
         if missing:
-            raise DataError(f"{path}: cannot resume, not an ssddet training checkpoint (missing "
+            raise UserError(f"{path}: cannot resume, not an ssddet training checkpoint (missing "
                             f"{', '.join(missing)}); {hint}")
         try:
             self.method.load_state_dict(ck["method"])
             self.optimizer.load_state_dict(ck["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             was = ck.get("config", {}).get("train", {}).get("method", "?")
-            raise DataError(f"{path}: cannot resume, the checkpoint (method {was}) does not match this "
+            raise UserError(f"{path}: cannot resume, the checkpoint (method {was}) does not match this "
                             f"run's model/method ({self.cfg.train.method}, {self.cfg.model.backbone}): "
                             f"{e}") from None
         self.scheduler.load_state_dict(ck["scheduler"])

@@ -17,7 +17,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ..config import ModelConfig
-from ..data.errors import DataError
+from ..errors import UserError
 from .efficientnet_lite import LITE_BACKBONES, LITE_IMAGE_MEAN, LITE_IMAGE_STD, NUM_UNITS, build_lite_fpn
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,14 @@ def _load_file(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise DataError(f"{path}: weights file not found") from None
+        raise UserError(f"{path}: weights file not found") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad user file
-        raise DataError(f"{path}: cannot load weights ({e})") from None
+        raise UserError(f"{path}: cannot load weights ({e})") from None
     for key in ("model", "state_dict", "detector"):  # common checkpoint wrappers
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a state_dict, got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a state_dict, got {type(obj).__name__}")
     return obj
 
 
@@ -86,7 +86,7 @@ def load_backbone_weights(model: FasterRCNN, path: str) -> None:
     src = {k.removeprefix("features."): v for k, v in _load_file(path).items()}
     matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.5 * len(own):
-        raise DataError(f"{path}: only {len(matched)}/{len(own)} backbone tensors match this backbone "
+        raise UserError(f"{path}: only {len(matched)}/{len(own)} backbone tensors match this backbone "
                         "(wrong architecture?)")
     body.load_state_dict(matched, strict=False)
     freeze_batchnorm(body)
@@ -113,7 +113,7 @@ def load_detector_weights(model: FasterRCNN, path: str) -> None:
     matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
     skipped = [k for k in src if k in own and k not in matched]
     if len(matched) < 0.5 * len(own):
-        raise DataError(f"{path}: only {len(matched)}/{len(own)} detector tensors match (wrong backbone?)")
+        raise UserError(f"{path}: only {len(matched)}/{len(own)} detector tensors match (wrong backbone?)")
     model.load_state_dict(matched, strict=False)
     log.info("detector weights: %d/%d tensors loaded from %s%s", len(matched), len(own), path,
              f"; shape mismatch skipped: {skipped}" if skipped else "")
@@ -136,11 +136,11 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     of an EfficientNet-Lite backbone (`cfg.pretrained="imagenet"`) and the local files `cfg.backbone_weights` /
     `cfg.weights` name; load_weights=False builds the same architecture without reading any of them."""
     if cfg.backbone not in BACKBONES:
-        raise DataError(f"unknown backbone '{cfg.backbone}' (choose from {', '.join(BACKBONES)})")
+        raise UserError(f"unknown backbone '{cfg.backbone}' (choose from {', '.join(BACKBONES)})")
     if cfg.pretrained not in PRETRAINED:
-        raise DataError(f"unknown pretrained '{cfg.pretrained}' (choose from {', '.join(PRETRAINED)})")
+        raise UserError(f"unknown pretrained '{cfg.pretrained}' (choose from {', '.join(PRETRAINED)})")
     if num_classes < 1:
-        raise DataError("the dataset has no categories")
+        raise UserError("the dataset has no categories")
     if cfg.pretrained == "imagenet" and cfg.backbone not in LITE_BACKBONES and load_weights:
         log.info("%s has no packaged ImageNet weights: it trains from scratch (--backbone-weights FILE loads "
                  "a local file)", cfg.backbone)
@@ -159,7 +159,7 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
         model = FasterRCNN(backbone, num_classes=num_classes + 1, **_frcnn_kwargs(cfg))
     if cfg.backbone_weights:
         if cfg.backbone in LITE_BACKBONES:
-            raise DataError(f"--backbone-weights is for the torchvision backbones; {cfg.backbone} loads its "
+            raise UserError(f"--backbone-weights is for the torchvision backbones; {cfg.backbone} loads its "
                             "packaged ImageNet weights itself (--pretrained imagenet)")
         if load_weights:
             load_backbone_weights(model, cfg.backbone_weights)

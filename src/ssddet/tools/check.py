@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..data.coco import IMAGE_SIZE_FROM_FILE, load_coco, warning_unit
-from ..data.errors import DataError
+from ..errors import UserError
 
 # image problems that make the set unusable (the others are warnings); keys start with the kind
 FATAL_IMAGE_PROBLEMS = ("image file missing", "image file unreadable")
@@ -107,7 +107,7 @@ def summarise(data, image_problems: Counter, strict: bool = False) -> tuple[str,
 
 def cmd_check(a) -> int:
     if not a.ann and not a.data:
-        raise DataError("give --ann JSON or --data DIR")
+        raise UserError("give --ann JSON or --data DIR")
     ann = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
     data = load_coco(ann, a.images or (a.data if a.data and not a.images else None))
     problems = Counter() if a.no_images else check_images(data.records)

@@ -17,9 +17,9 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
-from ..data.errors import DataError
 from ..engine.checkpoint import load_checkpoint
 from ..engine.datasets import training_split_json
+from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
 
@@ -30,13 +30,13 @@ def load_refiner_method(path: str | Path, device: torch.device):
     """A training checkpoint.pt of an SSD-Det run -> (SSDDetMethod in eval mode, its Config)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: checkpoint not found")
     ck = load_checkpoint(path)
     if "method" not in ck or "config" not in ck:
-        raise DataError(f"{path}: not a training checkpoint (use run/checkpoint.pt, which holds the refiner)")
+        raise UserError(f"{path}: not a training checkpoint (use run/checkpoint.pt, which holds the refiner)")
     cfg = Config.from_dict(ck["config"], src=str(path))
     if cfg.train.method != "ssddet":
-        raise DataError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
+        raise UserError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
     num_classes = ck["meta"]["num_classes"]
     method = build_method(cfg, build_trained_detector(cfg.model, num_classes), num_classes)
     method.load_state_dict(ck["method"])
