@@ -1,12 +1,20 @@
-"""The one aligned-pairs IoU (`ssddet.data.boxes.aligned_iou`) and its numpy wrapper: exact values on
-hand-built boxes, broadcasting, dtypes, and empty/degenerate boxes (0, never NaN)."""
+"""The box module (`ssddet.data.boxes`): the aligned-pairs IoU and its numpy wrapper (exact values on hand-built
+boxes, broadcasting, dtypes, empty/degenerate boxes: 0, never NaN), sides, areas, clipping, COCO conversions."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from ssddet.data.boxes import aligned_iou, aligned_iou_np
+from ssddet.data.boxes import (
+    aligned_iou,
+    aligned_iou_np,
+    box_area_nonneg,
+    box_wh,
+    clip_boxes,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
 
 A = [[0.0, 0.0, 10.0, 10.0]] * 6
 B = [[0.0, 0.0, 10.0, 10.0],  # identical: 1
@@ -60,3 +68,24 @@ def test_aligned_iou_half_precision_and_int_inputs_give_float32():
     assert aligned_iou(a, b).dtype == torch.float32
     assert aligned_iou(a.half(), b.half()).dtype == torch.float32
     torch.testing.assert_close(aligned_iou(a, b), torch.tensor([1 / 3]))
+
+
+def test_clip_boxes_one_size_and_per_object():
+    boxes = torch.tensor([[-5.0, 3.0, 70.0, 90.0], [10.0, -2.0, 20.0, 30.0]])
+    assert clip_boxes(boxes, (50, 60)).tolist() == [[0.0, 3.0, 60.0, 50.0], [10.0, 0.0, 20.0, 30.0]]
+    hw = torch.tensor([[50, 60], [25, 15]])  # (h, w) of each object's image
+    per = clip_boxes(boxes, hw)
+    assert per.tolist() == [[0.0, 3.0, 60.0, 50.0], [10.0, 0.0, 15.0, 25.0]]
+    bags = boxes[:, None].expand(2, 3, 4)  # a per-object size broadcasts over a bag's proposals
+    assert torch.equal(clip_boxes(bags, hw), per[:, None].expand(2, 3, 4))
+
+
+def test_sides_areas_and_coco_conversions():
+    b = torch.tensor([[0.0, 0.0, 4.0, 3.0], [5.0, 5.0, 2.0, 9.0]])  # the second box is inverted in x
+    assert box_wh(b).tolist() == [[4.0, 3.0], [-3.0, 4.0]]
+    assert box_area_nonneg(b).tolist() == [12.0, 0.0]
+    assert box_area_nonneg(b[None].expand(3, 2, 4)).shape == (3, 2)
+    xywh = [[1.0, 2.0, 3.0, 4.0], [0.5, 0.0, 1.0, 2.5]]
+    assert xywh_to_xyxy(xywh).tolist() == [[1.0, 2.0, 4.0, 6.0], [0.5, 0.0, 1.5, 2.5]]
+    assert xyxy_to_xywh(xywh_to_xyxy(xywh)).tolist() == xywh
+    assert xywh_to_xyxy(xywh[0]).shape == (4,)

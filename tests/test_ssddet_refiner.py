@@ -227,7 +227,8 @@ def test_eval_mode_skips_negatives():
 def test_diagnostic_bags_reproduce_the_picks():
     """`bags` holds the refined objects' intermediates; re-merging them with the documented rules gives back
     b̂ (stage-I q, top-k, clipped) and b̃ (sigma(cls) * min-max U', top-k) exactly."""
-    from ssddet.models.ssddet.merge import clip_boxes, topk_merge
+    from ssddet.data.boxes import clip_boxes
+    from ssddet.models.ssddet.merge import topk_merge
     from ssddet.models.ssddet.sisd import spatial_confidence
 
     ref = _refiner(top_k=5).eval()

@@ -1,33 +1,66 @@
-"""Box helpers: xyxy inside the code, COCO xywh only at the JSON boundary, and the one aligned-pairs IoU.
+"""Box operations, the one home for them: xyxy everywhere inside the code, COCO xywh only at the JSON boundary.
 
-Pairwise (all-against-all) IoU is `torchvision.ops.box_iou`; `aligned_iou` is the element-wise one (box i of a
-against box i of b, with broadcasting), used by every method, statistic and data tool.
+Built on `torchvision.ops` where it fits: `box_convert` for centre/size conversions, `clip_boxes_to_image` for
+clipping to one image size, `box_area`; pairwise (all-against-all) IoU is `torchvision.ops.box_iou` itself.
+What torchvision lacks lives here:
+
+- `xywh_to_xyxy` / `xyxy_to_xywh`: COCO JSON <-> xyxy numpy arrays (numpy, not torch: the loader converts one
+  annotation at a time, where a torch call would cost more than the arithmetic).
+- `box_wh`: the (w, h) sides; `box_area_nonneg`: area with an inverted box counted as empty.
+- `clip_boxes`: clip to one image size, or to a size per object (a batch of objects from several images).
+- `aligned_iou`: the element-wise IoU (box i of a against box i of b, with broadcasting), defined for every
+  input (empty boxes give 0, never NaN); used by every method, statistic and data tool.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import box_area
+from torchvision.ops import box_area, clip_boxes_to_image
 
 
-def xywh_to_xyxy(b):
-    """[x, y, w, h] (list or array[..., 4]) -> array[..., 4] as [x1, y1, x2, y2]."""
+def xywh_to_xyxy(b) -> np.ndarray:
+    """[x, y, w, h] (list or array[..., 4]) -> float64 array[..., 4] as [x1, y1, x2, y2]."""
     b = np.asarray(b, dtype=np.float64)
     return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:4]], axis=-1)
 
 
-def xyxy_to_xywh(b):
-    """array[..., 4] xyxy -> array[..., 4] xywh."""
+def xyxy_to_xywh(b) -> np.ndarray:
+    """array[..., 4] xyxy -> float64 array[..., 4] xywh."""
     b = np.asarray(b, dtype=np.float64)
     return np.concatenate([b[..., :2], b[..., 2:4] - b[..., :2]], axis=-1)
 
 
-def _area(b: Tensor) -> Tensor:
-    """Tensor[..., 4] xyxy -> Tensor[...]: box_area with an inverted side (x2 < x1 or y2 < y1) counted as empty,
-    where box_area would give a negative area (or a positive one for two inverted sides)."""
-    b = torch.cat([b[..., :2], torch.maximum(b[..., 2:], b[..., :2])], dim=-1)
+def box_wh(boxes: Tensor) -> Tensor:
+    """Tensor[..., 4] xyxy -> Tensor[..., 2] (w, h); negative for an inverted box."""
+    return boxes[..., 2:] - boxes[..., :2]
+
+
+def box_area_nonneg(boxes: Tensor) -> Tensor:
+    """Tensor[..., 4] xyxy -> Tensor[...]: `box_area` with an inverted side (x2 < x1 or y2 < y1) counted as
+    empty, where box_area would give a negative area (or a positive one for two inverted sides)."""
+    b = torch.cat([boxes[..., :2], torch.maximum(boxes[..., 2:], boxes[..., :2])], dim=-1)
     return box_area(b.reshape(-1, 4)).reshape(b.shape[:-1])
+
+
+def clip_boxes(boxes: Tensor, image_hw: Sequence[int] | Tensor) -> Tensor:
+    """Clamp xyxy boxes to [0, w] x [0, h].
+
+    Args:
+        boxes: Tensor[M, ..., 4].
+        image_hw: (h, w) for all boxes (torchvision's `clip_boxes_to_image`), or Tensor[M, 2] of per-object
+            (h, w), broadcast over the boxes' middle dimensions (e.g. a bag Tensor[M, P, 4]).
+
+    Returns:
+        Tensor[M, ..., 4]. An inverted box stays inverted (clipping does not reorder corners).
+    """
+    if not (isinstance(image_hw, Tensor) and image_hw.dim() == 2):
+        return clip_boxes_to_image(boxes, (float(image_hw[0]), float(image_hw[1])))
+    hw = image_hw.to(device=boxes.device, dtype=boxes.dtype)
+    limit = hw.flip(-1).repeat(1, 2)  # [M, 4] (w, h, w, h)
+    return torch.minimum(boxes.clamp(min=0), limit.reshape(-1, *[1] * (boxes.dim() - 2), 4))
 
 
 def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -45,8 +78,8 @@ def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
     a, b = torch.broadcast_tensors(a.to(dtype), b.to(dtype))
     lt = torch.maximum(a[..., :2], b[..., :2])
     rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = _area(torch.cat([lt, rb], dim=-1))
-    union = _area(a) + _area(b) - inter
+    inter = box_area_nonneg(torch.cat([lt, rb], dim=-1))
+    union = box_area_nonneg(a) + box_area_nonneg(b) - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(dtype).tiny), torch.zeros_like(union))
 
 

@@ -199,13 +199,13 @@ def _parse_box(bbox: Any) -> np.ndarray | None:
 
 def _clip_box(box: np.ndarray, w: int, h: int) -> tuple[np.ndarray | None, str | None]:
     """Clip xyxy to the image; return (box, None) or (None, reason) when nothing usable is left."""
-    if box[2] - box[0] <= 0 or box[3] - box[1] <= 0:
+    if (box[2:] - box[:2] <= 0).any():
         return None, "non-positive width/height"
-    clipped = np.array([min(max(box[0], 0), w), min(max(box[1], 0), h),
-                        min(max(box[2], 0), w), min(max(box[3], 0), h)])
-    if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
+    clipped = np.clip(box, 0, [w, h, w, h])
+    side = clipped[2:] - clipped[:2]
+    if (side <= 0).any():
         return None, "outside the image (nothing left after clipping)"
-    if clipped[2] - clipped[0] < MIN_BOX_SIDE or clipped[3] - clipped[1] < MIN_BOX_SIDE:
+    if (side < MIN_BOX_SIDE).any():
         return None, f"side under {MIN_BOX_SIDE} px (after clipping to the image)"
     if not np.array_equal(clipped, box):
         return clipped, "clipped"

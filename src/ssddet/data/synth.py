@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .boxes import aligned_iou_np
+from .boxes import aligned_iou_np, xyxy_to_xywh
 
 logger = logging.getLogger(__name__)
 
@@ -285,11 +285,11 @@ def _append_image(coco: dict, out: Path, split: str, idx: int, img: np.ndarray, 
     image_id = len(coco["images"]) + 1
     h, w = img.shape[:2]
     coco["images"].append({"id": image_id, "file_name": rel, "width": w, "height": h, "split": split})
-    for label, (x0, y0, x1, y1), visible in objs:
-        bw, bh = x1 - x0, y1 - y0
+    for label, box, visible in objs:
+        bbox = [float(v) for v in xyxy_to_xywh(box)]
         coco["annotations"].append({
             "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": label + 1,
-            "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0,
+            "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
             "visible_fraction": round(float(visible), 4),
         })
 

@@ -14,6 +14,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from .boxes import xyxy_to_xywh
+
 logger = logging.getLogger(__name__)
 
 
@@ -169,16 +171,15 @@ def _assemble(xmls, parsed, owner, cats, base: Path) -> dict:
         images.append({"id": image_id, "file_name": rel, "width": p["width"], "height": p["height"],
                        "split": owner[xml_path.stem]})
         for o in p["objects"]:
-            x0, y0, x1, y1 = o["box"]
-            w, h = x1 - x0, y1 - y0
-            if w <= 0 or h <= 0:
+            bbox = [float(v) for v in xyxy_to_xywh(o["box"])]
+            if bbox[2] <= 0 or bbox[3] <= 0:
                 degenerate += 1
                 continue
             if o["name"] not in cat_id:
                 unknown += 1
                 continue
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id[o["name"]],
-                         "bbox": [x0, y0, w, h], "area": w * h, "iscrowd": 1 if o["difficult"] else 0})
+                         "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 1 if o["difficult"] else 0})
     if degenerate:
         logger.warning("dropped %d degenerate box(es) with w <= 0 or h <= 0", degenerate)
     if unknown:

@@ -21,6 +21,8 @@ from torch import Tensor
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 
+from ..data.boxes import box_wh
+
 BOX_CODERS = ("xywh", "xyxy")
 
 
@@ -43,7 +45,7 @@ class XYXYBoxCoder:
         """reference_boxes (targets) Tensor[N,4], proposals Tensor[N,4] -> deltas Tensor[N,4]."""
         w = torch.as_tensor(self.weights, dtype=reference_boxes.dtype, device=reference_boxes.device)
         proposals = proposals.to(reference_boxes.dtype)
-        size = _wh(proposals).repeat(1, 2)  # (pw, ph, pw, ph)
+        size = box_wh(proposals).repeat(1, 2)  # (pw, ph, pw, ph)
         return w * (reference_boxes - proposals) / size
 
     def decode(self, rel_codes: Tensor, boxes: list[Tensor]) -> Tensor:
@@ -61,13 +63,8 @@ class XYXYBoxCoder:
         w = torch.as_tensor(self.weights, dtype=rel_codes.dtype, device=rel_codes.device)
         k = rel_codes.shape[-1] // 4
         deltas = rel_codes.reshape(-1, k, 4) / w
-        size = _wh(boxes).repeat(1, 2)[:, None, :]
+        size = box_wh(boxes).repeat(1, 2)[:, None, :]
         return (boxes[:, None, :] + deltas * size).reshape(rel_codes.shape)
-
-
-def _wh(boxes: Tensor) -> Tensor:
-    """boxes Tensor[N,4] -> (w, h) Tensor[N,2]."""
-    return boxes[:, 2:] - boxes[:, :2]
 
 
 def make_box_coder(name: str, xywh_weights: tuple[float, ...] = (10.0, 10.0, 5.0, 5.0)):

@@ -5,8 +5,6 @@ Shapes: M objects, P proposals per bag, k boxes merged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
@@ -48,26 +46,3 @@ def topk_merge(bag: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         boxes = (picked * w[..., None]).sum(dim=1)
         return boxes, s.sum(dim=1)
 
-
-def clip_boxes(boxes: Tensor, image_hw: Sequence[int] | Tensor) -> Tensor:
-    """Clamp xyxy boxes to [0, w] x [0, h].
-
-    Args:
-        boxes: Tensor[M, 4].
-        image_hw: (h, w) for all boxes, or Tensor[M, 2] of per-box (h, w).
-
-    Returns:
-        Tensor[M, 4].
-    """
-    if isinstance(image_hw, Tensor) and image_hw.dim() == 2:
-        h = image_hw[:, 0].to(boxes)
-        w = image_hw[:, 1].to(boxes)
-    else:
-        h = torch.full((boxes.shape[0],), float(image_hw[0]), dtype=boxes.dtype, device=boxes.device)
-        w = torch.full((boxes.shape[0],), float(image_hw[1]), dtype=boxes.dtype, device=boxes.device)
-    zero = torch.zeros_like(w)
-    x1 = torch.minimum(torch.maximum(boxes[:, 0], zero), w)
-    y1 = torch.minimum(torch.maximum(boxes[:, 1], zero), h)
-    x2 = torch.minimum(torch.maximum(boxes[:, 2], zero), w)
-    y2 = torch.minimum(torch.maximum(boxes[:, 3], zero), h)
-    return torch.stack([x1, y1, x2, y2], dim=1)

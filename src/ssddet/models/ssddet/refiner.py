@@ -25,8 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SSDDetConfig
-from ...data.boxes import aligned_iou
-from .merge import clip_boxes, topk_merge
+from ...data.boxes import aligned_iou, box_wh, clip_boxes
+from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import random_negatives, select_negatives
 from .sampler import PRESETS, bag_validity, neighbourhood_bag
@@ -214,7 +214,7 @@ class SSDDetRefiner(nn.Module):
         cap = int(self.cfg.max_objects_per_image)
         out = []
         for b in boxes:
-            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+            ok = (box_wh(b) > 0).all(dim=1)
             idx = ok.nonzero().squeeze(1)
             if 0 < cap < idx.numel():
                 dev = gen.device if gen is not None else torch.device("cpu")
@@ -241,9 +241,8 @@ class SSDDetRefiner(nn.Module):
         j = (i * len(scales) + i) * 5
         with torch.no_grad():
             ref = b0[:, j].float()
-            w = (ref[:, 2] - ref[:, 0]).clamp(min=1e-6)
-            h = (ref[:, 3] - ref[:, 1]).clamp(min=1e-6)
-            rel = ((b1[:, j].float() - ref).abs() / torch.stack([w, h, w, h], dim=1)).mean(dim=1)
+            wh = box_wh(ref).clamp(min=1e-6)
+            rel = ((b1[:, j].float() - ref).abs() / wh.repeat(1, 2)).mean(dim=1)
             med = rel.median()
             it, n = int(self.auto_iter), self.auto_hist.numel()
             self.auto_hist[it % n] = med
@@ -505,9 +504,7 @@ def _keep_sane(boxes: Tensor, fallback: Tensor, min_size: float = MIN_BOX_SIZE) 
     A degenerate pseudo box (e.g. a stage-I box of an object lying outside the image, clipped to zero width,
     or a collapsed SPSD decode) would encode to log(0) regression targets in the detector and poison the whole
     step with inf/NaN. Returns (boxes Tensor[M, 4], number replaced as a 0-dim Tensor)."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    bad = ~torch.isfinite(boxes).all(dim=1) | ~(w >= min_size) | ~(h >= min_size)
+    bad = ~torch.isfinite(boxes).all(dim=1) | ~(box_wh(boxes) >= min_size).all(dim=1)
     return torch.where(bad[:, None], fallback.to(boxes), boxes), bad.sum()
 
 

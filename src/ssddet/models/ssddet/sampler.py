@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torchvision.ops import box_convert
+
+from ...data.boxes import box_area_nonneg, clip_boxes
 
 # name -> (scale ratios R, shift ratio o). "large": COCO and VOC 30/40 % noise (P = 125);
 # "small": VOC 10/20 % noise (P = 45). Source: the released configs (method.md 3.1 step 1, 5 item 5).
@@ -44,10 +47,7 @@ def neighbourhood_bag(boxes: Tensor, scales: Sequence[float], shift: float) -> T
     m = boxes.shape[0]
     r = torch.as_tensor(list(scales), dtype=boxes.dtype, device=boxes.device)
     s = r.numel()
-    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
-    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
+    cx, cy, w, h = box_convert(boxes, "xyxy", "cxcywh").unbind(-1)
     # [M, S, S]: width ratio varies along dim 1 (outer loop), height ratio along dim 2 (inner loop).
     ws = (w[:, None] * r[None, :])[:, :, None].expand(m, s, s)
     hs = (h[:, None] * r[None, :])[:, None, :].expand(m, s, s)
@@ -61,16 +61,11 @@ def neighbourhood_bag(boxes: Tensor, scales: Sequence[float], shift: float) -> T
     hs5 = hs[..., None]
     pcx = cx[:, None, None, None] + off[:, 0] * ws5  # [M, S, S, 5]
     pcy = cy[:, None, None, None] + off[:, 1] * hs5
-    ws5 = ws5.expand_as(pcx)
-    hs5 = hs5.expand_as(pcy)
-    bag = torch.stack([pcx - 0.5 * ws5, pcy - 0.5 * hs5, pcx + 0.5 * ws5, pcy + 0.5 * hs5], dim=-1)
+    bag = box_convert(torch.stack([pcx, pcy, ws5.expand_as(pcx), hs5.expand_as(pcy)], dim=-1), "cxcywh", "xyxy")
     return bag.reshape(m, s * s * 5, 4)
 
 
-ImageSize = Sequence[int] | Tensor
-
-
-def bag_validity(bag: Tensor, image_size: ImageSize, thresh: float = 0.7) -> Tensor:
+def bag_validity(bag: Tensor, image_size: Sequence[int] | Tensor, thresh: float = 0.7) -> Tensor:
     """Validity mask: the fraction of each proposal's area inside the image (IoF) must exceed `thresh`.
 
     Args:
@@ -82,17 +77,8 @@ def bag_validity(bag: Tensor, image_size: ImageSize, thresh: float = 0.7) -> Ten
     Returns:
         Bool[M, P]. A zero-area proposal is invalid.
     """
-    if isinstance(image_size, Tensor) and image_size.dim() == 2:
-        hw = image_size.to(device=bag.device, dtype=bag.dtype)
-        extra = [1] * (bag.dim() - 2)
-        h, w = hw[:, 0].reshape(-1, *extra), hw[:, 1].reshape(-1, *extra)
-    else:
-        h = torch.tensor(float(image_size[0]), dtype=bag.dtype, device=bag.device)
-        w = torch.tensor(float(image_size[1]), dtype=bag.dtype, device=bag.device)
-    iw = (torch.minimum(bag[..., 2], w) - bag[..., 0].clamp(min=0)).clamp(min=0)
-    ih = (torch.minimum(bag[..., 3], h) - bag[..., 1].clamp(min=0)).clamp(min=0)
-    area = (bag[..., 2] - bag[..., 0]).clamp(min=0) * (bag[..., 3] - bag[..., 1]).clamp(min=0)
+    area = box_area_nonneg(bag)
     # IoF = inside / area, compared strictly as the code does (a proposal exactly at 0.7 is invalid);
     # zero-area proposals are invalid (the clamp keeps them at 0 instead of NaN)
-    iof = iw * ih / area.clamp(min=torch.finfo(area.dtype).tiny)
+    iof = box_area_nonneg(clip_boxes(bag, image_size)) / area.clamp(min=torch.finfo(area.dtype).tiny)
     return (iof > thresh) & (area > 0)
