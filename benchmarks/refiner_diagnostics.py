@@ -17,7 +17,7 @@ from collections import defaultdict
 import torch
 
 from ssddet.data.boxes import aligned_iou
-from ssddet.engine.datasets import training_split_json
+from ssddet.data.splits import training_split_json
 from ssddet.models.ssddet.merge import topk_merge
 from ssddet.models.ssddet.sisd import spatial_confidence
 from ssddet.tools.refine import load_refiner_method, refine_chunks

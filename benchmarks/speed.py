@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from ssddet.cli import apply_overrides
 from ssddet.config import Config
 from ssddet.data.dataset import CocoDetection, collate, training_records
-from ssddet.engine.datasets import load_train_val
+from ssddet.data.splits import load_train_val
 from ssddet.models.detector import build_detector
 from ssddet.models.methods import build_method
 

@@ -12,8 +12,8 @@ from conftest import tiny_coco_dict, write_coco, write_image
 from ssddet.config import DataConfig
 from ssddet.data.coco import load_coco
 from ssddet.data.dataset import CocoDetection, collate, load_image, record_target, training_records
+from ssddet.data.splits import load_split, load_train_val
 from ssddet.data.transforms import RandomHorizontalFlip, hflip
-from ssddet.engine.datasets import load_split, load_train_val
 from ssddet.errors import UserError
 
 

@@ -276,7 +276,7 @@ def test_cli_reads_missing_image_sizes_from_the_files_as_train_does(tiny_coco, t
 
     from ssddet.config import DataConfig
     from ssddet.data.boxes import xywh_to_xyxy
-    from ssddet.engine.datasets import load_train_val
+    from ssddet.data.splits import load_train_val
 
     root, _, coco = tiny_coco
     for im in coco["images"]:

@@ -16,7 +16,7 @@ from ssddet.models.oamil import (
     oamil_loss,
     refine_boxes,
 )
-from ssddet.models.oamil_coder import XYXYBoxCoder, make_box_coder, rcnn_losses
+from ssddet.models.rcnn_head import XYXYBoxCoder, make_box_coder, rcnn_losses
 
 
 # --------------------------------------------------------------------------------------------- helpers

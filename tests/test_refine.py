@@ -78,7 +78,7 @@ def test_fr_recipe_trains_on_the_training_split_only(tiny_ssddet_run, tmp_path, 
     """`ssddet refine` then `ssddet train --train-ann refined.json --val-ann DATA.json`: whatever the export
     holds, no val/test image (with its clean boxes) reaches the training set, and validation is the val split."""
     from ssddet.config import DataConfig
-    from ssddet.engine.datasets import load_train_val
+    from ssddet.data.splits import load_train_val
 
     data, run = tiny_ssddet_run
     dst = tmp_path / "refined.json"
@@ -112,8 +112,8 @@ def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypa
 
     from ssddet.config import ModelConfig, SSDDetConfig
     from ssddet.models.detector import build_detector
+    from ssddet.models.methods import SSDDetMethod
     from ssddet.models.ssddet.refiner import RefinerOutput
-    from ssddet.models.ssddet_method import SSDDetMethod
 
     method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), SSDDetConfig(), 2).train()
     method.bank.update(torch.tensor([5, 9]), torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]))

@@ -303,7 +303,7 @@ def cmd_eval(a) -> int:
                       num_workers=a.workers)
     if not a.checkpoint and not a.results:
         raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
-    from .engine.datasets import load_split
+    from .data.splits import load_split
 
     data, records = load_split(dcfg, a.split)
     gt = data.gt_dict(records)

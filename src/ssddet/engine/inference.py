@@ -37,7 +37,7 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
         raise UserError(f"{path}: the weights do not fit the model its metadata describes "
                         f"({mcfg.backbone}, {meta['num_classes']} classes): {e}") from None
     if meta.get("box_coder") == "xyxy":
-        from ..models.oamil_coder import XYXYBoxCoder
+        from ..models.rcnn_head import XYXYBoxCoder
 
         detector.roi_heads.box_coder = XYXYBoxCoder()
     return detector.eval(), meta

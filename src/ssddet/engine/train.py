@@ -21,11 +21,11 @@ from tqdm import tqdm
 from .. import __version__
 from ..config import Config
 from ..data.dataset import CocoDetection, collate, training_records
+from ..data.splits import load_train_val
 from ..errors import UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
-from .datasets import load_train_val
 from .distributed import barrier, cleanup, init_distributed, is_main, mean_across_ranks
 from .evaluate import coco_evaluate, format_metrics, predict
 from .log import Averager, RunLogger

@@ -16,7 +16,7 @@ Per training iteration (nothing persists between iterations):
    used only as the regression target of that bag's positives. Labels and sampling stay on the noisy boxes.
 
 No parameters are added: the state_dict keys equal plain ``RoIHeads``'. With ``box_coder="xyxy"`` the
-predictor learns corner deltas, so inference must keep ``XYXYBoxCoder`` (see ``oamil_coder``); the default
+predictor learns corner deltas, so inference must keep ``XYXYBoxCoder`` (see ``rcnn_head``); the default
 "xywh" model is a drop-in torchvision ``FasterRCNN``.
 """
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
 
-from ssddet.config import OAMILConfig
-from ssddet.data.boxes import aligned_iou
-from ssddet.models.oamil_coder import make_box_coder, rcnn_losses
+from ..config import OAMILConfig
+from ..data.boxes import aligned_iou
+from .rcnn_head import make_box_coder, rcnn_losses
 
 # progress is a float fraction of the schedule; absorb rounding so "epoch 1 of 12" starts exactly at 1/12
 _PROGRESS_EPS = 1e-9

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
+from ..data.splits import training_split_json
 from ..engine.checkpoint import load_checkpoint
-from ..engine.datasets import training_split_json
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method

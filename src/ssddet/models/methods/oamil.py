@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torchvision.models.detection import FasterRCNN
 
-from ..config import OAMILConfig
-from .methods import DetectionMethod
-from .oamil import OAMILRoIHeads
+from ...config import OAMILConfig
+from ..oamil import OAMILRoIHeads
+from .base import DetectionMethod
 
 
 class OAMILMethod(DetectionMethod):

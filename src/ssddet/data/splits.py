@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from ..data.coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
-from ..data.noise import noisy_copy
 from ..errors import UserError
+from .coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
+from .noise import noisy_copy
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _sources(cfg: DataConfig) -> tuple[Path, Path, Path, bool]:
     if cfg.data_dir:
         d = Path(cfg.data_dir)
     else:
-        from ..data.synth import ensure_default_data
+        from .synth import ensure_default_data
 
         d = ensure_default_data()
         log.info("no dataset given: using the built-in synthetic set at %s", d)

@@ -1,4 +1,4 @@
-"""Training methods around one torchvision Faster R-CNN: vanilla, SSD-Det and OA-MIL.
+"""The training seam shared by the methods (vanilla Faster R-CNN is this base class as it is).
 
 Each method is an nn.Module with `.detector` (the deployed model, a plain FasterRCNN) and
 `forward(images, targets, progress) -> (losses, stats)`: losses are already weighted and summed by the caller;
@@ -13,12 +13,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
-from ..config import Config
-from ..errors import UserError
-from .oamil_coder import rcnn_losses
-
-METHODS = ("vanilla", "ssddet", "oamil")
-BOX_LOSSES = ("smooth_l1", "l1")
+from ..rcnn_head import rcnn_training_losses
 
 
 def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):
@@ -67,34 +62,3 @@ class DetectionMethod(nn.Module):
     def detector_stats(self) -> dict[str, float]:
         return {}
 
-
-def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str) -> dict:
-    """The R-CNN head's training losses with the chosen box loss: "smooth_l1" is torchvision's RoIHeads as is;
-    "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs."""
-    if box_loss == "smooth_l1":
-        return roi_heads(features, proposals, image_sizes, targets)[1]
-    proposals, _, labels, reg_targets = roi_heads.select_training_samples(proposals, targets)
-    x = roi_heads.box_head(roi_heads.box_roi_pool(features, proposals, image_sizes))
-    class_logits, box_regression = roi_heads.box_predictor(x)
-    loss_cls, loss_box = rcnn_losses(class_logits, box_regression, torch.cat(labels), torch.cat(reg_targets),
-                                     box_loss)
-    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
-
-
-def build_method(cfg: Config, detector: FasterRCNN, num_classes: int) -> DetectionMethod:
-    name = cfg.train.method
-    if cfg.train.box_loss not in BOX_LOSSES:
-        raise UserError(f"unknown train.box_loss '{cfg.train.box_loss}' (choose from {', '.join(BOX_LOSSES)})")
-    if name == "oamil" and cfg.train.box_loss != "smooth_l1":  # its head pairs the loss with its box coder
-        raise UserError("OA-MIL's box loss follows oamil.box_coder (xyxy: L1); leave train.box_loss at smooth_l1")
-    if name == "vanilla":
-        return DetectionMethod(detector, cfg.train.box_loss)
-    if name == "ssddet":
-        from .ssddet_method import SSDDetMethod
-
-        return SSDDetMethod(detector, cfg.ssddet, num_classes, cfg.train.box_loss)
-    if name == "oamil":
-        from .oamil_method import OAMILMethod
-
-        return OAMILMethod(detector, cfg.oamil)
-    raise ValueError(f"unknown method '{name}' (choose from {', '.join(METHODS)})")

@@ -1,4 +1,4 @@
-"""Box coders and the R-CNN box loss used by the OA-MIL baseline (method.md 2.1, 5 item 8).
+"""What the R-CNN box head trains with, shared by the methods: box coders and box losses (method.md 2.1, 5 item 8).
 
 Two coders share torchvision's ``BoxCoder`` API (``encode``, ``encode_single``, ``decode``,
 ``decode_single``), so either can sit in ``RoIHeads.box_coder`` and torchvision's own
@@ -12,6 +12,9 @@ Two coders share torchvision's ``BoxCoder`` API (``encode``, ``encode_single``, 
 A detector trained with ``"xyxy"`` predicts corner deltas, so it must decode with ``XYXYBoxCoder`` at
 inference: record the coder name in the checkpoint meta and set
 ``detector.roi_heads.box_coder = make_box_coder("xyxy")`` after loading a plain torchvision ``FasterRCNN``.
+
+``rcnn_losses`` is the box head's loss pair with either box loss; ``rcnn_training_losses`` runs a plain
+torchvision ``RoIHeads`` with it (vanilla and SSD-Det; OA-MIL's head calls ``rcnn_losses`` itself).
 """
 from __future__ import annotations
 
@@ -94,3 +97,16 @@ def rcnn_losses(
     pred = box_regression.reshape(labels.shape[0], -1, 4)[pos, labels[pos]]
     loss_box = F.l1_loss(pred, regression_targets[pos], reduction="sum") / max(labels.numel(), 1)
     return loss_cls, loss_box
+
+
+def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str) -> dict:
+    """The R-CNN head's training losses with the chosen box loss: "smooth_l1" is torchvision's RoIHeads as is;
+    "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs."""
+    if box_loss == "smooth_l1":
+        return roi_heads(features, proposals, image_sizes, targets)[1]
+    proposals, _, labels, reg_targets = roi_heads.select_training_samples(proposals, targets)
+    x = roi_heads.box_head(roi_heads.box_roi_pool(features, proposals, image_sizes))
+    class_logits, box_regression = roi_heads.box_predictor(x)
+    loss_cls, loss_box = rcnn_losses(class_logits, box_regression, torch.cat(labels), torch.cat(reg_targets),
+                                     box_loss)
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}

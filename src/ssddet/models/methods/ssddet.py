@@ -7,11 +7,11 @@ import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
-from ..config import SSDDetConfig
-from ..data.boxes import aligned_iou
-from .methods import DetectionMethod
-from .ssddet import SSDDetRefiner
-from .ssddet.bank import BoxBank, from_unit, to_unit
+from ...config import SSDDetConfig
+from ...data.boxes import aligned_iou
+from ..ssddet import SSDDetRefiner
+from ..ssddet.bank import BoxBank, from_unit, to_unit
+from .base import DetectionMethod
 
 
 class SSDDetMethod(DetectionMethod):
