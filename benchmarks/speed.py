@@ -18,8 +18,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from ssddet.cli import apply_overrides
 from ssddet.config import Config
+from ssddet.config_overrides import apply_overrides
 from ssddet.data.dataset import CocoDetection, collate, training_records
 from ssddet.data.splits import load_train_val
 from ssddet.models.detector import build_detector

@@ -363,6 +363,22 @@ def test_set_unknown_key(tmp_path, capsys, item):
     assert not (tmp_path / "run").exists()
 
 
+def test_device_names(tmp_path, capsys):
+    """One resolver for every --device / train.device: "auto" picks CUDA only where it exists; a bad name, or
+    CUDA where there is none, is one line naming the value."""
+    from ssddet.engine.device import resolve_device
+
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(UserError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device 'cuda:1': CUDA is not available"):
+            resolve_device("cuda:1")
+    rc, _, err = run(["train", "--output", tmp_path / "run", "--device", "gpu0", "--epochs", "1"], capsys)
+    assert_one_error(rc, err, "unknown device 'gpu0' (choose auto, cpu, cuda or cuda:N)")
+
+
 def test_eval_needs_checkpoint_or_results(tiny_coco, capsys):
     root, _, _ = tiny_coco
     rc, _, err = run(["eval", "--data", root], capsys)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ssddet.cli import build_parser, config_from_args, main, train_flags
+from ssddet.cli import build_parser, main
 from ssddet.config import PAPER_REFINER, Config, SSDDetConfig
+from ssddet.config_overrides import config_from_args, train_flags
 
 
 def _resolve(*args: str) -> Config:

@@ -15,8 +15,9 @@ from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_lar
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ssddet.cli import build_parser, config_from_args, main
+from ssddet.cli import build_parser, main
 from ssddet.config import Config, ModelConfig
+from ssddet.config_overrides import config_from_args
 from ssddet.data.boxes import aligned_iou
 from ssddet.data.coco import parse_coco, read_json
 from ssddet.data.dataset import CocoDetection

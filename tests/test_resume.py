@@ -274,7 +274,8 @@ def test_resume_restores_cpu_rng_states_whatever_the_device(trained, tmp_path, m
 
     import numpy as np
 
-    from ssddet.cli import build_parser, config_from_args
+    from ssddet.cli import build_parser
+    from ssddet.config_overrides import config_from_args
 
     data, src = trained
     out = tmp_path / "run"

@@ -6,12 +6,13 @@ import os
 import torch
 import torch.distributed as dist
 
+from .device import resolve_device
+
 
 def init_distributed(device: str) -> tuple[torch.device, int, int]:
     """Return (device, rank, world_size). Under torchrun (WORLD_SIZE>1) join the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(device))
     if world <= 1:
         return torch.device(device), 0, 1
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -19,6 +19,7 @@ from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
 from ..data.splits import training_split_json
 from ..engine.checkpoint import load_checkpoint
+from ..engine.device import resolve_device
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
@@ -119,8 +120,7 @@ def add_refine_parser(sub) -> None:
 
 
 def cmd_refine(a) -> int:
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
+    device = resolve_device(a.device)
     method, cfg = load_refiner_method(a.checkpoint, device)
     if a.data or a.train_ann:
         cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = a.data, a.train_ann, None

