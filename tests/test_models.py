@@ -89,7 +89,7 @@ def _overfit(method: DetectionMethod, images, targets, steps: int, lr: float = 1
     history = []
     for s in range(steps):
         losses, stats = method(images, _fresh(targets), s / steps)
-        total = sum(losses.values())
+        total = method.total_loss(losses)
         assert torch.isfinite(total), (s, losses)
         opt.zero_grad()
         total.backward()

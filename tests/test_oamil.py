@@ -67,9 +67,9 @@ def test_refine_boxes_hand_values():
 
 def test_oamil_loss_variants():
     s = [torch.tensor(0.5), torch.tensor(0.6), torch.tensor(0.8)]
-    assert oamil_loss(s[:1], 0.1, "refine", 1.0).item() == pytest.approx(0.05)
-    assert oamil_loss(s, 0.1, "refine", 1.0).item() == pytest.approx(0.1 * (0.5 + 0.3))
-    assert oamil_loss(s, 0.1, "random", 1.0).item() == pytest.approx(0.1 * (1 - 1.9 / 3))
+    assert oamil_loss(s[:1], "refine", 1.0).item() == pytest.approx(0.5)
+    assert oamil_loss(s, "refine", 1.0).item() == pytest.approx(0.5 + 0.3)
+    assert oamil_loss(s, "random", 1.0).item() == pytest.approx(1 - 1.9 / 3)
 
 
 # --------------------------------------------------------------------------------------------- coders

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
-from ssddet.config import SSDDetConfig
+from ssddet.config import Config, SSDDetConfig
 from ssddet.data.boxes import aligned_iou
+from ssddet.models.methods import loss_weights, weighted_total
 from ssddet.models.ssddet.refiner import LOSS_NAMES, RefinerOutput, SSDDetRefiner
 
 C, R, K = 8, 3, 3
@@ -298,9 +299,10 @@ def test_short_optimisation_decreases_loss():
     feats = _features(seed=1)
     opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
     totals, mil1 = [], []
+    weights = loss_weights(Config())  # weighed as in training (the default method is SSD-Det)
     for _ in range(20):
         out = ref(feats, SIZES, BOXES, LABELS, generator=torch.Generator().manual_seed(0))
-        loss = sum(out.losses.values())
+        loss = weighted_total(out.losses, weights)
         opt.zero_grad()
         loss.backward()
         opt.step()

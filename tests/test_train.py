@@ -15,10 +15,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from ssddet.cli import main
+from ssddet.config import Config
 from ssddet.engine import train as train_mod
 from ssddet.engine.checkpoint import load_checkpoint
 from ssddet.engine.train import lr_factor
-from ssddet.models.methods import DetectionMethod
+from ssddet.models.methods import DetectionMethod, loss_weights
 
 # ------------------------------------------------------------------------------------------------ helpers
 SHAPE_CATEGORIES = [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]  # non-contiguous ids on purpose
@@ -116,9 +117,10 @@ def test_train_writes_run_files_and_eval_matches_last_epoch(method, shapes, tmp_
     epochs = [r for r in recs if r["kind"] == "epoch"]
     assert [r["iteration"] for r in iters] == [1, 2, 3, 4]  # 4 images / batch 2 = 2 it/epoch
     assert [r["epoch"] for r in iters] == [1, 1, 2, 2]  # 1-based, like the epoch records
-    for r in iters:
+    weights = loss_weights(Config.from_dict(cfg))
+    for r in iters:  # the log keeps each unweighted term and the weighted total that was optimised
         assert LOSS_TERMS[method] <= set(r), set(r)
-        assert math.isclose(r["loss"], sum(r[k] for k in LOSS_TERMS[method]), rel_tol=1e-4)
+        assert math.isclose(r["loss"], sum(weights.get(k, 1.0) * r[k] for k in LOSS_TERMS[method]), rel_tol=1e-4)
         assert r["lr"] > 0
     assert [r["epoch"] for r in epochs] == [1, 2] and [r["iteration"] for r in epochs] == [2, 4]
     for r in epochs:

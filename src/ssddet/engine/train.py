@@ -269,7 +269,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if not _check_finite(losses, self.iteration, self.cfg.train.nan_policy, self.device):
             return self._skip(stats)
-        total = sum(losses.values())
+        total = self.method.total_loss(losses)  # the config's loss weights; the log keeps the terms
         self.scaler.scale(total).backward()
         norm = None
         if self.cfg.train.clip_grad_norm:

@@ -11,7 +11,8 @@ Per training iteration (nothing persists between iterations):
 3. Instance selector = the detector's own classifier: decode each positive's class-specific regression for
    its GT class, re-pool that box through the same ``box_roi_pool``/``box_head``/``box_predictor``, and score
    it with the softmax probability of the GT class. Bag score = max; S = class-balanced mean over the whole
-   batch; ``loss_oamil = lambda * (1 - S)``; OA-IE adds N more selector rounds (``refine`` or ``random``).
+   batch; ``loss_oamil = 1 - S`` (the total weighs it by lambda); OA-IE adds N more selector rounds
+   (``refine`` or ``random``).
 4. OA-IS: per bag, b_ref = phi * b_best + (1 - phi) * b_noisy with phi = min(s*^gamma, theta) (s* detached),
    used only as the regression target of that bag's positives. Labels and sampling stay on the noisy boxes.
 
@@ -104,18 +105,19 @@ def refine_boxes(
     return phi[:, None] * b_best + (1.0 - phi[:, None]) * b_noisy, phi
 
 
-def oamil_loss(round_scores: list[Tensor], lam: float, oaie_type: str, coef: float) -> Tensor:
-    """Loss from the N+1 batch scores S_0..S_N (Tensor[] each), method.md 2.3/2.5.
+def oamil_loss(round_scores: list[Tensor], oaie_type: str, coef: float) -> Tensor:
+    """The unweighted OA-MIL loss from the N+1 batch scores S_0..S_N (Tensor[] each), method.md 2.3/2.5; the
+    total weighs it by lambda (`oamil.oamil_lambda`, in `methods.loss_weights`).
 
-    One round: lam*(1-S_0). refine: lam*[(1-S_0) + coef*(1-mean(S_1..S_N))]. random: lam*(1-mean(S_0..S_N)).
+    One round: 1-S_0. refine: (1-S_0) + coef*(1-mean(S_1..S_N)). random: 1-mean(S_0..S_N).
     """
     if len(round_scores) == 1:
-        return lam * (1.0 - round_scores[0])
+        return 1.0 - round_scores[0]
     if oaie_type == "refine":
         rest = torch.stack(round_scores[1:]).mean()
-        return lam * ((1.0 - round_scores[0]) + coef * (1.0 - rest))
+        return (1.0 - round_scores[0]) + coef * (1.0 - rest)
     if oaie_type == "random":
-        return lam * (1.0 - torch.stack(round_scores).mean())
+        return 1.0 - torch.stack(round_scores).mean()
     raise ValueError(f"unknown oaie_type {oaie_type!r}; expected 'refine' or 'random'")
 
 
@@ -198,7 +200,7 @@ class OAMILRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Eval: parent's forward. Train: ({}, losses) with loss_classifier, loss_box_reg, loss_oamil."""
+        """Eval: parent's forward. Train: ([], unweighted losses loss_classifier, loss_box_reg, loss_oamil)."""
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
         _check_target_types(targets)
@@ -246,7 +248,7 @@ class OAMILRoIHeads(RoIHeads):
         )
         best = [bag_best(s, bags.bag, bags.num) for s in scores]
         round_s = [class_balanced_score(s[b], bag_labels) for s, b in zip(scores, best)]
-        loss = oamil_loss(round_s, self.cfg.oamil_lambda, self.cfg.oaie_type, self.cfg.oaie_coef)
+        loss = oamil_loss(round_s, self.cfg.oaie_type, self.cfg.oaie_coef)
         b_noisy = gt_boxes[bags.gt_idx]
         b_ref, phi = b_noisy, torch.zeros_like(b_noisy[:, 0])
         if self.oais_active:  # b_best from round 0 only

@@ -1,8 +1,10 @@
 """The training seam shared by the methods (vanilla Faster R-CNN is this base class as it is).
 
 Each method is an nn.Module with `.detector` (the deployed model, a plain FasterRCNN) and
-`forward(images, targets, progress) -> (losses, stats)`: losses are already weighted and summed by the caller;
-stats (IoU with clean boxes, ...) never enter the loss. `progress` in [0, 1] is the fraction of training done,
+`forward(images, targets, progress) -> (losses, stats)`: losses are the UNWEIGHTED terms, and
+`total_loss(losses)` weighs them with the method's `loss_weights` (built from the config by
+`methods.loss_weights`, the only place loss weights are applied) into the loss that is optimised; stats (IoU
+with clean boxes, ...) never enter the loss. `progress` in [0, 1] is the fraction of training done,
 used for epoch-gated parts (OA-IS/OA-IE) and warm-ups, so short schedules still switch them on.
 """
 from __future__ import annotations
@@ -12,33 +14,42 @@ from collections import OrderedDict
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.transform import resize_boxes
 
 from ..rcnn_head import rcnn_training_losses
 
 
 def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):
-    """GeneralizedRCNNTransform resizes only `boxes`; the clean boxes must follow the same resize."""
-    for t, (h0, w0), (h1, w1) in zip(targets, before, after):
+    """GeneralizedRCNNTransform resizes only `boxes`; the clean boxes follow the same resize (its own
+    `resize_boxes`)."""
+    for t, size0, size1 in zip(targets, before, after):
         if "true_boxes" in t:
-            s = torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0], device=t["true_boxes"].device)
-            t["true_boxes"] = t["true_boxes"] * s
+            t["true_boxes"] = resize_boxes(t["true_boxes"], list(size0), list(size1))
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """sum_k weights[k] * losses[k], a term without a weight counting once (DETR's `weight_dict`)."""
+    return sum(weights[k] * v if k in weights else v for k, v in losses.items())
 
 
 class DetectionMethod(nn.Module):
     """Vanilla Faster R-CNN training, split at the seam where the other methods act:
     transform -> backbone -> [refine targets] -> RPN -> RoI heads."""
 
-    def __init__(self, detector: FasterRCNN, box_loss: str = "smooth_l1"):
+    def __init__(self, detector: FasterRCNN, box_loss: str = "smooth_l1",
+                 loss_weights: dict[str, float] | None = None):
         super().__init__()
         self.detector = detector
         self.box_loss = box_loss
+        self.loss_weights = dict(loss_weights or {})  # loss term -> weight; absent terms weigh 1
 
     def refine_targets(self, features, images, targets, progress: float):
         """Hook: return (targets for RPN/RoI heads, extra losses, stats). Vanilla trains on the given boxes."""
         return targets, {}, {}
 
-    def weight_losses(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return losses
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss that is optimised: the `forward` terms weighed by `loss_weights`."""
+        return weighted_total(losses, self.loss_weights)
 
     def param_groups(self, lr: float) -> list[dict]:
         """Optimizer parameter groups (trainable parameters only); one group at the base LR by default."""
@@ -55,7 +66,7 @@ class DetectionMethod(nn.Module):
         proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
         roi_losses = rcnn_training_losses(self.detector.roi_heads, features, proposals, image_list.image_sizes,
                                           det_targets, self.box_loss)
-        losses = {**losses, **self.weight_losses({**rpn_losses, **roi_losses})}
+        losses = {**losses, **rpn_losses, **roi_losses}
         stats = {**stats, **self.detector_stats()}
         return losses, stats
 

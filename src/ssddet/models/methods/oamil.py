@@ -10,9 +10,9 @@ from .base import DetectionMethod
 
 
 class OAMILMethod(DetectionMethod):
-    def __init__(self, detector: FasterRCNN, cfg: OAMILConfig):
+    def __init__(self, detector: FasterRCNN, cfg: OAMILConfig, loss_weights: dict[str, float] | None = None):
         detector.roi_heads = OAMILRoIHeads.from_roi_heads(detector.roi_heads, cfg)
-        super().__init__(detector)
+        super().__init__(detector, loss_weights=loss_weights)
 
     def refine_targets(self, features, images, targets, progress: float):
         # The epoch gates (OA-IS, OA-IE) are fractions of the schedule; the head reads them per iteration.

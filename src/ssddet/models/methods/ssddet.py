@@ -15,8 +15,9 @@ from .base import DetectionMethod
 
 
 class SSDDetMethod(DetectionMethod):
-    def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int, box_loss: str = "smooth_l1"):
-        super().__init__(detector, box_loss)
+    def __init__(self, detector: FasterRCNN, cfg: SSDDetConfig, num_classes: int, box_loss: str = "smooth_l1",
+                 loss_weights: dict[str, float] | None = None):
+        super().__init__(detector, box_loss, loss_weights)
         self.cfg = cfg
         self.refiner = SSDDetRefiner(cfg, num_classes, _refiner_pool(detector.roi_heads.box_roi_pool, cfg),
                                      in_channels=detector.backbone.out_channels)
@@ -90,11 +91,6 @@ class SSDDetMethod(DetectionMethod):
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
 
-    def weight_losses(self, losses):
-        # The released config multiplies RPN objectness, R-CNN cls and R-CNN box by det_loss_weight (4.0).
-        w = {"loss_objectness": self.cfg.w_det, "loss_classifier": self.cfg.w_det,
-             "loss_box_reg": self.cfg.w_det, "loss_rpn_box_reg": self.cfg.w_rpn_box}
-        return {k: v * w.get(k, 1.0) for k, v in losses.items()}
 
 
 def _refiner_pool(pool: MultiScaleRoIAlign, cfg: SSDDetConfig) -> MultiScaleRoIAlign:

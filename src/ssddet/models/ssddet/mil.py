@@ -151,7 +151,7 @@ def negative_loss(
     beta, divided by the number of objects M (the positive stage-II normaliser).
 
     The full term of the paper / code is w_neg * mean(omega) * this sum / M with w_neg = 0.75: pass
-    beta = mean(omega) here; the caller (the refiner) multiplies by the config weight w_neg.
+    beta = mean(omega) here; the training total multiplies by the config weight w_neg (`methods.loss_weights`).
 
     Args:
         neg_logits: Tensor[N, K] stage-II class logits of the negatives.

@@ -52,8 +52,9 @@ class RefinerOutput:
         (over the per-image cap, or degenerate input boxes) keep their noisy box, and so does an object whose
         pseudo box comes out degenerate (side < 1 px or non-finite; counted in stats["num_fallback"]).
     stage1: per image Tensor[M_i, 4], the stage-I boxes b̂ (detached; noisy box for skipped objects).
-    losses: the six LOSS_NAMES, each a scalar already multiplied by its config weight (w_spsd1 ...). Terms
-        that a switch turns off are graph-connected zeros, so the keys never change.
+    losses: the six LOSS_NAMES, each an unweighted scalar (the training method weighs them by w_spsd1 ...,
+        `methods.loss_weights`). Terms that a switch turns off are graph-connected zeros, so the keys never
+        change.
     stats: floats for logging only (never part of a loss).
     """
 
@@ -346,7 +347,7 @@ class SSDDetRefiner(nn.Module):
             f0, n = self._bag_features(features, image_sizes, b0, counts)  # regress every proposal (code)
             n_shared += n
             d0 = self.reg_ori(f0)  # [M, P, 4]
-            losses["loss_spsd1"] = cfg.w_spsd1 * self.reg_ori.loss(d0, b0, gt)
+            losses["loss_spsd1"] = self.reg_ori.loss(d0, b0, gt)
             b1 = self.reg_ori.decode(d0, b0)
             if self.training and state == _UNDECIDED:
                 med = self._auto_update(b0, b1, scales, progress)
@@ -359,7 +360,7 @@ class SSDDetRefiner(nn.Module):
         f1, n = self._bag_features(features, image_sizes, b1, counts, v0 if skip_invalid_stage1 else None)
         n_shared += n
         bag1, p_cls0, p_ins0 = stage1_bag_scores(self.cls0(f1), self.ins0(f1), v0)
-        losses["loss_mil1"] = cfg.w_mil1 * stage1_loss(bag1, lab, v0.any(dim=1))
+        losses["loss_mil1"] = stage1_loss(bag1, lab, v0.any(dim=1))
         with torch.no_grad():
             q = (p_cls0 * p_ins0)[ar, :, lab]  # [M, P] GT-class proposal scores
             b_hat, omega = topk_merge(b1, q, cfg.top_k)
@@ -372,7 +373,7 @@ class SSDDetRefiner(nn.Module):
             # ---- step 4: B2 = SPSD-II regression of B1 towards b̂ (code path), or a fresh bag around b̂
             if self.reg0 is not None:
                 d1 = self.reg0(f1)
-                losses["loss_spsd2"] = cfg.w_spsd2 * self.reg0.loss(d1, b1, b_hat, omega)
+                losses["loss_spsd2"] = self.reg0.loss(d1, b1, b_hat, omega)
                 b2 = self.reg0.decode(d1, b1)
                 v2 = None  # every B2 proposal is valid
             else:
@@ -407,18 +408,18 @@ class SSDDetRefiner(nn.Module):
             f2 = f_all[~is_neg].reshape(m, p, -1)
             bag2, p_cls1, p_ins1 = stage2_bag_scores(self.cls1(f2), self.ins1(f2), v2)
             cls2 = p_cls1[ar, :, lab - 1].detach()  # [M, P] GT-class sigmoid scores: SISD picking + diagnostics
-            losses["loss_mil2"] = cfg.w_mil2 * stage2_loss(bag2, lab, omega)
+            losses["loss_mil2"] = stage2_loss(bag2, lab, omega)
             n_neg = int(is_neg.sum())
             if n_neg > 0:
-                # w_neg * mean(omega) * sum / M (method.md 3.1 step 5; beta = mean bag score)
-                losses["loss_neg"] = cfg.w_neg * negative_loss(self.cls1(f_all[is_neg]), m, omega.mean())
+                # mean(omega) * sum / M, weighted by w_neg in the total (method.md 3.1 step 5; beta = mean bag score)
+                losses["loss_neg"] = negative_loss(self.cls1(f_all[is_neg]), m, omega.mean())
             stats["num_negatives"] = torch.tensor(float(n_neg))
 
             # ---- step 6-7: SISD re-ranking and the final merge
             if self.sisd is not None:
                 u = self.sisd(pooled[~is_neg], m)  # [M, P]
                 n_sisd += m * p
-                losses["loss_sisd"] = cfg.w_sisd * sisd_loss(u, sisd_targets(b2, b_hat))
+                losses["loss_sisd"] = sisd_loss(u, sisd_targets(b2, b_hat))
                 with torch.no_grad():
                     # code: sigma(cls) * v * U', no instance term (method.md 5 item 3); not clipped
                     s2 = cls2 * spatial_confidence(u)

@@ -69,7 +69,7 @@ class SPSDRegressor(nn.Module):
             weight: optional Tensor[M] per-object weight (omega for SPSD-II), detached by the caller.
 
         Returns:
-            scalar float32 (unweighted by the config; the caller applies w_spsd*). 0 (graph-connected) for
+            scalar float32 (unweighted; the training total applies w_spsd*). 0 (graph-connected) for
             M*P == 0.
         """
         m, p = proposals.shape[:2]
