@@ -12,6 +12,7 @@ from ssddet.data.boxes import (
     box_area_nonneg,
     box_wh,
     clip_boxes,
+    replace_degenerate,
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
@@ -89,3 +90,12 @@ def test_sides_areas_and_coco_conversions():
     assert xywh_to_xyxy(xywh).tolist() == [[1.0, 2.0, 4.0, 6.0], [0.5, 0.0, 1.5, 2.5]]
     assert xyxy_to_xywh(xywh_to_xyxy(xywh)).tolist() == xywh
     assert xywh_to_xyxy(xywh[0]).shape == (4,)
+
+
+def test_replace_degenerate_boxes():
+    boxes = torch.tensor([[0.0, 0.0, 5.0, 5.0], [0.0, 0.0, 0.5, 5.0], [1.0, float("nan"), 2.0, 3.0],
+                          [3.0, 3.0, 2.0, 9.0]])
+    fallback = torch.full((4, 4), 7.0)
+    out, n = replace_degenerate(boxes, fallback, min_size=1.0)
+    assert n.item() == 3 and out[0].tolist() == [0.0, 0.0, 5.0, 5.0]
+    assert (out[1:] == 7.0).all()  # too thin, non-finite, inverted

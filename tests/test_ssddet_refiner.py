@@ -186,10 +186,10 @@ FAR = torch.tensor([[0.0, 40.0, 20.0, 64.0], [-10.0, -10.0, 74.0, 74.0]])  # ove
 def test_negatives_avoid_every_annotated_and_banked_box(monkeypatch):
     """Random negatives are dropped near EVERY object of the image (also those over the per-image cap, not
     refined this iteration) and near its bank boxes, not only near the refined objects' bags."""
-    from ssddet.models.ssddet import refiner as refiner_mod
+    from ssddet.models.ssddet import negatives as negatives_mod
 
     cand = torch.cat([CROWD, BANKED, FAR])  # a copy of each object and of the bank box, then two far boxes
-    monkeypatch.setattr(refiner_mod, "random_negatives", lambda size, n, gen: cand.clone())
+    monkeypatch.setattr(negatives_mod, "random_negatives", lambda size, n, gen: cand.clone())
     ref = _refiner(sampler="small", max_objects_per_image=2, num_negatives=len(cand)).manual_seed(0).train()
     labels = [torch.tensor([1, 2, 3, 1, 2, 3])]
     out = ref(_features(n=1), SIZES[:1], [CROWD], labels, avoid=[BANKED])

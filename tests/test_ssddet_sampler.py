@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from ssddet.models.ssddet.negatives import random_negatives, select_negatives
-from ssddet.models.ssddet.sampler import PRESETS, bag_size, bag_validity, neighbourhood_bag
+from ssddet.models.ssddet.sampler import (
+    PRESETS,
+    auto_window,
+    bag_size,
+    bag_validity,
+    neighbourhood_bag,
+    unshifted_correction,
+)
 
 
 def _reference_bag(box, scales, shift):
@@ -99,3 +106,20 @@ def test_select_negatives_iou_rule():
     assert keep.tolist() == expect
     assert 0 < sum(expect) < 200
     assert select_negatives(negs, bag[:0]).all()  # no bag boxes: everything is a negative
+
+
+def test_auto_sampler_reading_and_window():
+    """The "auto" sampler's reading: the median relative move of the unshifted proposal (the noisy box); its
+    window: the second half of auto_iters readings, or (auto_iters=0) the whole buffer once past the warm-up."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 20.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 4.0, 4.0]])
+    b0 = neighbourhood_bag(boxes, [1.0, 1.1, 0.9], 0.1)
+    b1 = b0.clone()
+    b1[:, 0, 0] += torch.tensor([1.0, 2.0, 0.0])  # x1 moves by 10%, 20%, 0% of the width: /4 coordinates
+    assert unshifted_correction(b0, b1, [1.0, 1.1, 0.9]).item() == pytest.approx(0.025)
+    assert unshifted_correction(b0, b1, [1.1, 0.9]) is None  # no unshifted scale-1 proposal
+    hist = torch.arange(8.0)
+    assert auto_window(hist, 3, 4, 0.3, None) is None
+    assert auto_window(hist, 4, 4, 0.3, None).tolist() == [4.0, 5.0, 6.0, 7.0]
+    assert auto_window(hist, 8, 0, 0.3, 0.2) is None  # still in the warm-up
+    assert auto_window(hist, 3, 0, 0.3, 0.5) is None  # fewer than half the window read
+    assert auto_window(hist, 4, 0, 0.3, 0.5) is hist

@@ -8,6 +8,7 @@ What torchvision lacks lives here:
   annotation at a time, where a torch call would cost more than the arithmetic).
 - `box_wh`: the (w, h) sides; `box_area_nonneg`: area with an inverted box counted as empty.
 - `clip_boxes`: clip to one image size, or to a size per object (a batch of objects from several images).
+- `replace_degenerate`: boxes with a non-finite coordinate or a side under a minimum replaced by fallbacks.
 - `aligned_iou`: the element-wise IoU (box i of a against box i of b, with broadcasting), defined for every
   input (empty boxes give 0, never NaN); used by every method, statistic and data tool.
 """
@@ -61,6 +62,19 @@ def clip_boxes(boxes: Tensor, image_hw: Sequence[int] | Tensor) -> Tensor:
     hw = image_hw.to(device=boxes.device, dtype=boxes.dtype)
     limit = hw.flip(-1).repeat(1, 2)  # [M, 4] (w, h, w, h)
     return torch.minimum(boxes.clamp(min=0), limit.reshape(-1, *[1] * (boxes.dim() - 2), 4))
+
+
+def replace_degenerate(boxes: Tensor, fallback: Tensor, min_size: float) -> tuple[Tensor, Tensor]:
+    """Replace boxes with a non-finite coordinate, or a side under `min_size`, by their `fallback`.
+
+    Args:
+        boxes: Tensor[M, 4] xyxy. fallback: Tensor[M, 4] (e.g. the input box a pseudo box was made from).
+
+    Returns:
+        (Tensor[M, 4], number of boxes replaced as a 0-dim Tensor).
+    """
+    bad = ~torch.isfinite(boxes).all(dim=1) | ~(box_wh(boxes) >= min_size).all(dim=1)
+    return torch.where(bad[:, None], fallback.to(boxes), boxes), bad.sum()
 
 
 def aligned_iou(a: Tensor, b: Tensor) -> Tensor:

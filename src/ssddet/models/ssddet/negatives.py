@@ -59,3 +59,24 @@ def select_negatives(negs: Tensor, avoid: Tensor, thresh: float = 0.3) -> Tensor
         return torch.ones(negs.shape[0], dtype=torch.bool, device=negs.device)
     iou = aligned_iou(negs[:, None, :], avoid.to(negs.device)[None, :, :])  # [n, Q]
     return (iou < thresh).all(dim=1)
+
+
+def draw_negatives(image_sizes: Sequence[Sequence[int]], bags: Sequence[Tensor], annotated: Sequence[Tensor],
+                   extra: Sequence[Tensor] | None, n: int, thresh: float,
+                   generator: torch.Generator | None = None) -> list[Tensor]:
+    """The negatives of a batch: per image, `n` random boxes kept where their IoU is below `thresh` with every
+    B2 proposal of its refined objects (bags[i] Tensor[M_i, P, 4]), ALL its annotated boxes (annotated[i]
+    Tensor[M_all, 4], noisy) and its `extra` boxes (the bank's refined boxes of its objects, Tensor[A_i, 4]).
+
+    The released code refines every object, so B2 alone covers the image's objects; with a per-image cap
+    (max_objects_per_image) the objects not refined this iteration would otherwise be trained as background.
+
+    Returns:
+        per image Tensor[Q_i, 4] on the bags' device.
+    """
+    out = []
+    for i, bag in enumerate(bags):
+        cand = random_negatives(image_sizes[i], n, generator).to(bag.device)
+        avoid = [bag.reshape(-1, 4), annotated[i].detach().to(bag)] + ([extra[i].to(bag)] if extra is not None else [])
+        out.append(cand[select_negatives(cand, torch.cat(avoid), thresh)])
+    return out

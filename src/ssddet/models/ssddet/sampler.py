@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
-from ...data.boxes import box_area_nonneg, clip_boxes
+from ...data.boxes import box_area_nonneg, box_wh, clip_boxes
 
 # name -> (scale ratios R, shift ratio o). "large": COCO and VOC 30/40 % noise (P = 125);
 # "small": VOC 10/20 % noise (P = 45). Source: the released configs (method.md 3.1 step 1, 5 item 5).
@@ -82,3 +82,45 @@ def bag_validity(bag: Tensor, image_size: Sequence[int] | Tensor, thresh: float 
     # zero-area proposals are invalid (the clamp keeps them at 0 instead of NaN)
     iof = box_area_nonneg(clip_boxes(bag, image_size)) / area.clamp(min=torch.finfo(area.dtype).tiny)
     return (iof > thresh) & (area > 0)
+
+
+# sampler="auto" (method.md 3.5): the refiner starts with "large" and settles on one preset from how far SPSD-I
+# moves the noisy boxes, which it records every iteration (`SSDDetRefiner._auto_update`).
+def unshifted_correction(b0: Tensor, b1: Tensor, scales: Sequence[float]) -> Tensor | None:
+    """How far SPSD-I moves the noisy boxes: the median over objects of the relative correction |B1 - B0| / size
+    (averaged over the 4 coordinates) of the unshifted scale-1x1 proposal (the noisy box itself).
+
+    Args:
+        b0, b1: Tensor[M, P, 4], the bag before and after SPSD-I. scales: the bag's scale list.
+
+    Returns:
+        Tensor[] (detached), or None when 1.0 is not among the scales.
+    """
+    if 1.0 not in scales:
+        return None
+    i = list(scales).index(1.0)
+    j = (i * len(scales) + i) * 5
+    with torch.no_grad():
+        ref = b0[:, j].float()
+        return ((b1[:, j].float() - ref).abs() / box_wh(ref).clamp(min=1e-6).repeat(1, 2)).mean(dim=1).median()
+
+
+def auto_window(history: Tensor, readings: int, auto_iters: int, warmup_frac: float,
+                progress: float | None) -> Tensor | None:
+    """The readings the "auto" sampler decides on, or None while it must wait.
+
+    Args:
+        history: Tensor[H] ring buffer of readings (NaN where not yet written). readings: how many were taken.
+        auto_iters: > 0: decide after that many readings, over the second half of them (the regressor is
+            untrained in the first half). 0: decide once training `progress` reaches `warmup_frac` and at least
+            H/2 readings exist, over the whole buffer (the last H iterations): a from-scratch regressor only
+            learns to move boxes after a few epochs, so an early reading says "small" whatever the noise. Even
+            then the reading is small (BCCD, 40% noise: 0.001-0.005, benchmarks/results/bccd.md), so the
+            threshold is not a calibrated noise-level test.
+    """
+    n = history.numel()
+    if auto_iters > 0:
+        return history[n // 2:] if readings >= auto_iters else None
+    if progress is not None and progress >= warmup_frac and readings >= n // 2:
+        return history
+    return None
