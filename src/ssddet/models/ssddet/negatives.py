@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-
-from ...data.boxes import aligned_iou
+from torchvision.ops import box_iou
 
 
 def random_negatives(image_size: Sequence[int], n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -49,7 +48,7 @@ def select_negatives(negs: Tensor, avoid: Tensor, thresh: float = 0.3) -> Tensor
     Args:
         negs: Tensor[n, 4] xyxy.
         avoid: Tensor[Q, 4] xyxy: the image's bag proposals and annotated boxes (Q may be 0: then every
-            negative is kept). Empty boxes overlap nothing (IoU 0).
+            negative is kept). An empty box to avoid overlaps nothing (IoU 0).
         thresh: IoU threshold (0.3 in the code).
 
     Returns:
@@ -57,8 +56,9 @@ def select_negatives(negs: Tensor, avoid: Tensor, thresh: float = 0.3) -> Tensor
     """
     if avoid.numel() == 0:
         return torch.ones(negs.shape[0], dtype=torch.bool, device=negs.device)
-    iou = aligned_iou(negs[:, None, :], avoid.to(negs.device)[None, :, :])  # [n, Q]
-    return (iou < thresh).all(dim=1)
+    # torchvision's pairwise IoU: none of these boxes is inverted (negatives are drawn with x2 >= x1, bag
+    # proposals and annotated boxes have positive sides), where it would differ from `aligned_iou`
+    return (box_iou(negs, avoid.to(negs.device)) < thresh).all(dim=1)  # [n, Q] -> Bool[n]
 
 
 def draw_negatives(image_sizes: Sequence[Sequence[int]], bags: Sequence[Tensor], annotated: Sequence[Tensor],
