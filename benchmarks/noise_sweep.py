@@ -152,7 +152,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     log = runs / f"{cell.name}.log"
     t0 = time.time()
     if cell.method == "ssddet+fr":
-        parent = runs / cell.parent.name
+        parent = Path(a.adopt.get(cell.parent.name, runs / cell.parent.name))
         refined = runs / f"{cell.name}.refined.json"
         if not refined.is_file():
             _ssddet(["refine", "--checkpoint", str(parent / "checkpoint.pt"), "--out", str(refined)], threads, log)
