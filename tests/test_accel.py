@@ -31,6 +31,7 @@ def test_amp_off_cuda_is_float32_and_says_so(caplog):
         Precision(TrainConfig(amp=True, amp_dtype="fp8"), torch.device("cpu"))
 
 
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
 def test_amp_dtype_on_cuda(monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
