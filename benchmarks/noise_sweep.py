@@ -22,6 +22,7 @@ Gap recovered = (method - noisy vanilla) / (clean vanilla - noisy vanilla), on m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -118,11 +119,26 @@ def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:
     return spec_of(json.loads(out))
 
 
+def same_spec(recorded: dict, expected: dict) -> bool:
+    """Whether a recorded spec asks for what `expected` asks for. A field the recorded run predates counts as
+    equal when the expected value is that field's default (the run trained with the behaviour the default names);
+    a field that no longer exists is ignored."""
+    from ssddet.config import Config
+
+    defaults = spec_of(dataclasses.asdict(Config()))
+    for sec, fields in expected.items():
+        for k, v in fields.items():
+            old = recorded.get(sec, {}).get(k, defaults.get(sec, {}).get(k, object()))
+            if old != v:
+                return False
+    return True
+
+
 def finished_run(run: Path, spec: dict) -> bool:
     """A run directory that completed its schedule with exactly this spec."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
-    return spec_of(json.loads((run / "config.json").read_text())) == spec
+    return same_spec(spec_of(json.loads((run / "config.json").read_text())), spec)
 
 
 def export_ious(path: Path) -> tuple[float, float]:
@@ -329,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(c: Cell) -> None:
         path = cell_file(c)
-        if path.is_file() and json.loads(path.read_text())["spec"] == expected_spec(c, a, runs, threads):
+        if path.is_file() and same_spec(json.loads(path.read_text())["spec"], expected_spec(c, a, runs, threads)):
             print(f"[sweep] {c.name}: done already", flush=True)
             return
         print(f"[sweep] {c.name}: running", flush=True)

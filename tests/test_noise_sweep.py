@@ -105,3 +105,11 @@ def test_export_ious(sweep, tmp_path):
         del x["true_bbox"]
     path.write_text(json.dumps({"annotations": anns}))
     assert sweep.export_ious(path) == pytest.approx((1.0, 0.5))
+
+
+def test_same_spec_tolerates_fields_added_with_their_default(sweep):
+    recorded = {"train": {"seed": 0, "lr": 0.005}}
+    assert sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 2}})  # 2 is the default
+    assert not sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 8}})
+    assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005}})
+    assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})
