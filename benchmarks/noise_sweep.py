@@ -125,7 +125,7 @@ def same_spec(recorded: dict, expected: dict) -> bool:
     a field that no longer exists is ignored."""
     from ssddet.config import Config
 
-    defaults = spec_of(dataclasses.asdict(Config()))
+    defaults = spec_of(json.loads(json.dumps(dataclasses.asdict(Config()))))  # tuples as JSON lists
     for sec, fields in expected.items():
         for k, v in fields.items():
             old = recorded.get(sec, {}).get(k, defaults.get(sec, {}).get(k, object()))
