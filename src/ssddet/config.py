@@ -19,6 +19,9 @@ class DataConfig:
     keep_empty: bool = False  # keep training images with no boxes (negatives only)
     flip: float = 0.5  # horizontal-flip probability for training
     num_workers: int = 2
+    # batches of images with similar width/height: 2k+2 aspect buckets (torchvision's
+    # --aspect-ratio-group-factor k); -1: off (data/batching.py)
+    aspect_groups: int = 3
 
 
 @dataclass
@@ -129,7 +132,12 @@ class TrainConfig:
     box_loss: str = "smooth_l1"
     eval_every: int = 1
     seed: int = 0
-    amp: bool = False
+    # lr is the LR for this many images per step over all processes; the run scales it linearly to
+    # batch_size x processes (engine/accel.py scaled_lr). 0: use lr as given.
+    lr_ref_batch: int = 2
+    amp: bool = False  # mixed precision, CUDA only
+    amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 adds a GradScaler)
+    sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA (backbones whose BatchNorm trains)
     nan_policy: str = "stop"  # stop | skip
     max_iters_per_epoch: int | None = None  # cap for quick runs/tests
     time_budget_min: float | None = None  # stop cleanly after this many minutes (benchmarks)

@@ -57,7 +57,10 @@ def train_flags() -> list[tuple[str, str, dict]]:
         ("--max-size", "model.max_size", dict(type=int, help="longer image side cap")),
         ("--epochs", "train.epochs", dict(type=int, help="training epochs")),
         ("--batch-size", "train.batch_size", dict(type=int, help="images per step (per GPU)")),
-        ("--lr", "train.lr", dict(type=float, help="base SGD learning rate")),
+        ("--lr", "train.lr", dict(type=float, help="SGD learning rate for --lr-ref-batch images per step; "
+                                  "scaled linearly to --batch-size x processes")),
+        ("--lr-ref-batch", "train.lr_ref_batch", dict(type=int, help="total batch that --lr is for (linear "
+                                                      "scaling rule); 0: use --lr as given")),
         ("--lr-schedule", "train.lr_schedule", dict(choices=("multistep", "cosine"), help="LR decay")),
         ("--warmup-iters", "train.warmup_iters", dict(type=int, help="linear LR warm-up iterations")),
         ("--seed", "train.seed", dict(type=int, help="training seed")),
@@ -67,7 +70,16 @@ def train_flags() -> list[tuple[str, str, dict]]:
                                                                     "(quick runs)")),
         ("--keep-empty", "data.keep_empty", dict(action=argparse.BooleanOptionalAction,
                                                  help="keep training images without boxes")),
-        ("--amp", "train.amp", dict(action=argparse.BooleanOptionalAction, help="mixed precision (CUDA only)")),
+        ("--amp", "train.amp", dict(action=argparse.BooleanOptionalAction, help="mixed precision (CUDA only; "
+                                    "elsewhere a warning and float32)")),
+        ("--amp-dtype", "train.amp_dtype", dict(choices=("bf16", "fp16"), help="--amp autocast dtype (fp16 adds a "
+                                                "GradScaler)")),
+        ("--sync-bn", "train.sync_bn", dict(action=argparse.BooleanOptionalAction, help="SyncBatchNorm across "
+                                            "torchrun processes (CUDA) for backbones that train their BatchNorm: "
+                                            "from-scratch mobilenet_v3/resnet; the pretrained EfficientNet-Lite's is "
+                                            "frozen, nothing to convert")),
+        ("--aspect-groups", "data.aspect_groups", dict(type=int, help="batch images of similar aspect ratio: "
+                                                       "2k+2 buckets (torchvision's group factor k); -1: off")),
         ("--nan-policy", "train.nan_policy", dict(choices=("stop", "skip"), help="on a non-finite loss: stop "
                                                   "with a message, or skip the step (counted)")),
         ("--backbone-weights", "model.backbone_weights", dict(metavar="FILE", help="local ImageNet weights for "

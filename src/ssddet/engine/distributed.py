@@ -36,15 +36,46 @@ def barrier() -> None:
         dist.barrier()
 
 
-def mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over ranks (for logging only)."""
-    if not dist.is_initialized() or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+def gather_objects(obj) -> list:
+    """Every process's `obj` (picklable), in rank order, on every process; [obj] without a process group."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_main(obj) -> list | None:
+    """Every process's `obj` in rank order on rank 0 (None elsewhere): for big payloads only rank 0 needs."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def broadcast_from_main(obj):
+    """Rank 0's `obj` on every process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_across_ranks(sums: dict[str, float], counts: dict[str, int]) -> dict[str, float]:
+    """Means over all processes of per-process running sums and counts (for logging only).
+
+    The processes need not hold the same keys or counts: non-finite values are dropped per process (log.py
+    Averager) and some statistics exist only on some steps, so each key is averaged over the values actually
+    added, wherever they were: sum of the sums / sum of the counts. -> {key: mean}, keys sorted."""
+    total: dict[str, float] = {}
+    n: dict[str, int] = {}
+    for s, c in gather_objects((dict(sums), dict(counts))):
+        for k, v in s.items():
+            total[k] = total.get(k, 0.0) + v
+            n[k] = n.get(k, 0) + c[k]
+    return {k: total[k] / n[k] for k in sorted(total) if n[k]}
 
 
 def cleanup() -> None:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
 from ..errors import UserError
+from .distributed import broadcast_from_main, gather_to_main
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,25 @@ def predict(detector, loader: DataLoader, device: torch.device, label_to_cat: di
                 results.append({"image_id": int(tgt["image_id"]), "category_id": label_to_cat[int(lab)],
                                 "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
     return results
+
+
+def evaluate_sharded(detector, loader: DataLoader, device: torch.device, data, records: list,
+                     progress: bool = True) -> dict:
+    """COCO metrics of `records` (of CocoData `data`) when each process predicts its share of them (`loader`
+    over a ShardedBatchSampler): no rank idles in a barrier through a long validation, which NCCL would time out.
+    Rank 0 scores the gathered detections and shares the metrics; one process is the plain case."""
+    parts = gather_to_main(predict(detector, loader, device, data.label_to_cat, progress=progress))
+    metrics = None
+    if parts is not None:
+        metrics = coco_evaluate(data.gt_dict(records), merge_rank_results(parts, [r.image_id for r in records]))
+    return broadcast_from_main(metrics)
+
+
+def merge_rank_results(parts: list[list[dict]], image_order: list[int]) -> list[dict]:
+    """Detections predicted by several processes (each image by one of them) -> one list in the order a single
+    process produces: by the image's position in `image_order`, each image's detections in their own order."""
+    pos = {iid: i for i, iid in enumerate(image_order)}
+    return sorted((r for part in parts for r in part), key=lambda r: pos[r["image_id"]])  # stable
 
 
 def _coco(d: dict) -> COCO:

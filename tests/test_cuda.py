@@ -1,0 +1,71 @@
+"""CUDA paths (skipped without a GPU; `benchmarks/gpu_check.py` runs them): AMP steps in bf16 and fp16 (GradScaler
+for fp16 only, gradients unscaled before the clipping), the refiner's fp32 losses under CUDA autocast (torch refuses
+binary_cross_entropy there), and --resume on CUDA."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_resume import assert_same_state
+from test_train import read_log, train_args, write_shapes_coco
+
+from ssddet.cli import main
+from ssddet.engine import train as train_mod
+from ssddet.engine.train import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_shapes_coco(tmp_path_factory.mktemp("cuda") / "data", n_train=4, n_val=2)
+
+
+def _grad_norms(out) -> list[float]:
+    return [r["grad_norm"] for r in read_log(out) if r["kind"] == "train"]
+
+
+@pytest.mark.parametrize("method", ["vanilla", "ssddet"])
+def test_amp_steps_on_cuda(method, shapes, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "LOG_EVERY", 1)
+    norms = {}
+    for name, amp in (("fp32", []), ("bf16", ["--amp"]), ("fp16", ["--amp", "--amp-dtype", "fp16"])):
+        out = tmp_path / name
+        assert main(train_args(shapes, out, method, 1, 2, "--device", "cuda", "--noise", "0.3", *amp)) == 0
+        ck = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert bool(ck["scaler"]) == (name == "fp16")  # a GradScaler for fp16 only
+        norms[name] = _grad_norms(out)
+        assert all(math.isfinite(n) for n in norms[name]), (name, norms[name])
+    # the first step starts from the same weights: an fp16 norm measured before unscaling would be ~65536x
+    for name in ("bf16", "fp16"):
+        assert 0.5 < norms[name][0] / norms["fp32"][0] < 2.0, norms
+
+
+def test_resume_on_cuda(shapes, tmp_path, monkeypatch):
+    """Crash after epoch 1, --resume: the CPU RNG states come back to the CPU, the CUDA ones to the GPU; the
+    weights end (nearly: CUDA's atomic-add kernels are not bit-reproducible) where an uninterrupted run ends."""
+    extra = ("--device", "cuda", "--noise", "0.3", "--set", "train.deterministic=true")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(train_args(shapes, straight, "ssddet", 2, 2, *extra)) == 0
+    orig = Trainer._save
+
+    def save_then_crash(self, metrics, **kw):
+        orig(self, metrics, **kw)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save", save_then_crash)
+    assert main(train_args(shapes, resumed, "ssddet", 2, 2, *extra)) == 130
+    monkeypatch.setattr(Trainer, "_save", orig)
+    assert main(train_args(shapes, resumed, "ssddet", 2, 2, *extra, "--resume")) == 0
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    assert (a["epoch"], a["iteration"]) == (b["epoch"], b["iteration"]) == (2, 4)
+    assert a["method"]["bank._extra_state"]["ids"].tolist() == b["method"]["bank._extra_state"]["ids"].tolist()
+    try:
+        assert_same_state(a["method"], b["method"])
+    except AssertionError:
+        for k, v in a["method"].items():
+            if torch.is_tensor(v) and v.is_floating_point():
+                torch.testing.assert_close(v, b["method"][k], rtol=1e-3, atol=1e-4, msg=k)

@@ -1,0 +1,115 @@
+"""benchmarks/noise_sweep.py: the cell plan, the scheduler's ordering, the aggregate table and the README block."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("noise_sweep", ROOT / "benchmarks" / "noise_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["noise_sweep"] = mod  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_seeds_and_order(sweep):
+    cells = sweep.plan([0.0, 0.2, 0.4], [0, 1])
+    names = [c.name for c in cells]
+    # 40 % row: 4 methods x 2 seeds; 0 %: vanilla x 2 + 3 others; 20 %: 4 methods x 1 seed.
+    assert len(cells) == 8 + 5 + 4
+    assert names[:2] == ["n40_vanilla_s0", "n40_vanilla_s1"]
+    assert {c.noise for c in cells[:8]} == {0.4} and {c.noise for c in cells[8:13]} == {0.0}
+    assert "n20_ssddet_s1" not in names and "n00_vanilla_s1" in names and "n00_oamil_s1" not in names
+    assert sweep.Cell(0.2, "ssddet+fr", 3).parent == sweep.Cell(0.2, "ssddet", 3)
+    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], all_seeds=True)) == 2 * 4 * 3
+
+
+def test_schedule_runs_fr_after_its_ssddet_cell_and_skips_after_failure(sweep):
+    cells = [sweep.Cell(0.4, "ssddet+fr", 0), sweep.Cell(0.4, "ssddet", 0), sweep.Cell(0.4, "vanilla", 0),
+             sweep.Cell(0.2, "ssddet", 0), sweep.Cell(0.2, "ssddet+fr", 0)]
+    finished, lock = [], threading.Lock()
+
+    def work(c):
+        time.sleep(0.01)
+        if c.name == "n20_ssddet_s0":
+            raise RuntimeError("boom")
+        with lock:
+            finished.append(c.name)
+
+    errors = sweep.schedule(cells, 2, work)
+    assert finished.index("n40_ssddet-fr_s0") > finished.index("n40_ssddet_s0")
+    assert set(errors) == {"n20_ssddet_s0", "n20_ssddet-fr_s0"} and "boom" in errors["n20_ssddet_s0"]
+    assert "n20_ssddet-fr_s0" not in finished
+
+
+def _cell(noise, method, seed, ap, iou=None):
+    return {"noise": noise, "method": method, "seed": seed, "wall_s": 600.0, "iou_noisy": 0.5 if noise else 1.0,
+            "iou_refined": iou, "test": {"AP": ap, "AP50": 2 * ap, "AP75": ap / 2, "per_class": {"a": ap, "b": 0.0}}}
+
+
+def test_aggregate_gap_recovered_and_spread(sweep):
+    cells = [_cell(0.0, "vanilla", 0, 0.50), _cell(0.0, "vanilla", 1, 0.54), _cell(0.4, "vanilla", 0, 0.10),
+             _cell(0.4, "vanilla", 1, 0.14), _cell(0.4, "ssddet", 0, 0.30, 0.6), _cell(0.4, "ssddet", 1, 0.34, 0.7)]
+    rows = {(r["noise"], r["method"]): r for r in sweep.aggregate(cells)}
+    clean, noisy, ssd = rows[(0.0, "vanilla")], rows[(0.4, "vanilla")], rows[(0.4, "ssddet")]
+    assert clean["AP"][0] == pytest.approx(0.52) and clean["AP"][2] == 2
+    assert noisy["AP"][1] == pytest.approx(0.0282843, abs=1e-6)  # sample SD of 0.10, 0.14
+    assert ssd["gap_recovered"] == pytest.approx((0.32 - 0.12) / (0.52 - 0.12))
+    assert noisy["gap_recovered"] == pytest.approx(0.0) and clean["gap_recovered"] is None
+    assert ssd["iou_refined"] == pytest.approx(0.65) and ssd["per_class"] == {"a": pytest.approx(0.32), "b": 0.0}
+    lines = sweep.comparisons(list(rows.values()))
+    assert lines == ["- 40% noise: SSD-Det − vanilla = +0.200 test AP (largest seed SD 0.028, seeds: 2): "
+                     "beyond the seed spread."]
+
+
+def test_markdown_and_readme_block(sweep, tmp_path):
+    cells = [_cell(0.0, "vanilla", 0, 0.5), _cell(0.4, "vanilla", 0, 0.1), _cell(0.4, "ssddet", 0, 0.3, 0.6)]
+    summary = {"rows": sweep.aggregate(cells), "command": "python benchmarks/noise_sweep.py", "preset": "cpu",
+               "preset_args": ["--epochs", "6"], "machine": {"cpus": 2, "platform": "Linux", "torch": "2.x"},
+               "threads": 1, "jobs": 2, "n_cells": 3, "n_planned": 17, "cell_hours": 0.5}
+    md = sweep.markdown(summary)
+    assert "| 40% | ssddet | 0 | 0.300 | 0.600 | 0.150 | 0.300 | 0.000 | 50% | 0.500 → 0.600 | 10 |" in md
+    assert "seed spread not measured (1 seed)" in md and "3 of 17 cells" in md
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- sweep:begin -->\nold table\n<!-- sweep:end -->\noutro\n")
+    sweep.write_readme(readme, md)
+    text = readme.read_text()
+    assert "old table" not in text and md in text and text.startswith("intro\n") and text.endswith("outro\n")
+
+
+def test_spec_ignores_paths_and_workers(sweep):
+    a = {"data": {"noise": 0.4, "num_workers": 1, "data_dir": "x"}, "train": {"output": "o", "seed": 0}}
+    b = {"data": {"noise": 0.4, "num_workers": 4, "data_dir": "y"}, "train": {"output": "p", "seed": 0}}
+    assert sweep.spec_of(a) == sweep.spec_of(b)
+    b["train"]["seed"] = 1
+    assert sweep.spec_of(a) != sweep.spec_of(b)
+
+
+def test_export_ious(sweep, tmp_path):
+    path = tmp_path / "refined.json"
+    anns = [{"bbox": [0, 0, 10, 10], "noisy_bbox": [0, 0, 10, 5], "true_bbox": [0, 0, 10, 10]},
+            {"bbox": [0, 0, 5, 10], "noisy_bbox": [0, 0, 10, 10], "true_bbox": [0, 0, 10, 10]}]
+    path.write_text(json.dumps({"annotations": anns}))
+    assert sweep.export_ious(path) == pytest.approx((0.75, 0.75))
+    for x in anns:  # 0 % noise: no true_bbox, the input boxes are the clean ones
+        del x["true_bbox"]
+    path.write_text(json.dumps({"annotations": anns}))
+    assert sweep.export_ious(path) == pytest.approx((1.0, 0.5))
+
+
+def test_same_spec_tolerates_fields_added_with_their_default(sweep):
+    recorded = {"train": {"seed": 0, "lr": 0.005}}
+    assert sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 2}})  # 2 is the default
+    assert not sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 8}})
+    assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005}})
+    assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})
