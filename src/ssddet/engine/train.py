@@ -2,7 +2,12 @@
 per-epoch COCO evaluation, atomic checkpoints with full resume, JSON-lines + TensorBoard logs.
 
 Under torchrun every process trains its share of each epoch (DistributedSampler), validates its share of the val
-batches, and saves its RNG state into the checkpoint through rank 0, which alone writes files."""
+batches, and saves its RNG state into the checkpoint through rank 0, which alone writes files.
+
+There is no hook interface (detectron2's HookBase): the end of an epoch is three calls in `_run` (evaluate, write
+the epoch record, `_save`) whose order is the crash-safety argument (the record before the checkpoint, the RNG
+gather as a collective before rank 0 goes on alone). Hooks would spread that order over classes without making
+the loop shorter."""
 from __future__ import annotations
 
 import json
