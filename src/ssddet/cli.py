@@ -1,4 +1,5 @@
-"""`ssddet` command line: train, eval, noise, data (synth | voc2coco)."""
+"""`ssddet` command line: train, eval, noise, data (synth | voc2coco | yolo2coco), check, refine, predict, show,
+plot, audit, export. The commands are thin wrappers over `ssddet.api`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +10,7 @@ import logging
 import shlex
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
 
 from . import __version__
@@ -162,7 +164,7 @@ def _noise_parser(sub) -> None:
 
 
 def _data_parser(sub) -> None:
-    p = sub.add_parser("data", help="datasets: build the synthetic set, convert Pascal VOC")
+    p = sub.add_parser("data", help="datasets: build the synthetic set, convert Pascal VOC or YOLO-txt")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="generate the built-in synthetic digits set",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -181,6 +183,9 @@ def _data_parser(sub) -> None:
                    "ImageSets/Main/")
     v.add_argument("--out", required=True, metavar="JSON", help="output COCO JSON")
     v.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="ImageSets/Main lists to read")
+    from .tools.yolo2coco import add_yolo2coco_parser
+
+    add_yolo2coco_parser(dsub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_parser(sub)
     add_refine_parser(sub)
+    for name in ("predict", "show", "plot", "audit", "export"):
+        getattr(import_module(f".tools.{name}", __package__), f"add_{name}_parser")(sub)
     return p
 
 
@@ -285,7 +292,7 @@ def cmd_train(a) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from .engine.train import train
+    from .api import train
 
     metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *a.argv]))
     if metrics:
@@ -296,48 +303,13 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from .config import DataConfig
-    from .engine.evaluate import coco_evaluate, format_metrics, load_results
+    from .api import _evaluate
+    from .engine.evaluate import format_metrics
 
-    dcfg = DataConfig(data_dir=a.data, train_ann=a.train_ann, val_ann=a.val_ann, images=a.images,
-                      num_workers=a.workers)
-    if not a.checkpoint and not a.results:
-        raise DataError("give --checkpoint (a trained model) or --results (a COCO results file)")
-    from .engine.datasets import load_split
-
-    data, records = load_split(dcfg, a.split)
-    gt = data.gt_dict(records)
-    if a.results:
-        results = load_results(a.results, gt)
-    else:
-        results = _predict_checkpoint(a, data, records)
-    metrics = coco_evaluate(gt, results)
-    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({len(records)} images): "
-          f"{format_metrics(metrics)}")
+    metrics, n = _evaluate(a.checkpoint, a.results, a.data, a.train_ann, a.val_ann, a.images, a.split,
+                           a.save_results, a.device, a.batch_size, a.workers)
+    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({n} images): {format_metrics(metrics)}")
     return 0
-
-
-def _predict_checkpoint(a, data, records) -> list[dict]:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from .data.dataset import CocoDetection, collate
-    from .engine.evaluate import predict
-    from .engine.inference import load_detector
-
-    detector, meta = load_detector(a.checkpoint)
-    cats = meta.get("categories")
-    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
-        raise DataError(f"{a.checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
-                        f"has {[c['id'] for c in data.categories]}")
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if a.device == "auto" else a.device))
-    loader = DataLoader(CocoDetection(records), batch_size=a.batch_size, num_workers=a.workers, collate_fn=collate)
-    results = predict(detector.to(device), loader, device, data.label_to_cat)
-    if a.save_results:
-        Path(a.save_results).write_text(json.dumps(results))
-        log.info("wrote %d detections to %s", len(results), a.save_results)
-    return results
 
 
 def cmd_noise(a) -> int:
@@ -360,6 +332,10 @@ def cmd_noise(a) -> int:
 
 
 def cmd_data(a) -> int:
+    if a.data_cmd == "yolo2coco":
+        from .tools.yolo2coco import cmd_yolo2coco
+
+        return cmd_yolo2coco(a)
     if a.data_cmd == "synth":
         from .data.synth import default_data_dir, make_synth
 
@@ -390,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
 
     commands = {"train": cmd_train, "eval": cmd_eval, "noise": cmd_noise, "data": cmd_data, "check": cmd_check,
                 "refine": cmd_refine}
+    for name in ("predict", "show", "plot", "audit", "export"):
+        commands[name] = getattr(import_module(f".tools.{name}", __package__), f"cmd_{name}")
     try:
         return commands[args.cmd](args)
     except (DataError, TrainingError, FileExistsError) as e:

@@ -1,0 +1,173 @@
+"""Drawing shared by `predict`, `show` and `audit`: read any image as 8-bit RGB, draw labelled boxes
+(`torchvision.utils.draw_bounding_boxes`), add a legend strip, tile a contact sheet (`torchvision.utils.make_grid`),
+write PNGs. Images are uint8 Tensor[3, H, W] throughout; boxes are xyxy in that image's pixels."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+# what `show`/`audit` draw, in these colours everywhere (colour-blind safe trio: green / vermillion / blue)
+CLEAN, NOISY, REFINED = (0, 170, 60), (230, 60, 20), (30, 110, 255)
+EXTRA_COLOURS = [(255, 170, 0), (200, 40, 200), (0, 190, 200), (140, 90, 30), (120, 120, 120)]
+# predicted classes: matplotlib's tab10, one colour per class (label 1 -> first colour)
+CLASS_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                 (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+@lru_cache(maxsize=1)
+def font_path() -> str:
+    """DejaVu Sans, which matplotlib ships (a scalable font: PIL's default bitmap font is unreadably small on
+    large images)."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont("DejaVu Sans")
+
+
+def font_size(width: int, height: int) -> int:
+    """Label text size that stays readable from thumbnails to 4k images."""
+    return max(10, min(width, height) // 40)
+
+
+def _to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """Single-channel 16-bit / 32-bit / float pixels -> uint8. 16-bit modes are divided by 257 (65535 -> 255,
+    so brightness matches an 8-bit export of the same picture), and so is 32-bit integer data above 255 (how
+    some Pillow versions open 16-bit PNGs); float data in [0, 1] is scaled by 255; anything else outside
+    [0, 255] is min-max stretched (the only mapping that shows it at all)."""
+    a = a.astype(np.float64)
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    if mode.startswith("I;16") or (mode == "I" and 255.0 < hi <= 65535.0 and lo >= 0.0):
+        out = a / 257.0
+    elif mode == "F" and 0.0 <= lo and hi <= 1.0:
+        out = a * 255.0
+    elif 0.0 <= lo and hi <= 255.0:
+        out = a
+    else:
+        out = (a - lo) / max(hi - lo, 1e-12) * 255.0
+    return np.clip(np.nan_to_num(out), 0, 255).round().astype(np.uint8)
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """A PIL image of any mode -> uint8[H, W, 3]. Transparent pixels are composited onto white (dropping the
+    alpha channel would show whatever colour the transparent pixels happen to store)."""
+    if im.mode in HIGH_DEPTH_MODES:
+        return np.repeat(_to_8bit(np.asarray(im), im.mode)[..., None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path: str | Path) -> Tensor:
+    """uint8 Tensor[3, H, W] of any image file Pillow reads (grey, palette, RGBA, CMYK, 16-bit, float TIFF).
+    Raises OSError / ValueError (PIL.UnidentifiedImageError is an OSError) for unreadable files."""
+    with Image.open(path) as im:
+        im.load()
+        arr = to_rgb8(im)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def save_png(image: Tensor, path: str | Path) -> Path:
+    """uint8 Tensor[3, H, W] -> PNG file (parent directories created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(path)
+    return path
+
+
+def valid_boxes(boxes) -> Tensor:
+    """Bool[N]: finite boxes with x2 > x1 and y2 > y1 (what draw_bounding_boxes accepts)."""
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    return torch.isfinite(b).all(dim=1) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+
+
+def draw_boxes(image: Tensor, boxes, colour, labels: list[str] | None = None, width: int | None = None,
+               fill: bool = False) -> Tensor:
+    """Draw xyxy `boxes` (array-like [N, 4]) in one colour (an RGB tuple) or one colour per box (a list of
+    tuples) on uint8 Tensor[3, H, W] -> the drawn copy. Invalid boxes (see `valid_boxes`) are not drawn."""
+    b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    ok = valid_boxes(b)
+    if not ok.any():
+        return image
+    colours = colour if isinstance(colour, list) else [colour] * len(b)
+    h, w = image.shape[-2:]
+    return draw_bounding_boxes(
+        image, b[ok], labels=[labels[i] for i in ok.nonzero().flatten().tolist()] if labels else None,
+        colors=[colours[i] for i in ok.nonzero().flatten().tolist()], fill=fill,
+        width=width or max(1, min(w, h) // 250 + 1), font=font_path(), font_size=font_size(w, h))
+
+
+def _legend_layout(width: int, entries: list[str], size: int) -> list[list[int]]:
+    """Entries packed into rows of at most `width` px: a list of rows of entry indices."""
+    font = ImageFont.truetype(font_path(), size)
+    rows: list[list[int]] = [[]]
+    x = size // 2
+    for i, text in enumerate(entries):
+        w = int(font.getlength(text)) + 2 * size
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = size // 2
+        rows[-1].append(i)
+        x += w
+    return rows
+
+
+def legend_height(width: int, height: int, entries: list[str]) -> int:
+    """Height in px of the legend strip `with_legend` adds under an image of this size."""
+    size = font_size(width, height)
+    return len(_legend_layout(width, entries, size)) * int(size * 1.6) + size // 2
+
+
+def with_legend(image: Tensor, entries: list[tuple[str, tuple[int, int, int]]]) -> Tensor:
+    """uint8 Tensor[3, H, W] -> Tensor[3, H + legend_height, W]: a white strip below the image with a colour
+    patch and a name per entry (the strip wraps onto more rows on narrow images)."""
+    h, w = image.shape[-2:]
+    size = font_size(w, h)
+    texts = [t for t, _ in entries]
+    strip = Image.new("RGB", (w, legend_height(w, h, texts)), "white")
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.truetype(font_path(), size)
+    row_h = int(size * 1.6)
+    for r, row in enumerate(_legend_layout(w, texts, size)):
+        x, y = size // 2, size // 4 + r * row_h
+        for i in row:
+            text, colour = entries[i]
+            draw.rectangle([x, y + size // 4, x + size, y + size + size // 4], fill=colour)
+            draw.text((x + int(1.4 * size), y), text, fill="black", font=font)
+            x += int(font.getlength(text)) + 2 * size
+    legend = torch.from_numpy(np.asarray(strip, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return torch.cat([image, legend], dim=1)
+
+
+def thumbnail(image: Tensor, tile: int) -> Tensor:
+    """uint8 Tensor[3, H, W] shrunk to fit a tile x tile square (aspect kept), centred on white."""
+    h, w = image.shape[-2:]
+    s = min(tile / h, tile / w, 1.0)
+    im = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (tile, tile), "white")
+    canvas.paste(im, ((tile - im.width) // 2, (tile - im.height) // 2))
+    return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def contact_sheet(images: list[Tensor], tile: int = 384, padding: int = 6) -> Tensor:
+    """Thumbnails of `images` (uint8 Tensor[3, H_i, W_i]) on a near-square grid -> uint8 Tensor[3, H, W]:
+    ceil(sqrt(n)) columns of `tile` px squares with `padding` px white gutters."""
+    ncol = math.ceil(math.sqrt(len(images)))
+    grid = make_grid([thumbnail(im, tile) for im in images], nrow=ncol, padding=padding, pad_value=255)
+    return grid
+
+
+def contact_sheet_size(n: int, tile: int = 384, padding: int = 6) -> tuple[int, int]:
+    """(width, height) in px of `contact_sheet` for n images."""
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    return ncol * (tile + padding) + padding, nrow * (tile + padding) + padding
