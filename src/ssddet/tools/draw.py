@@ -105,44 +105,24 @@ def draw_boxes(image: Tensor, boxes, colour, labels: list[str] | None = None, wi
         width=width or max(1, min(w, h) // 250 + 1), font=font_path(), font_size=font_size(w, h))
 
 
-def _legend_layout(width: int, entries: list[str], size: int) -> list[list[int]]:
-    """Entries packed into rows of at most `width` px: a list of rows of entry indices."""
-    font = ImageFont.truetype(font_path(), size)
-    rows: list[list[int]] = [[]]
-    x = size // 2
-    for i, text in enumerate(entries):
-        w = int(font.getlength(text)) + 2 * size
-        if rows[-1] and x + w > width:
-            rows.append([])
-            x = size // 2
-        rows[-1].append(i)
-        x += w
-    return rows
-
-
-def legend_height(width: int, height: int, entries: list[str]) -> int:
-    """Height in px of the legend strip `with_legend` adds under an image of this size."""
+def legend_height(width: int, height: int, n_entries: int) -> int:
+    """Height in px of the legend strip `with_legend` adds under an image of this size: one row per entry."""
     size = font_size(width, height)
-    return len(_legend_layout(width, entries, size)) * int(size * 1.6) + size // 2
+    return n_entries * int(size * 1.6) + size // 2
 
 
 def with_legend(image: Tensor, entries: list[tuple[str, tuple[int, int, int]]]) -> Tensor:
     """uint8 Tensor[3, H, W] -> Tensor[3, H + legend_height, W]: a white strip below the image with a colour
-    patch and a name per entry (the strip wraps onto more rows on narrow images)."""
+    patch and a name per entry, one entry per row (text longer than the image is wide is cut)."""
     h, w = image.shape[-2:]
     size = font_size(w, h)
-    texts = [t for t, _ in entries]
-    strip = Image.new("RGB", (w, legend_height(w, h, texts)), "white")
+    strip = Image.new("RGB", (w, legend_height(w, h, len(entries))), "white")
     draw = ImageDraw.Draw(strip)
     font = ImageFont.truetype(font_path(), size)
-    row_h = int(size * 1.6)
-    for r, row in enumerate(_legend_layout(w, texts, size)):
-        x, y = size // 2, size // 4 + r * row_h
-        for i in row:
-            text, colour = entries[i]
-            draw.rectangle([x, y + size // 4, x + size, y + size + size // 4], fill=colour)
-            draw.text((x + int(1.4 * size), y), text, fill="black", font=font)
-            x += int(font.getlength(text)) + 2 * size
+    for r, (text, colour) in enumerate(entries):
+        x, y = size // 2, size // 4 + r * int(size * 1.6)
+        draw.rectangle([x, y + size // 4, x + size, y + size + size // 4], fill=colour)
+        draw.text((x + int(1.4 * size), y), text, fill="black", font=font)
     legend = torch.from_numpy(np.asarray(strip, dtype=np.uint8).copy()).permute(2, 0, 1)
     return torch.cat([image, legend], dim=1)
 
