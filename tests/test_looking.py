@@ -222,3 +222,13 @@ def test_match_detections_pairs_reordered_ties():
     dbox, dscore, dcount = match_detections(ref, got)
     assert dbox == pytest.approx(0.01) and dscore == pytest.approx(1e-4) and dcount == 0
     assert match_detections(ref, {k: v[:1] for k, v in got.items()})[0] == float("inf")
+
+
+def test_api_check_and_evaluate(tiny_coco):
+    root, ann, coco = tiny_coco
+    text, status = ssddet.check(ann)
+    assert status == 0 and text.endswith("OK")
+    results = [{"image_id": 4, "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in coco["annotations"] if a["image_id"] == 4]
+    (root / "res.json").write_text(json.dumps(results))
+    assert ssddet.evaluate(results=root / "res.json", data=str(root))["AP"] == pytest.approx(1.0)

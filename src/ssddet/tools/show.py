@@ -174,7 +174,10 @@ def legend(layers: list[Layer], ann_ids) -> list[tuple[str, tuple]]:
 
 def draw_record(rec, layers: list[Layer], names: dict[int, str]):
     """One image with every layer drawn (the first layer labelled with class names) -> uint8 Tensor[3, H, W]."""
-    image = read_rgb(rec.path)
+    try:
+        image = read_rgb(rec.path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{rec.path}: cannot read image {rec.image_id} ({e}); is --images the right folder?") from None
     h, w = image.shape[-2:]
     scale = np.array([w / rec.width, h / rec.height] * 2)  # JSON frame -> file frame (as data/dataset.py)
     for k, la in enumerate(layers):
