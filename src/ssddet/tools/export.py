@@ -126,7 +126,9 @@ def check(detector, path: str | Path, images: list[torch.Tensor], box_atol: floa
     per image size the max differences, and ok = every difference within tolerance, counts equal."""
     _, ort = _onnx_modules()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    detector = detector.cpu().eval()
+    if next(detector.parameters()).device.type != "cpu":  # compare on CPU without moving the caller's model
+        detector = copy.deepcopy(detector).cpu()
+    detector.eval()
     checks = []
     for x in images:
         ref = {k: v.numpy() for k, v in detector([x])[0].items()}

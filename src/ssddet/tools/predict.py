@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
@@ -123,7 +124,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
     for image_id, (path, name) in enumerate(tqdm(items, desc="predict", disable=not progress), start=1):
         try:
             image = read_rgb(path)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on broken files
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises on bad files
             reason = "unreadable" if path.suffix.lower() in IMAGE_SUFFIXES else "not an image"
             stats.skipped[reason] += 1
             stats.examples.setdefault(reason, f"{path} ({e})")
