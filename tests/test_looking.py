@@ -15,7 +15,7 @@ from PIL import Image
 import ssddet
 from ssddet.cli import main
 from ssddet.data.errors import DataError
-from ssddet.tools.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb
+from ssddet.tools.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_show_draws_each_layer_with_a_legend(run, tmp_path):
     assert img.shape == (64 + legend_height(80, 64, 3), 80, 3)
     colours = {tuple(c) for c in img[:64].reshape(-1, 3).tolist()}
     assert {CLEAN, NOISY, REFINED} <= colours  # clean, noisy and refined boxes drawn on the image part
-    w, h = contact_sheet_size(2)
+    w, h = contact_sheet_size(2, tile_height([(80, 64), (96, 72)]))
     assert Image.open(dst / "contact_sheet.png").size == (w, h + legend_height(w, h, 3))
     assert main(["show", "--ann", str(noisy), "--images", str(data), "--out", str(dst / "one"), "--ids", "2"]) == 0
     assert sorted(p.name for p in (dst / "one").iterdir()) == ["2_b.png", "contact_sheet.png"]

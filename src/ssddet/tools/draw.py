@@ -3,6 +3,7 @@
 write PNGs. Images are uint8 Tensor[3, H, W] throughout; boxes are xyxy in that image's pixels."""
 from __future__ import annotations
 
+import inspect
 import math
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,9 @@ CLASS_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (
                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# white label text on a box-coloured patch, readable on any background (torchvision >= 0.20; older: plain text)
+LABEL_STYLE = ({"fill_labels": True, "label_colors": "white"}
+               if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters else {})
 
 
 @lru_cache(maxsize=1)
@@ -102,7 +106,8 @@ def draw_boxes(image: Tensor, boxes, colour, labels: list[str] | None = None, wi
     return draw_bounding_boxes(
         image, b[ok], labels=[labels[i] for i in ok.nonzero().flatten().tolist()] if labels else None,
         colors=[colours[i] for i in ok.nonzero().flatten().tolist()], fill=fill,
-        width=width or max(1, min(w, h) // 250 + 1), font=font_path(), font_size=font_size(w, h))
+        width=width or max(1, min(w, h) // 250 + 1), font=font_path(), font_size=font_size(w, h),
+        **(LABEL_STYLE if labels else {}))
 
 
 def legend_height(width: int, height: int, n_entries: int) -> int:
@@ -127,27 +132,35 @@ def with_legend(image: Tensor, entries: list[tuple[str, tuple[int, int, int]]]) 
     return torch.cat([image, legend], dim=1)
 
 
-def thumbnail(image: Tensor, tile: int) -> Tensor:
-    """uint8 Tensor[3, H, W] shrunk to fit a tile x tile square (aspect kept), centred on white."""
+def thumbnail(image: Tensor, width: int, height: int | None = None) -> Tensor:
+    """uint8 Tensor[3, H, W] shrunk to fit a width x height box (default: a square; aspect kept, never
+    enlarged), centred on white."""
+    height = height or width
     h, w = image.shape[-2:]
-    s = min(tile / h, tile / w, 1.0)
+    s = min(height / h, width / w, 1.0)
     im = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
     im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", (tile, tile), "white")
-    canvas.paste(im, ((tile - im.width) // 2, (tile - im.height) // 2))
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(im, ((width - im.width) // 2, (height - im.height) // 2))
     return torch.from_numpy(np.asarray(canvas, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def tile_height(sizes: list[tuple[int, int]], tile: int = 384) -> int:
+    """Tile height for images of these (width, height): `tile` x the median aspect (so 4:3 images are not
+    padded to squares)."""
+    return max(1, round(tile * float(np.median([h / w for w, h in sizes]))))
 
 
 def contact_sheet(images: list[Tensor], tile: int = 384, padding: int = 6) -> Tensor:
     """Thumbnails of `images` (uint8 Tensor[3, H_i, W_i]) on a near-square grid -> uint8 Tensor[3, H, W]:
-    ceil(sqrt(n)) columns of `tile` px squares with `padding` px white gutters."""
+    ceil(sqrt(n)) columns of tile x tile_height px cells with `padding` px white gutters."""
+    th = tile_height([(im.shape[-1], im.shape[-2]) for im in images], tile)
     ncol = math.ceil(math.sqrt(len(images)))
-    grid = make_grid([thumbnail(im, tile) for im in images], nrow=ncol, padding=padding, pad_value=255)
-    return grid
+    return make_grid([thumbnail(im, tile, th) for im in images], nrow=ncol, padding=padding, pad_value=255)
 
 
-def contact_sheet_size(n: int, tile: int = 384, padding: int = 6) -> tuple[int, int]:
-    """(width, height) in px of `contact_sheet` for n images."""
+def contact_sheet_size(n: int, tile_h: int, tile: int = 384, padding: int = 6) -> tuple[int, int]:
+    """(width, height) in px of `contact_sheet` for n images and the given `tile_height`."""
     ncol = math.ceil(math.sqrt(n))
     nrow = math.ceil(n / ncol)
-    return ncol * (tile + padding) + padding, nrow * (tile + padding) + padding
+    return ncol * (tile + padding) + padding, nrow * (tile_h + padding) + padding
