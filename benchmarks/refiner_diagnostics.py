@@ -82,7 +82,7 @@ def main() -> None:
                     help="BatchNorm on per-image batch statistics, as during from-scratch training")
     a = ap.parse_args()
     device = torch.device("cpu")
-    method, cfg = load_refiner_method(a.checkpoint, device)
+    method, cfg, _ = load_refiner_method(a.checkpoint, device)
     if a.bn_batch_stats:
         for mod in method.detector.backbone.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):

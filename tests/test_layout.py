@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "src" / "ssddet"
 # import layers: a module may import its own layer and the ones below it
 LAYERS = {"errors": 0, "config": 0, "__init__": 0, "data": 1, "models": 2, "engine": 3, "config_overrides": 3,
-          "tools": 4, "cli": 4}
+          "tools": 4, "api": 4, "cli": 4}
 
 
 def _modules() -> list[Path]:

@@ -11,8 +11,13 @@ from .errors import UserError
 from .tools.check import add_check_parser, cmd_check
 from .tools.data import add_data_parser, cmd_data
 from .tools.eval import add_eval_parser, cmd_eval
+from .tools.audit import add_audit_parser, cmd_audit
+from .tools.export import add_export_parser, cmd_export
 from .tools.noise import add_noise_parser, cmd_noise
+from .tools.plot import add_plot_parser, cmd_plot
+from .tools.predict import add_predict_parser, cmd_predict
 from .tools.refine import add_refine_parser, cmd_refine
+from .tools.show import add_show_parser, cmd_show
 from .tools.train import add_train_parser, cmd_train
 
 # command -> (adds its sub-parser, runs it), in --help order
@@ -23,6 +28,11 @@ COMMANDS = {
     "data": (add_data_parser, cmd_data),
     "check": (add_check_parser, cmd_check),
     "refine": (add_refine_parser, cmd_refine),
+    "predict": (add_predict_parser, cmd_predict),
+    "show": (add_show_parser, cmd_show),
+    "plot": (add_plot_parser, cmd_plot),
+    "audit": (add_audit_parser, cmd_audit),
+    "export": (add_export_parser, cmd_export),
 }
 
 

@@ -49,3 +49,11 @@ def _meta_from_training(ck: dict, state: dict) -> dict:
     return {"model": cfg["model"], "num_classes": num_classes, "categories": ck.get("categories"),
             "box_coder": cfg.get("oamil", {}).get("box_coder", "xywh") if cfg["train"]["method"] == "oamil"
             else "xywh"}
+
+
+def class_maps(meta: dict) -> tuple[dict[int, str], dict[int, int]]:
+    """A checkpoint's meta -> ({label: class name}, {label: category id}) for labels 1..K. A checkpoint
+    without categories (an old training checkpoint) gets names "class<label>" and category id = label."""
+    cats = meta.get("categories") or [{"id": i, "name": f"class{i}"} for i in range(1, meta["num_classes"] + 1)]
+    return ({i + 1: str(c.get("name", c["id"])) for i, c in enumerate(cats)},
+            {i + 1: int(c["id"]) for i, c in enumerate(cats)})

@@ -1,4 +1,5 @@
-"""`ssddet data`: dataset sub-commands (synth: build the built-in synthetic set; voc2coco: convert Pascal VOC)."""
+"""`ssddet data`: dataset sub-commands (synth: build the built-in synthetic set; voc2coco: convert Pascal VOC;
+yolo2coco: convert YOLO-txt, `tools/yolo2coco.py`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,11 @@ import inspect
 from pathlib import Path
 
 from ..errors import UserError
+from .yolo2coco import add_yolo2coco_parser, cmd_yolo2coco
 
 
 def add_data_parser(sub) -> None:
-    p = sub.add_parser("data", help="datasets: build the synthetic set, convert Pascal VOC")
+    p = sub.add_parser("data", help="datasets: build the synthetic set, convert Pascal VOC or YOLO-txt")
     dsub = p.add_subparsers(dest="data_cmd", required=True)
     s = dsub.add_parser("synth", help="generate the built-in synthetic digits set",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -28,9 +30,12 @@ def add_data_parser(sub) -> None:
                    "ImageSets/Main/")
     v.add_argument("--out", required=True, metavar="JSON", help="output COCO JSON")
     v.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="ImageSets/Main lists to read")
+    add_yolo2coco_parser(dsub)
 
 
 def cmd_data(a) -> int:
+    if a.data_cmd == "yolo2coco":
+        return cmd_yolo2coco(a)
     if a.data_cmd == "synth":
         from ..data.synth import default_data_dir, make_synth
 

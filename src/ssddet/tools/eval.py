@@ -31,43 +31,10 @@ def add_eval_parser(sub) -> None:
 
 
 def cmd_eval(a) -> int:
-    from ..config import DataConfig
-    from ..data.splits import load_split
-    from ..engine.evaluate import coco_evaluate, format_metrics, load_results
+    from ..api import _evaluate
+    from ..engine.evaluate import format_metrics
 
-    dcfg = DataConfig(data_dir=a.data, train_ann=a.train_ann, val_ann=a.val_ann, images=a.images,
-                      num_workers=a.workers)
-    if not a.checkpoint and not a.results:
-        raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
-    data, records = load_split(dcfg, a.split)
-    gt = data.gt_dict(records)
-    if a.results:
-        results = load_results(a.results, gt)
-    else:
-        results = _predict_checkpoint(a, data, records)
-    metrics = coco_evaluate(gt, results)
-    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({len(records)} images): "
-          f"{format_metrics(metrics)}")
+    metrics, n = _evaluate(a.checkpoint, a.results, a.data, a.train_ann, a.val_ann, a.images, a.split,
+                           a.save_results, a.device, a.batch_size, a.workers)
+    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({n} images): {format_metrics(metrics)}")
     return 0
-
-
-def _predict_checkpoint(a, data, records) -> list[dict]:
-    from torch.utils.data import DataLoader
-
-    from ..data.dataset import CocoDetection, collate
-    from ..engine.device import resolve_device
-    from ..engine.evaluate import predict
-    from ..engine.inference import load_detector
-
-    detector, meta = load_detector(a.checkpoint)
-    cats = meta.get("categories")
-    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
-        raise UserError(f"{a.checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
-                        f"has {[c['id'] for c in data.categories]}")
-    device = resolve_device(a.device)
-    loader = DataLoader(CocoDetection(records), batch_size=a.batch_size, num_workers=a.workers, collate_fn=collate)
-    results = predict(detector.to(device), loader, device, data.label_to_cat)
-    if a.save_results:
-        Path(a.save_results).write_text(json.dumps(results))
-        log.info("wrote %d detections to %s", len(results), a.save_results)
-    return results

@@ -6,7 +6,6 @@ detector trained on the whole file would see the evaluation images."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -17,9 +16,7 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
-from ..data.splits import training_split_json
 from ..engine.checkpoint import load_checkpoint
-from ..engine.device import resolve_device
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
@@ -28,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def load_refiner_method(path: str | Path, device: torch.device):
-    """A training checkpoint.pt of an SSD-Det run -> (SSDDetMethod in eval mode, its Config)."""
+    """A training checkpoint.pt of an SSD-Det run -> (SSDDetMethod in eval mode, its Config, its meta)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
@@ -41,7 +38,7 @@ def load_refiner_method(path: str | Path, device: torch.device):
     num_classes = ck["meta"]["num_classes"]
     method = build_method(cfg, build_trained_detector(cfg.model, num_classes), num_classes)
     method.load_state_dict(ck["method"])
-    return method.to(device).eval(), cfg
+    return method.to(device).eval(), cfg, ck["meta"]
 
 
 @torch.no_grad()
@@ -120,28 +117,17 @@ def add_refine_parser(sub) -> None:
 
 
 def cmd_refine(a) -> int:
-    device = resolve_device(a.device)
-    method, cfg = load_refiner_method(a.checkpoint, device)
-    if a.data or a.train_ann:
-        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = a.data, a.train_ann, None
-        cfg.data.images = a.images
-    if a.split:
-        cfg.data.train_split = a.split
-    raw, data, records = training_split_json(cfg.data)
-    refined = refine_records(method, records, device)
-    n_all = len(raw["images"])
-    if not a.all_splits:
-        raw = only_images(raw, {r.image_id for r in records})
-    d, stats = export(raw, refined, {"checkpoint": str(a.checkpoint), "split": cfg.data.train_split,
-                                     "all_splits": a.all_splits, "noise": cfg.data.noise,
-                                     "noise_seed": cfg.data.noise_seed})
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(d))
-    msg = f"refined {stats['refined_boxes']} boxes of {len(records)} images -> {a.out}"
+    from ..api import refine
+
+    d = refine(a.checkpoint, out=a.out, data=a.data, train_ann=a.train_ann, images=a.images, split=a.split,
+               all_splits=a.all_splits, device=a.device)
+    info = d["info"]["ssddet_refine"]
+    stats = info["stats"]
+    msg = f"refined {stats['refined_boxes']} boxes of {info['images_refined']} images -> {a.out}"
     if "iou_refined" in stats:
         msg += f"\nmean IoU with true_bbox: input {stats['iou_noisy']:.4f} -> refined {stats['iou_refined']:.4f}"
-    if len(d["images"]) < n_all:
-        msg += (f"\nwrote split '{cfg.data.train_split}' only ({len(d['images'])} of {n_all} images; "
+    if len(d["images"]) < info["images_in_source"]:
+        msg += (f"\nwrote split '{info['split']}' only ({len(d['images'])} of {info['images_in_source']} images; "
                 f"--all-splits keeps all): re-train with --train-ann {a.out} --val-ann <the dataset's JSON>")
     print(msg)
     return 0

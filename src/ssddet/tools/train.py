@@ -46,7 +46,7 @@ def cmd_train(a) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from ..engine.train import train
+    from ..api import train
 
     metrics = train(cfg, resume=a.resume, command=shlex.join(["ssddet", *a.argv]))
     if metrics:

@@ -1,0 +1,318 @@
+"""Python API for notebooks and pipelines: one function per `ssddet` command; the CLI commands are thin
+wrappers over these. Every function imports what it needs when called, so `import ssddet` stays cheap.
+
+    import ssddet
+    metrics = ssddet.train(data_dir="data/bccd", noise=0.4, epochs=6, output="runs/ssddet")
+    dets = ssddet.predict("runs/ssddet/model_final.pt", ["photos/"], out="pred", score=0.5)
+
+Bad input raises `ssddet.errors.UserError` with a one-line message naming the file and the problem.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ssddet")
+
+
+def load_detector(checkpoint: str | Path):
+    """model_best.pt / model_final.pt / checkpoint.pt -> (torchvision FasterRCNN in eval mode, meta dict with
+    categories, num_classes and the model config)."""
+    from .engine.inference import load_detector as _load
+
+    return _load(checkpoint)
+
+
+def _config(config) -> Any:
+    from .config import Config
+    from .data.coco import read_json
+    from .errors import UserError
+
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, Path)):
+        config = read_json(config, what="config file")
+    try:
+        return Config.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+
+
+def _set_fields(cfg, fields: dict) -> None:
+    """Set config fields named "section.key" or by a key that only one section has (e.g. noise, epochs)."""
+    import dataclasses
+
+    from .errors import UserError
+
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for name, value in fields.items():
+        if "." in name:
+            section, key = name.split(".", 1)
+            owners = [section] if section in sections and key in sections[section].__dataclass_fields__ else []
+        else:
+            key = {"data": "data_dir"}.get(name, name)  # the CLI's --data
+            owners = [s for s, sub in sections.items() if key in sub.__dataclass_fields__]
+        if len(owners) != 1:
+            what = "unknown" if not owners else f"ambiguous (in {', '.join(owners)}; write section.{key})"
+            raise UserError(f"config field {name!r} is {what}")
+        setattr(sections[owners[0]], key, value)
+
+
+def train(config=None, *, resume: bool = False, command: str | None = None, **fields) -> dict:
+    """Train a detector -> the final val metrics (the run directory is `cfg.train.output`).
+
+    config: a Config (used as given), a config dict, a run's config.json path, or None (the defaults); `fields`
+    then set config fields by name, e.g. `train(data="data/bccd", noise=0.4, method="vanilla", epochs=6,
+    output="runs/v")` or `**{"ssddet.top_k": 5}`. Without `output` a new runs/<method>-<time> directory is
+    used (unless `config` is a Config); with resume=True and `output`, that run's config.json is reloaded."""
+    from .engine.train import train as _train
+
+    given = set(fields) & {"output", "train.output"}
+    if resume and config is None and given:
+        run = Path(fields.get("output") or fields["train.output"])
+        if (run / "config.json").is_file():  # a resumed run continues with the settings it started with
+            config = run / "config.json"
+    from .config import Config
+
+    cfg = _config(config)
+    _set_fields(cfg, fields)
+    if not isinstance(config, Config) and not given:
+        # a fresh directory, also when starting from a run's config.json: re-running it must not overwrite it
+        cfg.train.output = f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return _train(cfg, resume=resume, command=command)
+
+
+def evaluate(checkpoint=None, *, results=None, data=None, train_ann=None, val_ann=None, images=None,
+             split: str = "val", save_results=None, device: str = "auto", batch_size: int = 2,
+             workers: int = 2) -> dict:
+    """COCO AP of a checkpoint (or of a COCO results file) on a split -> {AP, AP50, ..., per_class}."""
+    return _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save_results, device,
+                     batch_size, workers)[0]
+
+
+def _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save_results, device, batch_size,
+              workers) -> tuple[dict, int]:
+    """`evaluate` -> (metrics, number of images evaluated)."""
+    from .config import DataConfig
+    from .errors import UserError
+    from .data.splits import load_split
+    from .engine.evaluate import coco_evaluate, load_results
+
+    if not checkpoint and not results:
+        raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
+    dcfg = DataConfig(data_dir=data, train_ann=train_ann, val_ann=val_ann, images=images, num_workers=workers)
+    dset, records = load_split(dcfg, split)
+    gt = dset.gt_dict(records)
+    if results:
+        dets = load_results(results, gt)
+    else:
+        dets = _predict_records(checkpoint, dset, records, device, batch_size, workers)
+        if save_results:
+            import json
+
+            Path(save_results).write_text(json.dumps(dets))
+            log.info("wrote %d detections to %s", len(dets), save_results)
+    return coco_evaluate(gt, dets), len(records)
+
+
+def _predict_records(checkpoint, data, records, device: str, batch_size: int, workers: int) -> list[dict]:
+    from torch.utils.data import DataLoader
+
+    from .data.dataset import CocoDetection, collate
+    from .errors import UserError
+    from .engine.evaluate import predict as _predict
+    from .engine.inference import load_detector as _load
+    from .engine.device import resolve_device
+
+    detector, meta = _load(checkpoint)
+    cats = meta.get("categories")
+    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
+        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
+                        f"has {[c['id'] for c in data.categories]}")
+    dev = resolve_device(device)
+    loader = DataLoader(CocoDetection(records), batch_size=batch_size, num_workers=workers, collate_fn=collate)
+    return _predict(detector.to(dev), loader, dev, data.label_to_cat)
+
+
+def refine(checkpoint, *, out=None, data=None, train_ann=None, images=None, split: str | None = None,
+           all_splits: bool = False, device: str = "auto") -> dict:
+    """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined, `noisy_bbox` the input box,
+    `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out` if given. Without `data` /
+    `train_ann` the run's own dataset and on-the-fly noise are used."""
+    import json
+
+    from .data.splits import training_split_json
+    from .engine.device import resolve_device
+    from .tools.refine import export, load_refiner_method, only_images, refine_records
+
+    dev = resolve_device(device)
+    method, cfg, _ = load_refiner_method(checkpoint, dev)
+    if data or train_ann:
+        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
+        cfg.data.images = images
+    if split:
+        cfg.data.train_split = split
+    raw, _, records = training_split_json(cfg.data)
+    refined = refine_records(method, records, dev)
+    n_all = len(raw["images"])
+    if not all_splits:
+        raw = only_images(raw, {r.image_id for r in records})
+    d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
+                                     "all_splits": all_splits, "noise": cfg.data.noise,
+                                     "noise_seed": cfg.data.noise_seed})
+    d["info"]["ssddet_refine"].update(stats=stats, images_refined=len(records), images_in_source=n_all)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(d))
+    return d
+
+
+def noise(ann, *, level: float = 0.4, seed: int = 45, split: str | None = None, images=None, out=None) -> dict:
+    """A noisy copy of a COCO file (OA-MIL protocol: `bbox` noisy, `true_bbox` clean), written to `out` if
+    given."""
+    import json
+
+    from .data.coco import read_json
+    from .data.noise import noisy_copy
+
+    src = Path(ann)
+    noisy, _ = noisy_copy(read_json(src), level, seed, Path(images) if images else src.parent, split,
+                          src=str(src))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(noisy))
+    return noisy
+
+
+def check(ann, *, images=None, open_images: bool = True, strict: bool = False) -> tuple[str, int]:
+    """Validate a COCO dataset -> (summary text, exit status: 0 OK, 1 --strict findings, 2 not usable)."""
+    from collections import Counter
+
+    from .data.coco import load_coco
+    from .tools.check import check_images, summarise
+
+    data = load_coco(ann, images)
+    return summarise(data, check_images(data.records) if open_images else Counter(), strict=strict)
+
+
+def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "auto",
+            draw: bool = True, progress: bool = True) -> list[dict]:
+    """Detect objects in image files / folders -> COCO results records (image_id 1..N in input order,
+    file_name, category_id, bbox [x, y, w, h], score >= `score`). With `out`: out/detections.json and (with
+    `draw`) one PNG per image. `checkpoint` may also be a `load_detector` result."""
+    import json
+
+    from .errors import UserError
+    from .engine.device import resolve_device
+    from .tools.predict import RESULTS_NAME, collect_images, predict_images
+
+    if isinstance(images, (str, Path)):
+        images = [images]
+    detector, meta = load_detector(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    items = collect_images(images)
+    if not items:
+        raise UserError("no image files found in " + ", ".join(str(i) for i in images))
+    dev = resolve_device(device)
+    out_dir = Path(out) if out else None
+    dets, stats = predict_images(detector.to(dev), items, meta, dev, score, out_dir, draw, progress)
+    log.info("predicted %d image(s) in %.1f s of model time (%.2f images/s on %s)%s", stats.images,
+             stats.seconds, stats.images_per_second, dev,
+             f"; skipped {sum(stats.skipped.values())} unreadable file(s)" if stats.skipped else "")
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / RESULTS_NAME).write_text(json.dumps(dets))
+    return dets
+
+
+def show(ann, *, images=None, compare=(), out, ids=None, n: int = 16, split: str | None = None,
+         score: float = 0.5) -> list[Path]:
+    """Draw clean / noisy / refined (and --compare) boxes of the same images -> [per-image PNGs..., contact
+    sheet]."""
+    from .data.coco import load_coco, read_json
+    from .tools.show import read_any_json, show_images
+
+    raw = read_json(ann)
+    data = load_coco(ann, images)
+    comp = [(Path(c), read_any_json(Path(c))) for c in compare]
+    return show_images(data, raw, comp, Path(out), ids=ids, n=n, split=split, score=score)
+
+
+def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
+    """Training curves of one or more run directories (their log.jsonl), overlaid -> the PNG path."""
+    from .errors import UserError
+    from .tools.plot import plot_runs, read_epochs, run_names
+
+    runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    if names and len(names) != len(runs):
+        raise UserError(f"--names: {len(names)} name(s) for {len(runs)} run(s)")
+    return plot_runs([read_epochs(r) for r in runs], names or run_names(runs), out)
+
+
+def audit(checkpoint, ann, *, images=None, split: str | None = None, out=None, html=None, html_top: int = 200,
+          device: str = "auto"):
+    """Rank every annotation by how likely its box is wrong (tools/audit.py explains the score) -> AuditReport
+    (rows worst first, summary with the ranking precision when `true_bbox` is known); CSV to `out`, HTML to
+    `html` if given."""
+    from .data.coco import load_coco
+    from .errors import UserError
+    from .engine.device import resolve_device
+    from .tools.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
+    from .tools.refine import load_refiner_method
+
+    dev = resolve_device(device)
+    method, _, meta = load_refiner_method(checkpoint, dev)
+    data = load_coco(ann, images)
+    cats = meta.get("categories")
+    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
+        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but {ann} has "
+                        f"{[c['id'] for c in data.categories]}")
+    records = [r for r in data.select(split) if len(r.boxes)]
+    rows = rank_annotations(records, refine_with_confidence(method, records, dev), data.class_names)
+    rep = AuditReport(rows, summarise(rows))
+    if out:
+        write_csv(rows, out)
+    if html:
+        write_html(rows, records, rep.summary, html, html_top)
+    return rep
+
+
+def export_onnx(checkpoint, out, *, image=None, opset: int = 17, box_atol: float = 0.05,
+                score_atol: float = 1e-3) -> dict:
+    """Export the deployed detector to ONNX and check it with onnxruntime against PyTorch on `image` (default:
+    a bundled photo) and its transposed copy -> report {out, checks: [{size, detections, max_box_diff,
+    max_score_diff, count_diff}], box_atol, score_atol, ok}."""
+    from .tools.export import check, check_images, export_detector
+
+    detector, meta = load_detector(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    xs = check_images(image)
+    path = export_detector(detector, out, xs[0], meta, opset)
+    return check(detector, path, xs, box_atol, score_atol)
+
+
+def yolo2coco(out, *, yaml_path=None, images=None, names=None, split: str = "train") -> dict:
+    """A YOLO-txt dataset -> COCO dict with a `split` per image, written to `out` (data/yolo.py)."""
+    from .data.yolo import yolo2coco as _convert
+
+    return _convert(out, yaml_path=yaml_path, images=images, names=names, split=split)
+
+
+def voc2coco(voc_root, out, *, splits=("train", "val", "test")) -> dict:
+    """Pascal VOC XML folders -> COCO dict with `split` from ImageSets/Main, written to `out`."""
+    from .errors import UserError
+    from .data.voc import voc2coco as _convert
+
+    try:
+        return _convert(voc_root, out, splits=tuple(splits))
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+
+
+def synth(out=None, *, seed: int = 0, **sizes) -> Path:
+    """Generate the built-in synthetic digits set (num_train / num_val / num_test) -> its annotations.json."""
+    from .data.synth import default_data_dir, make_synth
+
+    return make_synth(Path(out) if out else default_data_dir(), seed=seed, **sizes)

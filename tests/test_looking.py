@@ -1,0 +1,234 @@
+"""predict, show, plot, audit, export and the Python API on a tiny SSD-Det run (trained once for the module)."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_coco_dict, write_coco, write_image
+from PIL import Image
+
+import ssddet
+from ssddet.cli import main
+from ssddet.errors import UserError
+from ssddet.tools.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 1-epoch SSD-Det run on the tiny set (64-96 px images), trained through the Python API."""
+    root = tmp_path_factory.mktemp("looking")
+    data = root / "data"
+    write_coco(data, tiny_coco_dict())
+    torch.set_num_threads(1)
+    metrics = ssddet.train(data=str(data), noise=0.3, epochs=1, min_size=64, max_size=96, num_workers=0,
+                           batch_size=2, output=str(root / "run"), **{"ssddet.trunk_dim": 32})
+    assert "AP" in metrics
+    return root, data, root / "run"
+
+
+def test_import_is_cheap_and_the_api_is_exported():
+    code = "import sys, ssddet; assert callable(ssddet.predict) and callable(ssddet.refine); print('torch' in " \
+           "sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_api_train_rejects_an_unknown_field():
+    with pytest.raises(UserError, match="config field 'epoch' is unknown"):
+        ssddet.train(epoch=3)
+
+
+def test_read_rgb_converts_any_mode(tmp_path):
+    grey16 = np.array([[0, 257 * 100], [65535, 257]], dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert read_rgb(tmp_path / "g16.png")[0].tolist() == [[0, 100], [255, 1]]
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 255)  # opaque pixel kept, transparent ones become white
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    img = read_rgb(tmp_path / "a.png")
+    assert img[:, 0, 0].tolist() == [10, 20, 30] and img[:, 1, 1].tolist() == [255, 255, 255]
+    Image.fromarray(np.full((3, 5), 7, np.uint8), "L").save(tmp_path / "l.png")
+    assert read_rgb(tmp_path / "l.png").shape == (3, 3, 5)
+
+
+def test_predict_writes_results_and_pngs_of_the_source_size(run, tmp_path, caplog):
+    _, data, out = run
+    imgs = tmp_path / "imgs"
+    write_image(imgs / "photo.jpg", 90, 70)
+    write_image(imgs / "sub" / "grey.png", 64, 80, mode="L")
+    write_image(imgs / "rgba.png", 70, 64, mode="RGBA")
+    Image.fromarray(np.full((66, 77), 40000, np.uint16)).save(imgs / "deep.png")
+    (imgs / "broken.jpg").write_bytes(b"not a jpeg")
+    (imgs / "notes.txt").write_text("ignored: not an image suffix")
+    dst = tmp_path / "pred"
+    assert main(["predict", "--checkpoint", str(out / "model_final.pt"), str(imgs), str(data / "images" / "a.jpg"),
+                 "--out", str(dst), "--score", "0.0"]) == 0
+    assert "skipped 1 unreadable file(s)" in caplog.text and "broken.jpg" in caplog.text
+    dets = json.loads((dst / "detections.json").read_text())
+    sizes = {"photo.jpg": (90, 70), "sub/grey.png": (64, 80), "rgba.png": (70, 64),
+             "deep.png": (77, 66), "a.jpg": (80, 64)}
+    assert dets and {d["file_name"] for d in dets} <= set(sizes)
+    ids = {}
+    for d in dets:
+        assert ids.setdefault(d["file_name"], d["image_id"]) == d["image_id"]  # one id per image
+        x, y, w, h = d["bbox"]
+        width, height = sizes[d["file_name"]]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= width + 1e-3 and y + h <= height + 1e-3
+        assert 0.0 <= d["score"] <= 1.0 and d["category_id"] in (3, 7, 42)
+    assert sorted(ids.values()) == sorted(set(ids.values())) and max(ids.values()) <= 6
+    for name, size in sizes.items():  # one PNG per readable image, named after it, of its size
+        assert Image.open((dst / name).with_suffix(".png")).size == size
+    assert not (dst / "broken.png").exists()
+
+
+def test_predict_api_applies_the_score_threshold(run):
+    _, data, out = run
+    model = ssddet.load_detector(out / "model_final.pt")
+    every = ssddet.predict(model, data / "images", score=0.0, progress=False)
+    high = ssddet.predict(model, data / "images", score=0.6, progress=False)
+    assert len(high) == sum(d["score"] >= 0.6 for d in every) and len(high) < len(every)
+
+
+def test_show_draws_each_layer_with_a_legend(run, tmp_path):
+    _, data, out = run
+    noisy = tmp_path / "noisy.json"
+    ssddet.noise(data / "annotations.json", level=0.4, split="train", out=noisy)
+    refined = tmp_path / "refined.json"
+    ssddet.refine(out / "checkpoint.pt", out=refined)
+    dst = tmp_path / "show"
+    assert main(["show", "--ann", str(noisy), "--images", str(data), "--compare", str(refined), "--out", str(dst),
+                 "--split", "train"]) == 0
+    pngs = sorted(p.name for p in dst.iterdir())
+    assert pngs == ["1_a.png", "2_b.png", "contact_sheet.png"]  # the training images with boxes
+    img = np.asarray(Image.open(dst / "1_a.png"))
+    assert img.shape == (64 + legend_height(80, 64, 3), 80, 3)
+    colours = {tuple(c) for c in img[:64].reshape(-1, 3).tolist()}
+    assert {CLEAN, NOISY, REFINED} <= colours  # clean, noisy and refined boxes drawn on the image part
+    w, h = contact_sheet_size(2, tile_height([(80, 64), (96, 72)]))
+    assert Image.open(dst / "contact_sheet.png").size == (w, h + legend_height(w, h, 3))
+    assert main(["show", "--ann", str(noisy), "--images", str(data), "--out", str(dst / "one"), "--ids", "2"]) == 0
+    assert sorted(p.name for p in (dst / "one").iterdir()) == ["2_b.png", "contact_sheet.png"]
+
+
+def test_plot_overlays_runs(run, tmp_path, capsys):
+    from ssddet.tools.plot import figure_size, panels, read_epochs
+
+    _, _, out = run
+    other = tmp_path / "vanilla"
+    other.mkdir()
+    rec = {"kind": "epoch", "epoch": 1, "train": {"loss": 2.0, "loss_classifier": 1.0}, "val": {"AP": 0.1, "AP50": 0.3}}
+    (other / "log.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "epoch": 2}) + "\n{cut")
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(out), str(other), "--out", str(png)]) == 0
+    n = len(panels([read_epochs(out), read_epochs(other)]))
+    assert n == 14  # AP, AP50, IoU, total loss, 4 detector and 6 refiner loss terms
+    assert Image.open(png).size == figure_size(n) and png.stat().st_size > 10_000
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no log.jsonl" in capsys.readouterr().err
+
+
+def _audit_set(root):
+    """Three 64 x 64 images (the run resizes nothing: min_size 64), clean boxes far apart, annotation 22's given
+    box shifted off its clean box (IoU 0.29)."""
+    clean = {11: [4, 4, 20, 20], 12: [36, 36, 24, 24], 21: [6, 30, 22, 26], 22: [40, 4, 18, 18], 31: [20, 20, 30, 30],
+             32: [2, 52, 10, 10]}
+    anns = [{"id": aid, "image_id": aid // 10, "category_id": (3, 7, 42)[aid % 3], "bbox": list(b),
+             "true_bbox": list(b), "iscrowd": 0} for aid, b in clean.items()]
+    anns[3]["bbox"] = [46.0, 10.0, 18.0, 18.0]
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in (1, 2, 3)],
+            "annotations": anns, "categories": tiny_coco_dict()["categories"]}
+    return write_coco(root, coco), [[x, y, x + w, y + h] for x, y, w, h in clean.values()]
+
+
+def test_audit_ranks_a_hand_corrupted_box_first(run, tmp_path, monkeypatch, capsys):
+    """A refiner that moves every box onto its clean box (the real one, with its real confidences, then the
+    boxes snapped): the one wrong box has the only IoU(given, refined) < 1, so it ranks first."""
+    from ssddet.models.ssddet.refiner import SSDDetRefiner
+
+    _, _, out = run
+    ann, clean = _audit_set(tmp_path / "audit")
+    clean = torch.tensor(clean, dtype=torch.float32)
+    real = SSDDetRefiner.forward
+
+    def snapping(self, features, sizes, boxes, labels, *args, **kwargs):
+        res = real(self, features, sizes, boxes, labels, *args, **kwargs)
+        assert [tuple(s) for s in sizes] == [(64, 64)]  # so the JSON frame is the refiner's frame
+        from torchvision.ops import box_iou
+
+        res.refined = [clean[box_iou(b, clean).argmax(dim=1)] for b in boxes]
+        return res
+
+    monkeypatch.setattr(SSDDetRefiner, "forward", snapping)
+    csv_path, html = tmp_path / "audit.csv", tmp_path / "audit.html"
+    assert main(["audit", "--checkpoint", str(out / "checkpoint.pt"), "--ann", str(ann), "--out", str(csv_path),
+                 "--html", str(html)]) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0]["annotation_id"] == "22" and float(rows[0]["score"]) > 0
+    assert float(rows[0]["iou_given_clean"]) < 0.5 and all(float(r["score"]) == 0 for r in rows[1:])
+    assert [float(rows[0][k]) for k in ("refined_x", "refined_y", "refined_w", "refined_h")] == [40, 4, 18, 18]
+    text = capsys.readouterr().out
+    assert "ranking precision: 1.000 of the top 10% (1 boxes)" in text and "base rate of 0.167 (6.00x)" in text
+    assert html.read_text().count("<img src=\"data:image/png;base64,") == 6
+
+
+def test_audit_api_with_the_real_refiner(run, tmp_path):
+    _, data, out = run
+    ann, _ = _audit_set(tmp_path / "audit")
+    rep = ssddet.audit(out / "checkpoint.pt", ann)
+    scores = [r["score"] for r in rep.rows]
+    assert len(rep.rows) == 6 and scores == sorted(scores, reverse=True)
+    assert all(0.0 <= r["confidence"] <= 1.0 and np.isfinite(r["refined"]).all() for r in rep.rows)
+    assert rep.summary["with_clean"] == 6 and rep.summary["base_rate"] == pytest.approx(1 / 6)
+    with pytest.raises(UserError, match="needs an ssddet run|not a training checkpoint"):
+        ssddet.audit(out / "model_final.pt", ann)
+
+
+def test_ranking_precision_on_a_hand_built_case():
+    from ssddet.tools.audit import ranking_precision
+
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    iou_clean = np.array([0.2, 0.3, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    # top ceil(10 % of 12) = 2 by score: annotations 0 (wrong) and 2 (right); 3 of 12 wrong overall
+    assert ranking_precision(scores, iou_clean) == (0.5, 0.25, 2)
+
+
+def test_export_onnx_matches_pytorch(run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    _, _, out = run
+    # 110 px: torchvision's float32 resize arithmetic would give 63 px instead of eager PyTorch's 64
+    write_image(tmp_path / "check.png", 110, 110)
+    dst = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(out / "model_final.pt"), "--out", str(dst), "--image",
+                 str(tmp_path / "check.png")]) == 0
+    text = capsys.readouterr().out
+    assert "on a 110x110 image" in text and "tolerance: 0.05 px, 0.001 score: OK" in text
+    meta = {p.key: p.value for p in onnx.load(str(dst), load_external_data=False).metadata_props}
+    assert [c["id"] for c in json.loads(meta["categories"])] == [3, 7, 42]
+
+
+def test_match_detections_pairs_reordered_ties():
+    from ssddet.tools.export import match_detections
+
+    ref = {"boxes": [[0, 0, 10, 10], [5, 5, 20, 20]], "scores": [0.5, 0.5], "labels": [1, 2]}
+    got = {"boxes": [[5, 5, 20.01, 20], [0, 0, 10, 10]], "scores": [0.5, 0.5001], "labels": [2, 1]}
+    dbox, dscore, dcount = match_detections(ref, got)
+    assert dbox == pytest.approx(0.01) and dscore == pytest.approx(1e-4) and dcount == 0
+    assert match_detections(ref, {k: v[:1] for k, v in got.items()})[0] == float("inf")
+
+
+def test_api_check_and_evaluate(tiny_coco):
+    root, ann, coco = tiny_coco
+    text, status = ssddet.check(ann)
+    assert status == 0 and text.endswith("OK")
+    results = [{"image_id": 4, "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in coco["annotations"] if a["image_id"] == 4]
+    (root / "res.json").write_text(json.dumps(results))
+    assert ssddet.evaluate(results=root / "res.json", data=str(root))["AP"] == pytest.approx(1.0)
