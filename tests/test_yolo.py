@@ -9,8 +9,8 @@ from conftest import write_image
 
 from ssddet.cli import main
 from ssddet.data.coco import load_coco
-from ssddet.errors import UserError
 from ssddet.data.yolo import parse_line, to_coco_box, to_yolo_box, yolo2coco
+from ssddet.errors import UserError
 
 
 @pytest.fixture

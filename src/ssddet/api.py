@@ -98,9 +98,9 @@ def _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save
               workers) -> tuple[dict, int]:
     """`evaluate` -> (metrics, number of images evaluated)."""
     from .config import DataConfig
-    from .errors import UserError
     from .data.splits import load_split
     from .engine.evaluate import coco_evaluate, load_results
+    from .errors import UserError
 
     if not checkpoint and not results:
         raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
@@ -123,10 +123,10 @@ def _predict_records(checkpoint, data, records, device: str, batch_size: int, wo
     from torch.utils.data import DataLoader
 
     from .data.dataset import CocoDetection, collate
-    from .errors import UserError
+    from .engine.device import resolve_device
     from .engine.evaluate import predict as _predict
     from .engine.inference import load_detector as _load
-    from .engine.device import resolve_device
+    from .errors import UserError
 
     detector, meta = _load(checkpoint)
     cats = meta.get("categories")
@@ -206,8 +206,8 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
     `draw`) one PNG per image. `checkpoint` may also be a `load_detector` result."""
     import json
 
-    from .errors import UserError
     from .engine.device import resolve_device
+    from .errors import UserError
     from .tools.predict import RESULTS_NAME, collect_images, predict_images
 
     if isinstance(images, (str, Path)):
@@ -258,8 +258,8 @@ def audit(checkpoint, ann, *, images=None, split: str | None = None, out=None, h
     (rows worst first, summary with the ranking precision when `true_bbox` is known); CSV to `out`, HTML to
     `html` if given."""
     from .data.coco import load_coco
-    from .errors import UserError
     from .engine.device import resolve_device
+    from .errors import UserError
     from .tools.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
     from .tools.refine import load_refiner_method
 
@@ -302,8 +302,8 @@ def yolo2coco(out, *, yaml_path=None, images=None, names=None, split: str = "tra
 
 def voc2coco(voc_root, out, *, splits=("train", "val", "test")) -> dict:
     """Pascal VOC XML folders -> COCO dict with `split` from ImageSets/Main, written to `out`."""
-    from .errors import UserError
     from .data.voc import voc2coco as _convert
+    from .errors import UserError
 
     try:
         return _convert(voc_root, out, splits=tuple(splits))

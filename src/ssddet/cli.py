@@ -8,10 +8,10 @@ import sys
 
 from . import __version__
 from .errors import UserError
+from .tools.audit import add_audit_parser, cmd_audit
 from .tools.check import add_check_parser, cmd_check
 from .tools.data import add_data_parser, cmd_data
 from .tools.eval import add_eval_parser, cmd_eval
-from .tools.audit import add_audit_parser, cmd_audit
 from .tools.export import add_export_parser, cmd_export
 from .tools.noise import add_noise_parser, cmd_noise
 from .tools.plot import add_plot_parser, cmd_plot

@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
-
-from ..errors import UserError
 
 log = logging.getLogger("ssddet")
 
