@@ -151,7 +151,7 @@ def _parse_categories(d: dict, src: str) -> list[dict]:
     return sorted(cats, key=lambda c: c["id"])
 
 
-def _image_size_from_file(path: Path) -> tuple[int, int] | None:
+def image_size_from_file(path: Path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
@@ -175,7 +175,7 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
         w, h = _as_number(im.get("width")), _as_number(im.get("height"))
         path = root / fn
         if w is None or h is None or w < 1 or h < 1:
-            size = _image_size_from_file(path)
+            size = image_size_from_file(path)
             if size is None:
                 raise UserError(f"{src}: image {iid} ({fn}) has no valid width/height and the file {path} "
                                 "cannot be read")

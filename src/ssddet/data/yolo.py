@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .coco import image_size_from_file
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -147,16 +148,6 @@ def to_yolo_box(bbox: list[float], width: int, height: int) -> np.ndarray:
     return np.array([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
 
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError):
-        return None
-
-
 def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict:
     """{split: image paths} + class names -> COCO dict (file_name relative to `base`; the counts and the
     round-trip check in info.ssddet_yolo2coco)."""
@@ -169,7 +160,7 @@ def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict
 
     for split, paths in splits.items():
         for path in paths:
-            size = _image_size(path)
+            size = image_size_from_file(path)
             if size is None:
                 skip("unreadable or missing image", str(path))
                 continue
