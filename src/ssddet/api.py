@@ -27,7 +27,7 @@ def load_detector(checkpoint: str | Path):
 
 def _config(config) -> Any:
     from .config import Config
-    from .data.coco import read_json
+    from .config_overrides import load_config_file
     from .errors import UserError
 
     if config is None:
@@ -35,7 +35,7 @@ def _config(config) -> Any:
     if isinstance(config, Config):
         return config
     if isinstance(config, (str, Path)):
-        config = read_json(config, what="config file")
+        return load_config_file(config)
     try:
         return Config.from_dict(config)
     except (ValueError, TypeError) as e:
@@ -46,6 +46,7 @@ def _set_fields(cfg, fields: dict) -> None:
     """Set config fields named "section.key" or by a key that only one section has (e.g. noise, epochs)."""
     import dataclasses
 
+    from .config_overrides import typed_value
     from .errors import UserError
 
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
@@ -59,7 +60,8 @@ def _set_fields(cfg, fields: dict) -> None:
         if len(owners) != 1:
             what = "unknown" if not owners else f"ambiguous (in {', '.join(owners)}; write section.{key})"
             raise UserError(f"config field {name!r} is {what}")
-        setattr(sections[owners[0]], key, value)
+        sub = sections[owners[0]]
+        setattr(sub, key, typed_value(f"config field {name!r}", getattr(sub, key), value))
 
 
 def train(config=None, *, resume: bool = False, command: str | None = None, **fields) -> dict:

@@ -121,10 +121,10 @@ def apply_overrides(cfg: Config, items: list[str]) -> None:
         if not sep or sub is None or not dataclasses.is_dataclass(sub) or field not in sub.__dataclass_fields__:
             raise UserError(f"--set {item}: expected SECTION.KEY=VALUE with a known config field "
                             f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
-        setattr(sub, field, _typed(f"--set {item}", getattr(sub, field), _parse_value(value)))
+        setattr(sub, field, typed_value(f"--set {item}", getattr(sub, field), _parse_value(value)))
 
 
-def _typed(what: str, current, value):
+def typed_value(what: str, current, value):
     """Check an override against the field's current value type (None-valued fields accept anything)."""
     if current is None or value is None:
         return value
