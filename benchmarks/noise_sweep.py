@@ -298,10 +298,11 @@ def markdown(summary: dict) -> str:
                                       iou, f"{r['minutes']:.0f}"]) + " |")
     m = summary["machine"]
     out += ["", *comparisons(rows), "",
-            f"Produced by `{summary['command']}` (preset `{summary['preset']}`: `{' '.join(summary['preset_args'])}`) "
-            f"on {m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}), {summary['threads']} threads per run, "
-            f"{summary['jobs']} runs side by side; {summary['n_cells']} of {summary['n_planned']} cells; "
-            f"{summary['cell_hours']:.1f} run-hours. Mean ± sample SD over the seeds listed; test split, final "
+            f"Cells trained with preset `{summary['preset']}` (`{' '.join(summary['preset_args'])}`) on "
+            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}), {summary['cell_threads']} thread(s) per "
+            f"run; {summary['n_cells']} of {summary['n_planned']} planned cells; {summary['cell_hours']:.1f} "
+            f"run-hours (wall time of each run, machine shared). Table written by `{summary['command']}`. "
+            f"Mean ± sample SD over the seeds listed; test split, final "
             f"epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on mean test AP."]
     return "\n".join(out)
 
@@ -362,14 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
                "preset": a.preset, "preset_args": PRESETS[a.preset], "extra": a.extra, "jobs": a.jobs,
                "threads": threads, "n_planned": len(cells), "n_cells": len(found),
+               "cell_threads": "/".join(str(t) for t in sorted({c.get("threads") for c in found if c.get("threads")})),
                "cell_hours": sum((c["wall_s"] or 0) for c in found) / 3600, "elapsed_s": time.time() - t0,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
                            "torch": torch.__version__},
                "rows": aggregate(found), "cells": found}
     previous = Path(f"{results}.json")
-    if a.report_only and previous.is_file():  # the table keeps saying how the cells were produced
+    if a.report_only and previous.is_file():  # the machine the cells ran on, not the one writing the table
         old = json.loads(previous.read_text())
-        summary.update({k: old[k] for k in ("command", "jobs", "threads", "elapsed_s", "machine") if k in old})
+        summary.update({k: old[k] for k in ("machine",) if k in old})
     Path(f"{results}.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = markdown(summary)
     Path(f"{results}.md").write_text(md + "\n")
