@@ -105,3 +105,24 @@ def test_help_shows_the_config_defaults(capsys):
                         ("--backbone", d.model.backbone), ("--noise NOISE", d.data.noise),
                         ("--amp, --no-amp", d.train.amp)):
         assert flag in text and f"(default: {value})" in text, flag
+
+
+def test_resume_continues_the_run_where_output_says_even_if_it_moved(tmp_path):
+    path, saved = _saved_run_config(tmp_path)  # its config.json says train.output = tmp/old_run
+    moved = tmp_path / "moved"
+    path.parent.rename(moved)
+    cfg = _resolve("--output", str(moved), "--resume", "--epochs", "99")
+    assert cfg.train.output == str(moved)  # not the recorded tmp/old_run, which no longer exists
+    assert cfg.train.epochs == saved["train"]["epochs"]  # the run's own settings, flags ignored
+
+
+def test_api_train_checks_like_the_cli(tmp_path):
+    import ssddet
+    from ssddet.errors import UserError
+
+    with pytest.raises(UserError, match="--resume needs --output"):
+        ssddet.train(resume=True, epochs=1)
+    with pytest.raises(UserError, match="must be >= 1"):
+        ssddet.train(epochs=0, output=tmp_path / "r")  # a Path is accepted for a path field
+    with pytest.raises(UserError, match="expected a int"):
+        ssddet.train(epochs="six")

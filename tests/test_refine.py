@@ -134,3 +134,24 @@ def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypa
     torch.testing.assert_close(seen["avoid"][0], torch.tensor([[80.0, 50.0, 100.0, 70.0],
                                                                [140.0, 20.0, 180.0, 40.0]]))
     assert seen["avoid"][1].shape == (0, 4)
+
+
+def test_refine_unreadable_checkpoint_is_one_line_error(tmp_path, capsys):
+    from ssddet.cli import main
+
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["refine", "--checkpoint", str(bad), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssddet refine: error:") and "cannot load checkpoint" in err and "\n" not in err
+
+
+def test_a_noisy_copy_is_not_noised_again(tmp_path):
+    import json
+
+    from ssddet.api import _holds_true_boxes
+
+    noisy, clean = tmp_path / "noisy.json", tmp_path / "clean.json"
+    noisy.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4], "true_bbox": [0, 0, 5, 5]}]}))
+    clean.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4]}]}))
+    assert _holds_true_boxes(noisy) and not _holds_true_boxes(clean)

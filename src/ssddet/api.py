@@ -10,6 +10,7 @@ Bad input raises `ssddet.errors.UserError` with a one-line message naming the fi
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def _set_fields(cfg, fields: dict) -> None:
             what = "unknown" if not owners else f"ambiguous (in {', '.join(owners)}; write section.{key})"
             raise UserError(f"config field {name!r} is {what}")
         sub = sections[owners[0]]
+        if isinstance(value, os.PathLike):  # paths are stored as strings (config.json)
+            value = os.fspath(value)
         setattr(sub, key, typed_value(f"config field {name!r}", getattr(sub, key), value))
 
 
@@ -85,6 +88,9 @@ def train(config=None, *, resume: bool = False, command: str | None = None, **fi
     if not isinstance(config, Config) and not given:
         # a fresh directory, also when starting from a run's config.json: re-running it must not overwrite it
         cfg.train.output = f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    from .config_overrides import validate
+
+    validate(cfg, resume=resume, output_given=bool(given) or isinstance(config, Config))
     return _train(cfg, resume=resume, command=command)
 
 
@@ -156,6 +162,12 @@ def refine(checkpoint, *, out=None, data=None, train_ann=None, images=None, spli
     if data or train_ann:
         cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
         cfg.data.images = images
+        if train_ann and cfg.data.noise and _holds_true_boxes(train_ann):
+            log.info("%s already holds noisy boxes (it has true_bbox): the run's noise %.2f is not applied "
+                     "again", train_ann, cfg.data.noise)
+            cfg.data.noise = 0.0
+    elif images:
+        cfg.data.images = images
     if split:
         cfg.data.train_split = split
     raw, _, records = training_split_json(cfg.data)
@@ -171,6 +183,13 @@ def refine(checkpoint, *, out=None, data=None, train_ann=None, images=None, spli
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(d))
     return d
+
+
+def _holds_true_boxes(path) -> bool:
+    """Whether a COCO file is a noisy copy (`ssddet noise` keeps the clean box as `true_bbox`)."""
+    from .data.coco import read_json
+
+    return any("true_bbox" in a for a in read_json(path).get("annotations", []))
 
 
 def noise(ann, *, level: float = 0.4, seed: int = 45, split: str | None = None, images=None, out=None) -> dict:
@@ -239,6 +258,7 @@ def show(ann, *, images=None, compare=(), out, ids=None, n: int = 16, split: str
 
     raw = read_json(ann)
     data = load_coco(ann, images)
+    compare = [compare] if isinstance(compare, (str, Path)) else compare
     comp = [(Path(c), read_any_json(Path(c))) for c in compare]
     return show_images(data, raw, comp, Path(out), ids=ids, n=n, split=split, score=score)
 

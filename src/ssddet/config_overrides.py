@@ -167,7 +167,9 @@ def config_from_args(a: argparse.Namespace) -> Config:
         # a resumed run continues with exactly the settings it started with
         log.info("--resume: using %s/config.json (other training options on the command line are ignored)",
                  a.output)
-        return load_config_file(Path(a.output) / "config.json")
+        cfg = load_config_file(Path(a.output) / "config.json")
+        cfg.train.output = a.output  # where the run is now (it may have moved, or --output be relative)
+        return cfg
     cfg = load_config_file(a.config) if a.config else Config()
     for flag, field, _ in train_flags():
         if hasattr(a, _flag_dest(flag)):  # given on the command line (the parser's default is SUPPRESS)
@@ -178,8 +180,13 @@ def config_from_args(a: argparse.Namespace) -> Config:
     # config.json must not overwrite that run
     cfg.train.output = a.output or f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     apply_overrides(cfg, a.set)
-    if a.resume and not a.output:
+    validate(cfg, resume=a.resume, output_given=bool(a.output))
+    return cfg
+
+
+def validate(cfg: Config, resume: bool, output_given: bool) -> None:
+    """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read."""
+    if resume and not output_given:
         raise UserError("--resume needs --output DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
-    return cfg

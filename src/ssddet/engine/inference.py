@@ -19,7 +19,8 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
     try:
         ck = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - a corrupt/foreign file is a user error
-        raise UserError(f"{path}: cannot load checkpoint ({e})") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # not torch's multi-line weights_only advice
+        raise UserError(f"{path}: cannot load checkpoint ({first})") from None
     if "model" in ck and "meta" in ck:
         state, meta = ck["model"], ck["meta"]
     elif "method" in ck and "config" in ck:  # a training checkpoint: take the detector part

@@ -29,10 +29,17 @@ def load_refiner_method(path: str | Path, device: torch.device):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    ck = load_checkpoint(path)
-    if "method" not in ck or "config" not in ck:
+    try:
+        ck = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt/foreign file: a user-level error
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # not torch's multi-line weights_only advice
+        raise UserError(f"{path}: cannot load checkpoint ({first})") from None
+    if not isinstance(ck, dict) or "method" not in ck or "config" not in ck:
         raise UserError(f"{path}: not a training checkpoint (use run/checkpoint.pt, which holds the refiner)")
-    cfg = Config.from_dict(ck["config"], src=str(path))
+    try:
+        cfg = Config.from_dict(ck["config"], src=str(path))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
     if cfg.train.method != "ssddet":
         raise UserError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
     num_classes = ck["meta"]["num_classes"]
