@@ -186,6 +186,8 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     if cell.method == "ssddet+fr":  # the boxes it trained on are the export's
         iou_noisy, iou = export_ious(runs / f"{cell.name}.refined.json")
     wall = run / "wall_seconds.txt"
+    if not wall.is_file():  # a run trained while no sweep process waited on it: its epochs' own seconds
+        wall.write_text(f"{sum(e.get('seconds', 0.0) for e in epochs):.0f}\n")
     return {"cell": cell.name, "noise": cell.noise, "method": cell.method, "seed": cell.seed, "spec": spec,
             "test": {k: test[k] for k in ("AP", "AP50", "AP75", "per_class")},
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
