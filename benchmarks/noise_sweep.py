@@ -301,8 +301,8 @@ def markdown(summary: dict) -> str:
     m = summary["machine"]
     out += ["", *comparisons(rows), "",
             f"Cells trained with preset `{summary['preset']}` (`{' '.join(summary['preset_args'])}`) on "
-            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}), {summary['cell_threads']} thread(s) per "
-            f"run; {summary['n_cells']} of {summary['n_planned']} planned cells; {summary['cell_hours']:.1f} "
+            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}); "
+            f"{summary['n_cells']} of {summary['n_planned']} planned cells; {summary['cell_hours']:.1f} "
             f"run-hours (wall time of each run, machine shared). Table written by `{summary['command']}`. "
             f"Mean ± sample SD over the seeds listed; test split, final "
             f"epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on mean test AP."]
@@ -365,7 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
                "preset": a.preset, "preset_args": PRESETS[a.preset], "extra": a.extra, "jobs": a.jobs,
                "threads": threads, "n_planned": len(cells), "n_cells": len(found),
-               "cell_threads": "/".join(str(t) for t in sorted({c.get("threads") for c in found if c.get("threads")})),
                "cell_hours": sum((c["wall_s"] or 0) for c in found) / 3600, "elapsed_s": time.time() - t0,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
                            "torch": torch.__version__},

@@ -76,7 +76,7 @@ def test_markdown_and_readme_block(sweep, tmp_path):
     cells = [_cell(0.0, "vanilla", 0, 0.5), _cell(0.4, "vanilla", 0, 0.1), _cell(0.4, "ssddet", 0, 0.3, 0.6)]
     summary = {"rows": sweep.aggregate(cells), "command": "python benchmarks/noise_sweep.py", "preset": "cpu",
                "preset_args": ["--epochs", "6"], "machine": {"cpus": 2, "platform": "Linux", "torch": "2.x"},
-               "threads": 1, "jobs": 2, "cell_threads": "1", "n_cells": 3, "n_planned": 17, "cell_hours": 0.5}
+               "threads": 1, "jobs": 2, "n_cells": 3, "n_planned": 17, "cell_hours": 0.5}
     md = sweep.markdown(summary)
     assert "| 40% | ssddet | 0 | 0.300 | 0.600 | 0.150 | 0.300 | 0.000 | 50% | 0.500 → 0.600 | 10 |" in md
     assert "seed spread not measured (1 seed)" in md and "3 of 17 planned cells" in md
