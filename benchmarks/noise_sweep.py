@@ -271,10 +271,12 @@ def comparisons(rows: list[dict]) -> list[str]:
             o = by[other]
             diff, spread = s["AP"][0] - o["AP"][0], max(s["AP"][1], o["AP"][1])
             seeds = min(s["AP"][2], o["AP"][2])
-            verdict = ("seed spread not measured (1 seed)" if seeds < 2 else
-                       "beyond the seed spread" if abs(diff) > spread else "within the seed spread")
-            lines.append(f"- {noise:.0%} noise: SSD-Det − {other} = {diff:+.3f} test AP (largest seed SD "
-                         f"{spread:.3f}, seeds: {seeds}): {verdict}.")
+            head = f"- {noise:.0%} noise: SSD-Det − {other} = {diff:+.3f} test AP"
+            if seeds < 2:
+                lines.append(f"{head}: seed spread not measured (1 seed).")
+                continue
+            verdict = "beyond the seed spread" if abs(diff) > spread else "within the seed spread"
+            lines.append(f"{head} (largest seed SD {spread:.3f}, seeds: {seeds}): {verdict}.")
     return lines
 
 
