@@ -8,11 +8,10 @@ import math
 import pytest
 import torch
 from test_resume import assert_same_state
-from test_train import read_log, train_args, write_shapes_coco
+from test_train import crash_after_first_epoch, read_log, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.engine import train as train_mod
-from ssddet.engine.train import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -48,16 +47,9 @@ def test_resume_on_cuda(shapes, tmp_path, monkeypatch):
     extra = ("--device", "cuda", "--noise", "0.3", "--set", "train.deterministic=true")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(train_args(shapes, straight, "ssddet", 2, 2, *extra)) == 0
-    orig = Trainer._save
-
-    def save_then_crash(self, metrics, **kw):
-        orig(self, metrics, **kw)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    assert main(train_args(shapes, resumed, "ssddet", 2, 2, *extra)) == 130
-    monkeypatch.setattr(Trainer, "_save", orig)
+    with monkeypatch.context() as m:
+        crash_after_first_epoch(m, KeyboardInterrupt)
+        assert main(train_args(shapes, resumed, "ssddet", 2, 2, *extra)) == 130
     assert main(train_args(shapes, resumed, "ssddet", 2, 2, *extra, "--resume")) == 0
     a = torch.load(straight / "checkpoint.pt", weights_only=True)
     b = torch.load(resumed / "checkpoint.pt", weights_only=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import read_log, train_args, write_shapes_coco
+from test_train import crash_after_first_epoch, read_log, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.engine import train as train_mod
@@ -71,17 +71,10 @@ def test_resume_after_epoch_equals_straight_run(workers, tmp_path, monkeypatch):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(train_args(data, straight, "ssddet", 2, 2, *extra)) == 0
 
-    orig_save = Trainer._save
-
-    def save_then_crash(self, metrics, **kw):
-        orig_save(self, metrics, **kw)
-        if self.epoch == 1:
-            raise _Crash
-
-    monkeypatch.setattr(Trainer, "_save", save_then_crash)
-    with pytest.raises(_Crash):
-        main(train_args(data, resumed, "ssddet", 2, 2, *extra))
-    monkeypatch.setattr(Trainer, "_save", orig_save)
+    with monkeypatch.context() as m:
+        crash_after_first_epoch(m, _Crash)
+        with pytest.raises(_Crash):
+            main(train_args(data, resumed, "ssddet", 2, 2, *extra))
     assert torch.load(resumed / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert main(train_args(data, resumed, "ssddet", 2, 2, *extra, "--resume")) == 0
 

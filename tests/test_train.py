@@ -69,6 +69,18 @@ def train_args(data: Path, out: Path, method: str = "vanilla", epochs: int = 2, 
     return [*args, *extra]
 
 
+def crash_after_first_epoch(monkeypatch, exc: type[BaseException]) -> None:
+    """Make every Trainer raise `exc` right after writing epoch 1's checkpoint (a run killed there)."""
+    orig_save = train_mod.Trainer._save
+
+    def save_then_crash(self, metrics, **kw):
+        orig_save(self, metrics, **kw)
+        if self.epoch == 1:
+            raise exc
+
+    monkeypatch.setattr(train_mod.Trainer, "_save", save_then_crash)
+
+
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
