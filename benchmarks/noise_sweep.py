@@ -12,7 +12,8 @@ test split. The 0 % row is each method's clean reference. Seeds: every cell of t
 vanilla cell run with every `--seeds` entry; the other cells with the first seed only (`--all-seeds` runs all).
 
 Resumable: each finished cell writes RESULTS/cells/CELL.json (kept in git) and a re-run skips it when its recorded
-spec (the run's full resolved config minus paths and worker counts) still matches; a run directory under RUNS that
+spec (the run's full resolved config minus paths and worker counts) still matches (and, for a `ssddet+fr`
+cell, its SSD-Det run has not been retrained since); a run directory under RUNS that
 finished with a matching config is scored without retraining (`--adopt CELL=RUN_DIR` scores a run trained
 elsewhere, after the same check). `--jobs N` runs N cells side by side with (CPU cores / N) threads each; a
 `ssddet+fr` cell waits for its SSD-Det cell. Writes RESULTS.json and RESULTS.md (the tables), and with `--readme`
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -162,16 +164,37 @@ def export_ious(path: Path) -> tuple[float, float]:
     return mean_iou(noisy), mean_iou(ref)
 
 
+def parent_checkpoint(cell: Cell, a, runs: Path) -> Path | None:
+    """The checkpoint of the SSD-Det run a `ssddet+fr` cell exports from (None for other cells)."""
+    if cell.parent is None:
+        return None
+    return Path(a.adopt.get(cell.parent.name, runs / cell.parent.name)) / "checkpoint.pt"
+
+
+def newer(a: Path, b: Path) -> bool:
+    """Whether file `a` exists and was written after `b` (or `b` is missing): make's rule."""
+    return a.is_file() and (not b.is_file() or a.stat().st_mtime > b.stat().st_mtime)
+
+
+def fr_stale(cell: Cell, a, runs: Path, cell_json: Path) -> bool:
+    """A `ssddet+fr` cell whose SSD-Det run was (re)trained after the cell was written: its export, and so the
+    re-training on it, are out of date even though its own spec (a vanilla run) still matches. In a fresh clone
+    there are no run directories and the recorded cell stands."""
+    ckpt = parent_checkpoint(cell, a, runs)
+    return ckpt is not None and newer(ckpt, cell_json)
+
+
 def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     """Train (unless a finished matching run exists), score the final model on the test split, return the cell."""
     run = Path(a.adopt.get(cell.name, runs / cell.name))
     log = runs / f"{cell.name}.log"
     t0 = time.time()
     if cell.method == "ssddet+fr":
-        parent = Path(a.adopt.get(cell.parent.name, runs / cell.parent.name))
-        refined = runs / f"{cell.name}.refined.json"
-        if not refined.is_file():
-            _ssddet(["refine", "--checkpoint", str(parent / "checkpoint.pt"), "--out", str(refined)], threads, log)
+        ckpt, refined = parent_checkpoint(cell, a, runs), runs / f"{cell.name}.refined.json"
+        if newer(ckpt, refined):  # no export yet, or one of an earlier SSD-Det run
+            _ssddet(["refine", "--checkpoint", str(ckpt), "--out", str(refined)], threads, log)
+            if run == runs / cell.name and newer(refined, run / "metrics.json"):
+                shutil.rmtree(run, ignore_errors=True)  # trained on the old export: retrain
     spec = expected_spec(cell, a, runs, threads)
     if not finished_run(run, spec):
         if run != runs / cell.name:
@@ -350,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(c: Cell) -> None:
         path = cell_file(c)
-        if path.is_file() and same_spec(json.loads(path.read_text())["spec"], expected_spec(c, a, runs, threads)):
+        if (path.is_file() and not fr_stale(c, a, runs, path)
+                and same_spec(json.loads(path.read_text())["spec"], expected_spec(c, a, runs, threads))):
             print(f"[sweep] {c.name}: done already", flush=True)
             return
         print(f"[sweep] {c.name}: running", flush=True)

@@ -10,6 +10,7 @@ import pytest
 from ssddet.cli import build_parser, main
 from ssddet.config import PAPER_REFINER, Config, SSDDetConfig
 from ssddet.config_overrides import config_from_args, train_flags
+from ssddet.errors import UserError
 
 
 def _resolve(*args: str) -> Config:
@@ -27,7 +28,7 @@ def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
     t.method, t.epochs, t.lr, t.batch_size, t.lr_schedule, t.warmup_iters = "oamil", 20, 0.02, 4, "cosine", 50
     t.seed, t.eval_every, t.max_iters_per_epoch, t.amp, t.nan_policy, t.device = 3, 2, 9, True, "skip", "cpu"
     t.output = str(tmp_path / "old_run")
-    cfg.ssddet.top_k = 5
+    cfg.ssddet.top_k, cfg.ssddet.sampler = 5, "large"  # a run's config.json holds the resolved preset
     cfg.oamil.oaie_num = 2
     path = tmp_path / "old_run" / "config.json"
     path.parent.mkdir()
@@ -57,7 +58,7 @@ def test_given_flags_override_the_config_file(tmp_path):
 
 def test_every_train_flag_reaches_its_field():
     """Each table row is wired: the flag given alone changes exactly its field."""
-    default = Config().to_dict()
+    default = _resolve("--output", "o").to_dict()  # the defaults as a run resolves them ("by-noise" -> small)
     for flag, field, opts in train_flags():
         section, key = field.split(".")
         if opts.get("action") is not None:  # --x / --no-x
@@ -82,7 +83,7 @@ def test_refiner_preset_over_a_config_file(tmp_path):
     path = tmp_path / "paper.json"
     path.write_text(json.dumps(cfg.to_dict()))
     assert _resolve("--config", str(path)).ssddet == cfg.ssddet  # not given: the file's paper settings stay
-    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig()
+    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig(sampler="small")
     assert _resolve("--refiner", "paper").ssddet == cfg.ssddet
 
 
@@ -126,3 +127,24 @@ def test_api_train_checks_like_the_cli(tmp_path):
         ssddet.train(epochs=0, output=tmp_path / "r")  # a Path is accepted for a path field
     with pytest.raises(UserError, match="expected a int"):
         ssddet.train(epochs="six")
+
+
+@pytest.mark.parametrize("args, bag", [
+    ((), "small"),  # the user's own boxes: noise level unknown
+    (("--noise", "0.2"), "small"),
+    (("--noise", "0.3"), "large"),
+    (("--noise", "0.4"), "large"),
+    (("--noise", "0.4", "--set", "ssddet.sampler=small"), "small"),  # an explicit preset wins
+    (("--set", "ssddet.sampler=auto"), "auto"),
+    (("--refiner", "paper"), "large"),
+])
+def test_by_noise_sampler_is_resolved_when_the_run_starts(args, bag):
+    """The released configs' rule (small bag at 10/20 % noise, large at 30/40 %), written into the config so
+    that eval/refine and --config reruns rebuild the same refiner."""
+    assert SSDDetConfig().sampler == "by-noise"
+    assert _resolve(*args).ssddet.sampler == bag
+
+
+def test_unknown_sampler_is_a_user_error():
+    with pytest.raises(UserError, match="ssddet.sampler must be one of"):
+        _resolve("--set", "ssddet.sampler=huge")

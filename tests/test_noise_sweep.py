@@ -113,3 +113,29 @@ def test_same_spec_tolerates_fields_added_with_their_default(sweep):
     assert not sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 8}})
     assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005}})
     assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})
+
+
+def test_fr_cell_is_stale_once_its_ssddet_run_is_retrained(sweep, tmp_path):
+    """A +FR cell's own spec (a vanilla run on the export) cannot see its SSD-Det run change: modification
+    times do, and an adopted SSD-Det run counts as its parent."""
+    import os
+    from types import SimpleNamespace
+
+    runs, a = tmp_path / "runs", SimpleNamespace(adopt={})
+    fr, ssd = sweep.Cell(0.4, "ssddet+fr", 0), sweep.Cell(0.4, "ssddet", 0)
+    cell_json = tmp_path / "cell.json"
+    cell_json.write_text("{}")
+    assert sweep.parent_checkpoint(ssd, a, runs) is None and not sweep.fr_stale(ssd, a, runs, cell_json)
+    assert not sweep.fr_stale(fr, a, runs, cell_json)  # no run directories (a fresh clone): the cell stands
+    ckpt = runs / "n40_ssddet_s0" / "checkpoint.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_text("x")
+    os.utime(cell_json, (1e9, 1e9))  # the cell was written long before the SSD-Det run
+    assert sweep.fr_stale(fr, a, runs, cell_json)
+    os.utime(ckpt, (1e8, 1e8))
+    assert not sweep.fr_stale(fr, a, runs, cell_json)
+    adopted = tmp_path / "elsewhere" / "checkpoint.pt"
+    adopted.parent.mkdir()
+    adopted.write_text("x")
+    a.adopt = {"n40_ssddet_s0": str(adopted.parent)}
+    assert sweep.parent_checkpoint(fr, a, runs) == adopted and sweep.fr_stale(fr, a, runs, cell_json)

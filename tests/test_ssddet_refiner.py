@@ -326,3 +326,13 @@ def test_cuda_autocast_fp16():
         )
     _check(out)
     sum(out.losses.values()).backward()
+
+
+def test_unresolved_by_noise_sampler_takes_the_small_bag():
+    """A refiner built from a bare config (no run, so no known noise level) uses the small bag; a bad name is
+    refused."""
+    ref = _refiner(sampler="by-noise").train()
+    assert ref.sampler_name() == "small"
+    assert ref(_features(), SIZES, BOXES, LABELS).stats["bag_size"] == 45
+    with pytest.raises(ValueError, match="sampler must be"):
+        _refiner(sampler="huge")

@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from .config import PAPER_REFINER, Config, SSDDetConfig
+from .config import PAPER_REFINER, SAMPLERS, Config, SSDDetConfig, resolve_sampler
 from .errors import UserError
 
 log = logging.getLogger("ssddet")
@@ -185,7 +185,11 @@ def config_from_args(a: argparse.Namespace) -> Config:
 
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
-    """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read."""
+    """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves
+    the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`), so config.json records it."""
+    if cfg.ssddet.sampler not in SAMPLERS:
+        raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
+    cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     if resume and not output_given:
         raise UserError("--resume needs --output DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...config import SSDDetConfig
+from ...config import SSDDetConfig, resolve_sampler
 from ...data.boxes import box_wh, clip_boxes, replace_degenerate
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
@@ -80,8 +80,11 @@ class SSDDetRefiner(nn.Module):
         super().__init__()
         if cfg.num_stages not in (1, 2):
             raise ValueError(f"num_stages must be 1 or 2, got {cfg.num_stages}")
-        if cfg.sampler not in ("large", "small", "auto"):
-            raise ValueError(f"sampler must be large, small or auto, got {cfg.sampler!r}")
+        # "by-noise" is resolved when a run starts (config_overrides.validate); a refiner built from a bare
+        # config knows no noise level and takes the small bag
+        sampler = resolve_sampler(cfg.sampler, None)
+        if sampler not in ("large", "small", "auto"):
+            raise ValueError(f"sampler must be by-noise, large, small or auto, got {cfg.sampler!r}")
         self.cfg = cfg
         self.num_classes = int(num_classes)
         self.box_roi_pool = box_roi_pool
@@ -98,7 +101,7 @@ class SSDDetRefiner(nn.Module):
         self.ins1 = nn.Linear(d, k) if two else None
         self.sisd = (SISDHead(in_features, d, ore=cfg.ore, trunk=build_trunk(in_channels, resolution, d, red))
                      if (cfg.sisd and two) else None)
-        state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[cfg.sampler]
+        state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[sampler]
         self.register_buffer("sampler_state", torch.tensor(state, dtype=torch.long))
         self.register_buffer("auto_iter", torch.zeros((), dtype=torch.long))
         n_hist = int(cfg.auto_iters) if int(cfg.auto_iters) > 0 else AUTO_WINDOW
