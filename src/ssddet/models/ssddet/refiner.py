@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ...config import SSDDetConfig, resolve_sampler
+from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
 from ...data.boxes import box_wh, clip_boxes, replace_degenerate
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
@@ -82,9 +82,9 @@ class SSDDetRefiner(nn.Module):
             raise ValueError(f"num_stages must be 1 or 2, got {cfg.num_stages}")
         # "by-noise" is resolved when a run starts (config_overrides.validate); a refiner built from a bare
         # config knows no noise level and takes the small bag
+        if cfg.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
         sampler = resolve_sampler(cfg.sampler, None)
-        if sampler not in ("large", "small", "auto"):
-            raise ValueError(f"sampler must be by-noise, large, small or auto, got {cfg.sampler!r}")
         self.cfg = cfg
         self.num_classes = int(num_classes)
         self.box_roi_pool = box_roi_pool
