@@ -58,10 +58,10 @@ class SSDDetConfig:
     sisd: bool = True  # SISD IoU branch
     ore: bool = True  # object relevance enhancement (add bag mean feature)
     top_k: int = 7
-    # the bag: large (P=125) | small (P=45) | auto (large, then small if SPSD-I corrections are small) |
-    # by-noise (the released configs' rule: large when the injected noise level is >= 0.3, else small;
-    # resolved when the run starts, so config.json records the preset used; `resolve_sampler`)
-    sampler: str = "by-noise"
+    # the bag: large (P=125, every noise level: docs/method.md §5.5) | small (P=45) | auto (large, then small if
+    # SPSD-I corrections are small) | by-noise (the released configs' rule: large when the injected noise level is
+    # >= 0.3, else small; resolved when the run starts, so config.json records the preset used; `resolve_sampler`)
+    sampler: str = "large"
     auto_iters: int = 0  # sampler="auto": decide after this many iterations; 0 = at the end of the warm-up
     auto_thresh: float = 0.1  # sampler="auto": "small" if the median relative SPSD-I correction is below this
     scale_ranges: list | None = None  # overrides the preset if given
@@ -69,7 +69,13 @@ class SSDDetConfig:
     valid_iof: float = 0.7
     num_negatives: int = 100  # random negatives per image (paper: 500)
     neg_iou_thresh: float = 0.3
-    max_objects_per_image: int = 4  # objects refined per image per iteration (<=0: all); the rest use the bank
+    max_objects_per_image: int = 8  # objects refined per image per iteration (<=0: all); the rest use the bank
+    # which objects the cap refines: "oldest" (least recently refined first, never-refined ones before all;
+    # ties at random) keeps the detector's banked targets close to the refiner's current output | "random"
+    selection: str = "oldest"
+    # keep-the-box step: the given box competes with the merged box b̃ on the stage-II score sigma(cls) * IoU_SISD
+    # and wins ties, so a box the refiner cannot improve is kept exactly (docs/method.md §3.1 step 8)
+    keep_given: bool = True
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25
@@ -91,7 +97,8 @@ class SSDDetConfig:
     refiner_lr_mult: float = 5.0  # LR of the refiner's (randomly initialised) heads relative to the base LR
 
 
-SAMPLERS = ("by-noise", "large", "small", "auto")
+SAMPLERS = ("large", "small", "auto", "by-noise")
+SELECTIONS = ("oldest", "random")
 LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 
 
@@ -99,17 +106,15 @@ def resolve_sampler(sampler: str, noise: float | None) -> str:
     """The bag preset a run uses: `sampler` itself, or for "by-noise" the released configs' rule on the injected
     noise level (`data.noise`; 0 or None, i.e. the user's own boxes of unknown quality: small).
 
-    Measured with the pretrained Lite0 on BCCD at 40 % noise (benchmarks/results/lite0_tuning.md): the small bag's
-    best proposal averages IoU 0.61 with the clean box, which caps the refined boxes below it; the large bag's
-    reaches 0.79-0.80."""
+    Not the default: a user's own boxes come with no noise level, and the default must not depend on one."""
     if sampler != "by-noise":
         return sampler
     return "large" if (noise or 0.0) >= LARGE_BAG_NOISE else "small"
 
 
 # The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).
-PAPER_REFINER = {"sampler": "large", "num_negatives": 500, "max_objects_per_image": 0, "trunk_dim": 1024,
-                 "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0, "detach_features": False,
+PAPER_REFINER = {"sampler": "large", "num_negatives": 500, "max_objects_per_image": 0, "keep_given": False,
+                 "trunk_dim": 1024, "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0, "detach_features": False,
                  "refiner_lr_mult": 1.0}
 
 

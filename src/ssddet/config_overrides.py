@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from .config import PAPER_REFINER, SAMPLERS, Config, SSDDetConfig, resolve_sampler
+from .config import PAPER_REFINER, SAMPLERS, SELECTIONS, Config, SSDDetConfig, resolve_sampler
 from .errors import UserError
 
 log = logging.getLogger("ssddet")
@@ -189,6 +189,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`), so config.json records it."""
     if cfg.ssddet.sampler not in SAMPLERS:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
+    if cfg.ssddet.selection not in SELECTIONS:
+        raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     if resume and not output_given:
         raise UserError("--resume needs --output DIR (the run directory to continue)")

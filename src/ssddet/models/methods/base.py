@@ -21,8 +21,10 @@ from ..rcnn_head import rcnn_training_losses
 
 def _scale_true_boxes(targets: list[dict], before: list[tuple[int, int]], after: list[tuple[int, int]]):
     """GeneralizedRCNNTransform resizes only `boxes`; the clean boxes follow the same resize (its own
-    `resize_boxes`)."""
+    `resize_boxes`), and `resize` records the factor, so statistics can bin objects by their size in the
+    source image (COCO's small / medium / large)."""
     for t, size0, size1 in zip(targets, before, after):
+        t["resize"] = size1[0] / size0[0]
         if "true_boxes" in t:
             t["true_boxes"] = resize_boxes(t["true_boxes"], list(size0), list(size1))
 

@@ -72,7 +72,8 @@ class SSDDetMethod(DetectionMethod):
         if self.cfg.detach_features:
             features = {k: v.detach() for k, v in features.items()}
         out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
-                           progress=progress, avoid=self.banked_boxes(targets, images.image_sizes))
+                           progress=progress, avoid=self.banked_boxes(targets, images.image_sizes),
+                           priority=self.priority(targets))
         refined = out.refined
         if self.cfg.bank:
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes)
@@ -84,7 +85,17 @@ class SSDDetMethod(DetectionMethod):
             if len(boxes):
                 # what the detector actually trains on (refined, banked or noisy, blended)
                 stats["iou_det_target"] = float(aligned_iou(boxes, clean).mean())
+            stats.update(iou_by_size(out.refined, true, out.selected, [t.get("resize", 1.0) for t in targets]))
         return det_targets, out.losses, stats
+
+    def priority(self, targets) -> list | None:
+        """Per image Tensor[M_i] for the refiner's cap (`selection="oldest"`): minus the bank step of each
+        object's last refinement, so never-refined objects come first, then the longest-unrefined ones."""
+        if not (self.training and self.cfg.bank and self.cfg.selection == "oldest"):
+            return None
+        if not all("ann_ids" in t for t in targets):
+            return None
+        return [-self.bank.last_refined(t["ann_ids"].cpu()).float() for t in targets]
 
     def param_groups(self, lr: float) -> list[dict]:
         """The refiner's heads start from random weights however the backbone starts, and their losses carry
@@ -94,6 +105,26 @@ class SSDDetMethod(DetectionMethod):
         ids = {id(p) for p in refiner}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         return [{"params": rest, "lr": lr}, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
+
+
+SIZE_BINS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
+
+
+def iou_by_size(refined: list, true: list, selected: list, resize: list[float]) -> dict[str, float]:
+    """Mean IoU with the clean box of the objects refined in this call, per COCO size bin of the clean box's area
+    in the source image: {"iou_refined_small": ..., ...}; a bin with no object is left out."""
+    iou, area = [], []
+    for r, c, sel, f in zip(refined, true, selected, resize):
+        c = c.to(r)[sel]
+        iou.append(aligned_iou(r[sel], c))
+        area.append((c[:, 2] - c[:, 0]).clamp(min=0) * (c[:, 3] - c[:, 1]).clamp(min=0) / float(f) ** 2)
+    iou, area = torch.cat(iou), torch.cat(area)
+    out = {}
+    for name, lo, hi in SIZE_BINS:
+        m = (area >= lo) & (area < hi)
+        if m.any():
+            out[f"iou_refined_{name}"] = float(iou[m].mean())
+    return out
 
 
 def _refiner_pool(pool: MultiScaleRoIAlign, cfg: SSDDetConfig) -> MultiScaleRoIAlign:

@@ -39,9 +39,14 @@ def from_unit(unit: Tensor, size: tuple[int, int], flipped: bool) -> Tensor:
 
 
 class BoxBank(nn.Module):
+    """Annotation id -> last refined unit box, and the step (`update_all_ranks` call) that wrote it, so the
+    refiner can pick the objects whose banked box is oldest (`last_refined`)."""
+
     def __init__(self):
         super().__init__()
         self.boxes: dict[int, tuple[float, float, float, float]] = {}
+        self.when: dict[int, int] = {}  # annotation id -> step of its last refinement
+        self.step = 0
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -53,9 +58,15 @@ class BoxBank(nn.Module):
         rows = [self.boxes.get(i, (0.0, 0.0, 0.0, 0.0)) for i in ids]
         return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4), torch.tensor(found, dtype=torch.bool)
 
+    def last_refined(self, ann_ids: Tensor) -> Tensor:
+        """Int64[M] -> Int64[M]: the step each annotation was last refined at, -1 if never."""
+        return torch.tensor([self.when.get(i, -1) for i in ann_ids.tolist()], dtype=torch.int64)
+
     def update(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
         for i, b in zip(ann_ids.tolist(), unit_boxes.detach().float().cpu().tolist()):
             self.boxes[int(i)] = tuple(b)
+            self.when[int(i)] = self.step
+        self.step += 1
 
     def update_all_ranks(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
         """`update` with every process's Int64[M_r] ids and Tensor[M_r, 4] unit boxes of this step, applied in
@@ -71,10 +82,18 @@ class BoxBank(nn.Module):
         for ids, boxes in updates:
             for i, b in zip(ids, boxes):
                 self.boxes[int(i)] = tuple(b)
+                self.when[int(i)] = self.step
+        self.step += 1
 
     def get_extra_state(self) -> dict:
         ids = torch.tensor(list(self.boxes), dtype=torch.int64)
-        return {"ids": ids, "boxes": torch.tensor(list(self.boxes.values()), dtype=torch.float32).reshape(-1, 4)}
+        return {"ids": ids, "boxes": torch.tensor(list(self.boxes.values()), dtype=torch.float32).reshape(-1, 4),
+                "when": torch.tensor([self.when.get(i, 0) for i in self.boxes], dtype=torch.int64),
+                "step": torch.tensor(self.step, dtype=torch.int64)}
 
     def set_extra_state(self, state: dict) -> None:
         self.boxes = {int(i): tuple(b) for i, b in zip(state["ids"].tolist(), state["boxes"].tolist())}
+        # checkpoints written before the bank kept ages: every entry counts as written at step 0
+        when = state["when"].tolist() if "when" in state else [0] * len(self.boxes)
+        self.when = dict(zip(self.boxes, (int(w) for w in when)))
+        self.step = int(state["step"]) if "step" in state else 0

@@ -12,6 +12,7 @@ Data flow of one call (the released code's path; method.md 5 items 1-4), one met
     B2 + negatives --RoIAlign, shared trunk--> cls1/ins1 (stage-II MIL)   [M*P + Q RoIs]  _mil_stage2
     B2 feats --SISD trunk + ORE + iou--> U                                [M*P RoIs]      _sisd
     B2 --top-k of sigma(cls)*U'--> b̃                                                      _final_merge
+    b*, b̃ --RoIAlign, shared trunk + SISD trunk--> the higher sigma(cls)*U wins  [2M RoIs]  _keep_given
 
 Only boxes are detached here; every loss trains the features it is given (method.md 3.5). The training wrapper
 detaches those features by default (`detach_features`), so the backbone/FPN then learn from the detector only.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
-from ...data.boxes import box_wh, clip_boxes, replace_degenerate
+from ...data.boxes import aligned_iou, box_wh, clip_boxes, replace_degenerate
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import draw_negatives
@@ -160,18 +161,23 @@ class SSDDetRefiner(nn.Module):
         out[mask.reshape(-1)] = f  # image-major order is the same in `rois` and in the flat mask
         return out.reshape(m, p, -1)
 
-    def _select(self, boxes: list[Tensor], gen: torch.Generator | None) -> list[Tensor]:
+    def _select(self, boxes: list[Tensor], gen: torch.Generator | None,
+                priority: list[Tensor] | None = None) -> list[Tensor]:
         """Indices of the objects refined in each image: non-degenerate boxes (a zero-size box cannot be
-        encoded), at most cfg.max_objects_per_image of them (a random subset; <= 0 means no cap)."""
+        encoded), at most cfg.max_objects_per_image of them (<= 0 means no cap): a random subset, or with
+        `priority` (per image Tensor[M_i]) the highest priorities, ties broken at random."""
         cap = int(self.cfg.max_objects_per_image)
         out = []
-        for b in boxes:
+        for i, b in enumerate(boxes):
             ok = (box_wh(b) > 0).all(dim=1)
             idx = ok.nonzero().squeeze(1)
             if 0 < cap < idx.numel():
                 dev = gen.device if gen is not None else torch.device("cpu")
-                pick = torch.randperm(idx.numel(), generator=gen, device=dev)[:cap].sort().values
-                idx = idx[pick.to(idx.device)]
+                perm = torch.randperm(idx.numel(), generator=gen, device=dev).to(idx.device)
+                if priority is not None:  # a stable sort of the shuffled order keeps the ties random
+                    order = priority[i].to(idx.device)[idx[perm]].argsort(descending=True, stable=True)
+                    perm = perm[order]
+                idx = idx[perm[:cap].sort().values]
             out.append(idx)
         return out
 
@@ -196,7 +202,7 @@ class SSDDetRefiner(nn.Module):
     def forward(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]], boxes: list[Tensor],
                 labels: list[Tensor], true_boxes: list[Tensor] | None = None,
                 generator: torch.Generator | None = None, progress: float | None = None,
-                avoid: list[Tensor] | None = None) -> RefinerOutput:
+                avoid: list[Tensor] | None = None, priority: list[Tensor] | None = None) -> RefinerOutput:
         """Refine the noisy boxes of a batch.
 
         Args:
@@ -210,6 +216,8 @@ class SSDDetRefiner(nn.Module):
             progress: fraction of training done (0..1); the "auto" sampler decides on it.
             avoid: optional N x Tensor[A_i, 4], more boxes of each image that no negative may overlap (the
                 bank's last refined boxes of its objects); every box of `boxes` is avoided anyway.
+            priority: optional N x Tensor[M_i]; over the cap, the objects of highest priority are refined (the
+                training method passes "least recently refined first"); None: a random subset.
 
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
@@ -218,7 +226,7 @@ class SSDDetRefiner(nn.Module):
         gen = generator if generator is not None else self.generator
         dev = next(iter(features.values())).device
         noisy = [b.detach().to(dev, torch.float32).clone() for b in boxes]  # skipped objects keep these
-        sel = self._select(boxes, gen)
+        sel = self._select(boxes, gen, priority)
         m = sum(int(s.numel()) for s in sel)
         stats: dict[str, Tensor] = {
             "num_objects": torch.tensor(float(m)),
@@ -242,8 +250,10 @@ class SSDDetRefiner(nn.Module):
             st2 = self._mil_stage2(obj, b2, v2, negs, st1.omega)  # ... and stage-II MIL
             losses.update(loss_mil2=st2.loss, loss_neg=st2.loss_neg)
             stats["num_negatives"] = torch.tensor(float(st2.num_negatives))
-            u, losses["loss_sisd"] = self._sisd(obj, st2.pooled, b2, st1.box)  # step 6 (with ORE)
+            u, ctx, losses["loss_sisd"] = self._sisd(obj, st2.pooled, b2, st1.box)  # step 6 (with ORE)
             b_fin, n_bad2 = replace_degenerate(self._final_merge(obj, b2, st2, u), obj.gt, MIN_BOX_SIZE)  # step 7
+            if self.cfg.keep_given:
+                b_fin = self._keep_given(obj, b_fin, ctx, stats)  # step 8
             n_bad, bag_fin = n_bad + n_bad2, b2
             bags.update(bag2=b2.detach(), cls2=st2.cls, **({"sisd": u.detach()} if u is not None else {}))
 
@@ -332,14 +342,18 @@ class SSDDetRefiner(nn.Module):
         loss_neg = negative_loss(self.cls1(f_all[is_neg]), m, omega.mean()) if n_neg > 0 else None
         return Stage2(pooled[~is_neg], cls, score, stage2_loss(bag2, obj.labels, omega), loss_neg, n_neg)
 
-    def _sisd(self, obj: Objects, pooled: Tensor, b2: Tensor, b_hat: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def _sisd(self, obj: Objects, pooled: Tensor, b2: Tensor,
+              b_hat: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Step 6, SISD (its own trunk; ORE inside `SISDHead`): predicted IoU U Tensor[M, P] of every B2 proposal
-        with b̂, trained towards the true IoU. -> (U, loss_sisd), (None, None) without SISD."""
+        with b̂, trained towards the true IoU. -> (U, ORE context Tensor[M, 1, D] (detached) or None,
+        loss_sisd), (None, None, None) without SISD."""
         if self.sisd is None:
-            return None, None
-        u = self.sisd(pooled, obj.m)
+            return None, None, None
+        g = self.sisd.embed(pooled, obj.m)
+        ctx = self.sisd.context(g)
+        u = self.sisd.predict(g, ctx)
         obj.rois_sisd += obj.m * b2.shape[1]
-        return u, sisd_loss(u, sisd_targets(b2, b_hat))
+        return u, (ctx.detach() if ctx is not None else None), sisd_loss(u, sisd_targets(b2, b_hat))
 
     @torch.no_grad()
     def _final_merge(self, obj: Objects, b2: Tensor, st2: Stage2, u: Tensor | None) -> Tensor:
@@ -348,6 +362,31 @@ class SSDDetRefiner(nn.Module):
         if u is not None:
             return topk_merge(b2, st2.cls * spatial_confidence(u), self.cfg.top_k)[0]
         return clip_boxes(topk_merge(b2, st2.score, self.cfg.top_k)[0], obj.hw)
+
+    @torch.no_grad()
+    def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor]) -> Tensor:
+        """Step 8, keep the box: the given box b* and the merged box b̃ are scored like the bag's proposals,
+        s = sigma(cls1) x U (SISD's IoU, judged against the same bag context; 1 without SISD), and b* is kept
+        where s(b*) >= s(b̃). Without this step a correct box survives only if the whole bag collapses onto it.
+        -> Tensor[M, 4]. Logs `keep_rate` and, with clean boxes, what other rules would have given."""
+        m, ar = obj.m, torch.arange(obj.m, device=b_fin.device)
+        cand = torch.stack([obj.gt, b_fin.to(obj.gt)], dim=1)  # [M, 2, 4]: b*, b̃
+        pooled, f = self._pool_embed(obj, [c.reshape(-1, 4) for c in cand.split(obj.counts)])
+        obj.rois_shared += 2 * m
+        cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
+        iou = torch.ones_like(cls)
+        if self.sisd is not None:
+            iou = (self.sisd.predict(self.sisd.embed(pooled, m), ctx).float() * 0.5 + 0.5).clamp(0, 1)
+            obj.rois_sisd += 2 * m
+        score = cls * iou
+        keep = score[:, 0] >= score[:, 1]
+        stats["keep_rate"] = keep.float().mean()
+        if obj.clean is not None:  # counterfactuals, to judge the rule on noisy data (never used for boxes)
+            q = aligned_iou(cand, obj.clean[:, None])  # [M, 2]
+            stats.update(iou_merged=q[:, 1].mean(), iou_keep_oracle=q.max(dim=1).values.mean(),
+                         iou_keep_cls=q[ar, (cls[:, 0] < cls[:, 1]).long()].mean(),
+                         iou_keep_sisd=q[ar, (iou[:, 0] < iou[:, 1]).long()].mean())
+        return torch.where(keep[:, None], cand[:, 0], cand[:, 1]).to(b_fin)
 
     def _fill_losses(self, losses: dict[str, Tensor | None]) -> dict[str, Tensor]:
         """All LOSS_NAMES, in that order: a term that did not run is a zero connected to every parameter, so

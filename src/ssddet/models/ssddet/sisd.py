@@ -48,10 +48,23 @@ class SISDHead(nn.Module):
         Returns:
             U: Tensor[M, P], predictions of (IoU - 0.5) / 0.5.
         """
+        g = self.embed(roi_feats, num_objects)
+        return self.predict(g, self.context(g))
+
+    def embed(self, roi_feats: Tensor, num_objects: int) -> Tensor:
+        """Trunk features Tensor[M, P, D] of pooled Tensor[M*P, C, R, R] (object-major)."""
         g = self.trunk(roi_feats)  # [M*P, D]
-        g = g.reshape(num_objects, -1, g.shape[-1])  # [M, P, D]
-        if self.ore:
-            g = g + g.mean(dim=1, keepdim=True)
+        return g.reshape(num_objects, -1, g.shape[-1])
+
+    def context(self, g: Tensor) -> Tensor | None:
+        """ORE's per-object context, the bag-mean feature Tensor[M, 1, D] (None without ORE)."""
+        return g.mean(dim=1, keepdim=True) if self.ore else None
+
+    def predict(self, g: Tensor, context: Tensor | None) -> Tensor:
+        """U Tensor[M, J] of features g Tensor[M, J, D] judged relative to their object's bag `context`: the
+        bag itself (J = P), or other candidate boxes of the same objects (the keep-the-box step)."""
+        if context is not None:
+            g = g + context
         return self.iou(g).squeeze(-1)
 
 
