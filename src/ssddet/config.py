@@ -114,8 +114,8 @@ def resolve_sampler(sampler: str, noise: float | None) -> str:
 
 # The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).
 PAPER_REFINER = {"sampler": "large", "num_negatives": 500, "max_objects_per_image": 0, "keep_given": False,
-                 "trunk_dim": 1024, "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0, "detach_features": False,
-                 "refiner_lr_mult": 1.0}
+                 "trunk_dim": 1024, "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0,
+                 "detach_features": False, "refiner_lr_mult": 1.0}
 
 
 @dataclass
