@@ -335,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 report.run(name, fn)
     report.data["passed"] = ok = passed(report.sections)
     report.save()
-    print(json.dumps({k: v for k, v in report.data.items() if k != "settings"}, indent=1, default=str))
+    shown = {k: v for k, v in report.data.items() if k != "settings"}
+    shown["sections"] = {k: {kk: vv for kk, vv in v.items() if kk != "tail"} for k, v in report.sections.items()}
+    print(json.dumps(shown, indent=1, default=str))  # pytest's tail was printed already
     return 0 if ok else 1
 
 
