@@ -30,8 +30,7 @@ def test_amp_steps_on_cuda(method, shapes, tmp_path, monkeypatch):
         assert main(train_args(shapes, out, method, 2, 2, "--device", "cuda", "--noise", "0.3", *amp)) == 0
         ck = torch.load(out / "checkpoint.pt", weights_only=True)
         assert bool(ck["scaler"]) == (name == "fp16")  # a GradScaler for fp16 only
-        norms[name] = step_grad_norms(out)  # None: a step the GradScaler skipped
-        assert name == "fp16" or None not in norms[name], (name, norms[name])
+        norms[name] = step_grad_norms(out)  # None: a step fp16's GradScaler skipped (fp32/bf16 have no scaler)
     # An fp16 norm measured before unscaling would be >= 1000x. Compared at the first step fp16 applied: the same
     # weights for bf16 (step 1); for fp16 the skipped steps left its weights at the start, fp32's moved a little.
     for name in ("bf16", "fp16"):
