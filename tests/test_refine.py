@@ -119,7 +119,7 @@ def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypa
     method.bank.update(torch.tensor([5, 9]), torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]))
     seen = {}
 
-    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None):
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None):
         seen["avoid"] = avoid
         return RefinerOutput([b.clone() for b in boxes], [b.clone() for b in boxes], {}, {},
                              [torch.ones(len(b), dtype=torch.bool) for b in boxes])

@@ -8,6 +8,7 @@ import pytest
 from conftest import write_coco
 
 from ssddet.cli import main
+from ssddet.config import SSDDetConfig
 
 
 def crowded_coco(n_objects: int = 120, size: int = 128) -> dict:
@@ -42,4 +43,4 @@ def test_extreme_noise_tiny_boxes_many_objects(tmp_path, method):
     assert all(np.isfinite(v) for k, v in epoch["train"].items() if k.startswith("loss"))
     if method == "ssddet":
         # 110 objects in one image; at most max_objects_per_image refined per image and iteration (bank for the rest)
-        assert epoch["train"]["num_objects"] <= 2 * 4
+        assert epoch["train"]["num_objects"] <= 2 * SSDDetConfig().max_objects_per_image

@@ -6,6 +6,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from ssddet.config import SSDDetConfig
+from ssddet.models.ssddet.keep import keep_the_box
 from ssddet.models.ssddet.refiner import SSDDetRefiner
 
 C, R, K = 8, 3, 3
@@ -51,7 +52,7 @@ def test_a_given_box_the_scores_prefer_is_returned_exactly():
 def test_the_merged_box_wins_where_the_classifier_prefers_it():
     """A stage-II classifier that scores b̃'s features above b*'s: every object takes the merged box, which is
     what the same refiner returns with the step switched off."""
-    ref = _refiner(keep_given=True, sisd=False)
+    ref = _refiner(keep_given=True, sisd=False, keep_iou=0.0)
     calls = []
 
     def prefer_merged(f):  # the bag's scores are flat; the keep step pools [b*, b̃] per object, rows alternate
@@ -68,6 +69,17 @@ def test_the_merged_box_wins_where_the_classifier_prefers_it():
     ref.cfg.keep_given = False
     torch.testing.assert_close(kept, _refine(ref))
     assert not torch.allclose(kept, torch.cat(BOXES), atol=0.5)
+
+
+def test_a_small_move_keeps_the_given_box():
+    """The IoU arm: where b̃ is within keep_iou of b*, b* is kept whatever the scores say."""
+    cand = torch.tensor([[[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 11.0]],  # IoU 0.91: kept
+                         [[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 15.0, 15.0]]])  # IoU 0.14: moved
+    cls = torch.tensor([[0.1, 0.9], [0.1, 0.9]])  # the scores prefer b̃ for both
+    box, stats = keep_the_box(cand, cls, None, keep_iou=0.75)
+    assert torch.equal(box, cand[[0, 1], [0, 1]]) and stats["keep_rate"] == 0.5
+    box, _ = keep_the_box(cand, cls, None, keep_iou=0.0)
+    assert torch.equal(box, cand[:, 1])
 
 
 def test_switched_off_the_output_is_the_released_path():

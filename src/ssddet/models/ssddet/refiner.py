@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
-from ...data.boxes import aligned_iou, box_wh, clip_boxes, replace_degenerate
+from ...data.boxes import box_wh, clip_boxes, replace_degenerate
+from .keep import keep_the_box
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import draw_negatives
@@ -350,8 +351,7 @@ class SSDDetRefiner(nn.Module):
         if self.sisd is None:
             return None, None, None
         g = self.sisd.embed(pooled, obj.m)
-        ctx = self.sisd.context(g)
-        u = self.sisd.predict(g, ctx)
+        u = self.sisd.predict(g, ctx := self.sisd.context(g))
         obj.rois_sisd += obj.m * b2.shape[1]
         return u, (ctx.detach() if ctx is not None else None), sisd_loss(u, sisd_targets(b2, b_hat))
 
@@ -365,28 +365,18 @@ class SSDDetRefiner(nn.Module):
 
     @torch.no_grad()
     def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor]) -> Tensor:
-        """Step 8, keep the box: the given box b* and the merged box b̃ are scored like the bag's proposals,
-        s = sigma(cls1) x U (SISD's IoU, judged against the same bag context; 1 without SISD), and b* is kept
-        where s(b*) >= s(b̃). Without this step a correct box survives only if the whole bag collapses onto it.
-        -> Tensor[M, 4]. Logs `keep_rate` and, with clean boxes, what other rules would have given."""
+        """Step 8, keep the box (`keep.py`): b* and b̃ pooled (2M RoIs) and scored like the bag's proposals,
+        sigma(cls1) x IoU from SISD with the bag's ORE context. -> Tensor[M, 4]."""
         m, ar = obj.m, torch.arange(obj.m, device=b_fin.device)
         cand = torch.stack([obj.gt, b_fin.to(obj.gt)], dim=1)  # [M, 2, 4]: b*, b̃
         pooled, f = self._pool_embed(obj, [c.reshape(-1, 4) for c in cand.split(obj.counts)])
         obj.rois_shared += 2 * m
         cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
-        iou = torch.ones_like(cls)
-        if self.sisd is not None:
-            iou = (self.sisd.predict(self.sisd.embed(pooled, m), ctx).float() * 0.5 + 0.5).clamp(0, 1)
-            obj.rois_sisd += 2 * m
-        score = cls * iou
-        keep = score[:, 0] >= score[:, 1]
-        stats["keep_rate"] = keep.float().mean()
-        if obj.clean is not None:  # counterfactuals, to judge the rule on noisy data (never used for boxes)
-            q = aligned_iou(cand, obj.clean[:, None])  # [M, 2]
-            stats.update(iou_merged=q[:, 1].mean(), iou_keep_oracle=q.max(dim=1).values.mean(),
-                         iou_keep_cls=q[ar, (cls[:, 0] < cls[:, 1]).long()].mean(),
-                         iou_keep_sisd=q[ar, (iou[:, 0] < iou[:, 1]).long()].mean())
-        return torch.where(keep[:, None], cand[:, 0], cand[:, 1]).to(b_fin)
+        iou = self.sisd.predict(self.sisd.embed(pooled, m), ctx).float() * 0.5 + 0.5 if self.sisd else None
+        obj.rois_sisd += 2 * m if self.sisd else 0
+        box, keep_stats = keep_the_box(cand, cls, iou, self.cfg.keep_iou, obj.clean)
+        stats.update(keep_stats)
+        return box.to(b_fin)
 
     def _fill_losses(self, losses: dict[str, Tensor | None]) -> dict[str, Tensor]:
         """All LOSS_NAMES, in that order: a term that did not run is a zero connected to every parameter, so
