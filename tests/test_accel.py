@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from test_train import CHEAP_MODEL_FIELDS
+from helpers import CHEAP_MODEL_FIELDS
 
 from ssddet.config import ModelConfig, SSDDetConfig, TrainConfig
 from ssddet.engine.accel import Precision, maybe_sync_batchnorm, scaled_lr, trainable_batchnorm_count

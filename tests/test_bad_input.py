@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco, write_image
+from helpers import tiny_coco_dict, write_coco, write_image
 
 from ssddet.cli import main
 from ssddet.config import ModelConfig

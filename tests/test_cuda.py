@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from test_resume import assert_same_state
-from test_train import crash_after_first_epoch, read_log, train_args, write_shapes_coco
+from helpers import assert_same_state, crash_after_first_epoch, read_log, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.engine import train as train_mod

@@ -23,10 +23,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_coco_dict, write_coco
+from helpers import assert_same_weights, tiny_coco_dict, train_args, write_coco, write_shapes_coco
 from PIL import Image
-from test_resume import assert_same_weights
-from test_train import train_args, write_shapes_coco
 
 from ssddet.cli import main
 

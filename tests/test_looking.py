@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco, write_image
+from helpers import tiny_coco_dict, write_coco, write_image
 from PIL import Image
 
 import ssddet

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco
+from helpers import tiny_coco_dict, write_coco
 
 from ssddet.cli import main
 from ssddet.models.ssddet.bank import BoxBank, from_unit, to_unit

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_coco
+from helpers import write_coco
 
 from ssddet.cli import main
 
