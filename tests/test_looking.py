@@ -15,7 +15,7 @@ from PIL import Image
 import ssddet
 from ssddet.cli import main
 from ssddet.errors import UserError
-from ssddet.tools.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
+from ssddet.viz.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_show_draws_each_layer_with_a_legend(run, tmp_path):
 
 
 def test_plot_overlays_runs(run, tmp_path, capsys):
-    from ssddet.tools.plot import figure_size, panels, read_epochs
+    from ssddet.viz.plot import figure_size, panels, read_epochs
 
     _, _, out = run
     other = tmp_path / "vanilla"
@@ -190,7 +190,7 @@ def test_audit_api_with_the_real_refiner(run, tmp_path):
 
 
 def test_ranking_precision_on_a_hand_built_case():
-    from ssddet.tools.audit import ranking_precision
+    from ssddet.engine.audit import ranking_precision
 
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     iou_clean = np.array([0.2, 0.3, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
@@ -215,7 +215,7 @@ def test_export_onnx_matches_pytorch(run, tmp_path, capsys):
 
 
 def test_match_detections_pairs_reordered_ties():
-    from ssddet.tools.export import match_detections
+    from ssddet.engine.export import match_detections
 
     ref = {"boxes": [[0, 0, 10, 10], [5, 5, 20, 20]], "scores": [0.5, 0.5], "labels": [1, 2]}
     got = {"boxes": [[5, 5, 20.01, 20], [0, 0, 10, 10]], "scores": [0.5, 0.5001], "labels": [2, 1]}

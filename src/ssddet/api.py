@@ -155,7 +155,7 @@ def refine(checkpoint, *, out=None, data=None, train_ann=None, images=None, spli
 
     from .data.splits import training_split_json
     from .engine.device import resolve_device
-    from .tools.refine import export, load_refiner_method, only_images, refine_records
+    from .engine.refine import export, load_refiner_method, only_images, refine_records
 
     dev = resolve_device(device)
     method, cfg, _ = load_refiner_method(checkpoint, dev)
@@ -213,8 +213,8 @@ def check(ann, *, images=None, open_images: bool = True, strict: bool = False) -
     """Validate a COCO dataset -> (summary text, exit status: 0 OK, 1 --strict findings, 2 not usable)."""
     from collections import Counter
 
+    from .data.check import check_images, summarise
     from .data.coco import load_coco
-    from .tools.check import check_images, summarise
 
     data = load_coco(ann, images)
     return summarise(data, check_images(data.records) if open_images else Counter(), strict=strict)
@@ -228,8 +228,8 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
     import json
 
     from .engine.device import resolve_device
+    from .engine.predict import RESULTS_NAME, collect_images, predict_images
     from .errors import UserError
-    from .tools.predict import RESULTS_NAME, collect_images, predict_images
 
     if isinstance(images, (str, Path)):
         images = [images]
@@ -254,7 +254,7 @@ def show(ann, *, images=None, compare=(), out, ids=None, n: int = 16, split: str
     """Draw clean / noisy / refined (and --compare) boxes of the same images -> [per-image PNGs..., contact
     sheet]."""
     from .data.coco import load_coco, read_json
-    from .tools.show import read_any_json, show_images
+    from .viz.show import read_any_json, show_images
 
     raw = read_json(ann)
     data = load_coco(ann, images)
@@ -266,7 +266,7 @@ def show(ann, *, images=None, compare=(), out, ids=None, n: int = 16, split: str
 def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
     """Training curves of one or more run directories (their log.jsonl), overlaid -> the PNG path."""
     from .errors import UserError
-    from .tools.plot import plot_runs, read_epochs, run_names
+    from .viz.plot import plot_runs, read_epochs, run_names
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if names and len(names) != len(runs):
@@ -280,10 +280,10 @@ def audit(checkpoint, ann, *, images=None, split: str | None = None, out=None, h
     (rows worst first, summary with the ranking precision when `true_bbox` is known); CSV to `out`, HTML to
     `html` if given."""
     from .data.coco import load_coco
+    from .engine.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
     from .engine.device import resolve_device
+    from .engine.refine import load_refiner_method
     from .errors import UserError
-    from .tools.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
-    from .tools.refine import load_refiner_method
 
     dev = resolve_device(device)
     method, _, meta = load_refiner_method(checkpoint, dev)
@@ -307,7 +307,7 @@ def export_onnx(checkpoint, out, *, image=None, opset: int = 17, box_atol: float
     """Export the deployed detector to ONNX and check it with onnxruntime against PyTorch on `image` (default:
     a bundled photo) and its transposed copy -> report {out, checks: [{size, detections, max_box_diff,
     max_score_diff, count_diff}], box_atol, score_atol, ok}."""
-    from .tools.export import check, check_images, export_detector
+    from .engine.export import check, check_images, export_detector
 
     detector, meta = load_detector(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     xs = check_images(image)

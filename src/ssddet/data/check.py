@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..data.coco import IMAGE_SIZE_FROM_FILE, load_coco, warning_unit
 from ..errors import UserError
+from .coco import IMAGE_SIZE_FROM_FILE, load_coco, warning_unit
 
 # image problems that make the set unusable (the others are warnings); keys start with the kind
 FATAL_IMAGE_PROBLEMS = ("image file missing", "image file unreadable")

@@ -16,10 +16,10 @@ from tqdm import tqdm
 from ..config import Config
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 from ..data.dataset import load_image, record_target
-from ..engine.checkpoint import load_checkpoint
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
+from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
 from ..errors import UserError
-from .draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, read_rgb, save_png
+from ..viz.draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, read_rgb, save_png
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "detections.json"
@@ -115,7 +115,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
                    progress: bool = True) -> tuple[list[dict], PredictStats]:
     """Run `detector` (eval mode, on `device`) over `items` from `collect_images` -> (COCO results records,
     image ids 1..N in item order; stats). With `out_dir` and `draw`, writes out_dir/png_name(name)."""
-    from ..engine.inference import class_maps
+    from .inference import class_maps
 
     names, label_to_cat = class_maps(meta)
     detector.eval()

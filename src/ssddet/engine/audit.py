@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data.boxes import aligned_iou_np, xyxy_to_xywh
-from .draw import CLEAN, NOISY, REFINED, draw_boxes, read_rgb, thumbnail
+from ..viz.draw import CLEAN, NOISY, REFINED, draw_boxes, read_rgb, thumbnail
 
 log = logging.getLogger(__name__)
 TOP_FRACTION, WRONG_IOU = 0.1, 0.5  # the precision check: top 10 %, "wrong" = IoU < 0.5 with the clean box

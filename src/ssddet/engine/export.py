@@ -144,7 +144,7 @@ def check(detector, path: str | Path, images: list[torch.Tensor], box_atol: floa
 def check_images(image: str | Path | None) -> list[torch.Tensor]:
     """The check images: the given file (or scikit-image's bundled 'coffee' photo) and its transposed copy,
     float Tensor[3, H, W] in [0, 1]."""
-    from .draw import read_rgb
+    from ..viz.draw import read_rgb
 
     if image is None:
         from skimage import data
