@@ -17,7 +17,7 @@ for seed in $SEEDS; do
     run="$OUT/${method}_s${seed}"
     rm -rf "$run" "$OUT/home"
     SECONDS=0
-    SSDDET_HOME="$OUT/home" $SSDDET train --noise 0.4 --method "$method" --seed "$seed" --output "$run"
+    SSDDET_HOME="$OUT/home" $SSDDET train --noise 0.4 --method "$method" --seed "$seed" --out "$run"
     printf '%s\t%s\t%s\n' "$method" "$seed" "$SECONDS" | tee -a "$OUT/wall.tsv"
   done
 done

@@ -100,7 +100,7 @@ def _ssddet(args: list[str], threads: int, log: Path) -> str:
 
 def train_args(cell: Cell, a, out: Path) -> list[str]:
     method = "vanilla" if cell.method == "ssddet+fr" else cell.method
-    args = ["train", "--method", method, "--seed", str(cell.seed), "--output", str(out), *PRESETS[a.preset],
+    args = ["train", "--method", method, "--seed", str(cell.seed), "--out", str(out), *PRESETS[a.preset],
             *a.extra.split()]
     if cell.method == "ssddet+fr":
         # The export holds the training split only; val (for the log) comes from the original file.

@@ -109,7 +109,7 @@ def write_shapes_coco(root: Path, n_train: int = 4, n_val: int = 2, size: int = 
 
 def train_args(data: Path, out: Path, method: str = "vanilla", epochs: int = 2, batch: int = 2,
                *extra: str) -> list[str]:
-    args = ["train", "--data", str(data), "--output", str(out), "--method", method, "--epochs", str(epochs),
+    args = ["train", "--data", str(data), "--out", str(out), "--method", method, "--epochs", str(epochs),
             "--min-size", "64", "--max-size", "96", "--workers", "0", "--batch-size", str(batch),
             *CHEAP_MODEL]
     if method == "ssddet":

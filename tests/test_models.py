@@ -246,7 +246,7 @@ def test_load_detector_round_trip_and_mismatch(tmp_path):
 # ----------------------------------------------------------------------------------------------- weight files
 def _model_cfg_from_cli(*args: str) -> ModelConfig:
     """The ModelConfig `ssddet train ARGS` would use (the CLI plumbing, without training)."""
-    return config_from_args(build_parser().parse_args(["train", "--output", "x", *args])).model
+    return config_from_args(build_parser().parse_args(["train", "--out", "x", *args])).model
 
 
 def test_backbone_weights_from_torchvision_resnet18(tmp_path):

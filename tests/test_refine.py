@@ -38,7 +38,7 @@ def tiny_ssddet_run(tmp_path):
     write_coco(data, tiny_coco_dict())
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--noise", "0.3", "--epochs", "1", "--min-size", "64", "--max-size",
-               "96", "--workers", "0", "--batch-size", "2", "--output", str(out), "--set", "ssddet.trunk_dim=32"])
+               "96", "--workers", "0", "--batch-size", "2", "--out", str(out), "--set", "ssddet.trunk_dim=32"])
     assert rc == 0
     return data, out
 
@@ -100,7 +100,7 @@ def test_refine_rejects_a_vanilla_run(tmp_path, capsys):
     write_coco(data, tiny_coco_dict())
     out = tmp_path / "run"
     main(["train", "--data", str(data), "--method", "vanilla", "--epochs", "1", "--min-size", "64",
-          "--max-size", "96", "--workers", "0", "--output", str(out)])
+          "--max-size", "96", "--workers", "0", "--out", str(out)])
     assert main(["refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs an ssddet run" in capsys.readouterr().err
 

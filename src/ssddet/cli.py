@@ -6,19 +6,19 @@ import argparse
 import logging
 import sys
 
-from . import __version__
-from .data.check import add_check_parser, cmd_check
-from .engine.audit import add_audit_parser, cmd_audit
-from .engine.export import add_export_parser, cmd_export
-from .engine.predict import add_predict_parser, cmd_predict
-from .engine.refine import add_refine_parser, cmd_refine
-from .errors import UserError
+from ._version import __version__
+from .errors import TrainingError, UserError
+from .tools.audit import add_audit_parser, cmd_audit
+from .tools.check import add_check_parser, cmd_check
 from .tools.data import add_data_parser, cmd_data
 from .tools.eval import add_eval_parser, cmd_eval
+from .tools.export import add_export_parser, cmd_export
 from .tools.noise import add_noise_parser, cmd_noise
+from .tools.plot import add_plot_parser, cmd_plot
+from .tools.predict import add_predict_parser, cmd_predict
+from .tools.refine import add_refine_parser, cmd_refine
+from .tools.show import add_show_parser, cmd_show
 from .tools.train import add_train_parser, cmd_train
-from .viz.plot import add_plot_parser, cmd_plot
-from .viz.show import add_show_parser, cmd_show
 
 # command -> (adds its sub-parser, runs it), in --help order
 COMMANDS = {
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .engine.train import TrainingError
-
     try:
         return COMMANDS[args.cmd][1](args)
     except (UserError, TrainingError, FileExistsError) as e:

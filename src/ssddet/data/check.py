@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
-from .coco import IMAGE_SIZE_FROM_FILE, load_coco, warning_unit
+from .coco import IMAGE_SIZE_FROM_FILE, warning_unit
 
 # image problems that make the set unusable (the others are warnings); keys start with the kind
 FATAL_IMAGE_PROBLEMS = ("image file missing", "image file unreadable")
 RESCALED = "image size differs from JSON (boxes will be rescaled)"
-
-
-def add_check_parser(sub) -> None:
-    p = sub.add_parser("check", help="validate a COCO dataset (annotations and image files) and summarise it")
-    p.add_argument("--ann", metavar="JSON", help="COCO annotations (default: DIR/annotations.json of --data)")
-    p.add_argument("--data", metavar="DIR", help="dataset directory")
-    p.add_argument("--images", metavar="DIR", help="image root (default: the JSON's directory)")
-    p.add_argument("--no-images", action="store_true", help="skip opening every image file")
-    p.add_argument("--strict", action="store_true", help="exit 1 (after the summary) if any annotation is "
-                   "dropped, clipped or rescaled, has an unknown image/category id, or a category has no box")
 
 
 def check_images(records) -> Counter:
@@ -105,12 +93,3 @@ def summarise(data, image_problems: Counter, strict: bool = False) -> tuple[str,
     return "\n".join(lines), 2 if not ok else (1 if findings else 0)
 
 
-def cmd_check(a) -> int:
-    if not a.ann and not a.data:
-        raise UserError("give --ann JSON or --data DIR")
-    ann = Path(a.ann) if a.ann else Path(a.data) / "annotations.json"
-    data = load_coco(ann, a.images or (a.data if a.data and not a.images else None))
-    problems = Counter() if a.no_images else check_images(data.records)
-    text, status = summarise(data, problems, strict=a.strict)
-    print(text)
-    return status

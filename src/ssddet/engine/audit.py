@@ -1,4 +1,4 @@
-"""`ssddet audit`: rank every annotation of a dataset by how likely its box is wrong, using a trained SSD-Det
+"""`ssddet audit`'s work: rank every annotation of a dataset by how likely its box is wrong, using a trained SSD-Det
 refiner, worst first, as CSV (and HTML with thumbnails).
 
 Score: the refiner refines each given box (every object, no per-image cap) into b̃, and
@@ -6,12 +6,12 @@ Score: the refiner refines each given box (every object, no per-image cap) into 
 the further the refiner moves a box, the more likely it is wrong. The refiner's confidence c in b̃ is reported
 beside it (CSV column `confidence`: the mean, over the top-k proposals merged into b̃, of the score the final
 merge weighs them by, i.e. stage-II class probability of the annotated class x SISD spatial confidence;
-method.md 3.1 step 7), but it does not weigh the score: measured on BCCD at 40 % noise (README, "Looking at
-the results"), c is lower on the wrong boxes than on the right ones (mean 0.38 against 0.49: a bag drawn around
-a misplaced box holds the object less well), so (1 - IoU) x c demotes exactly the boxes sought (precision of
-the top 10 %: 0.71 against 0.96 for 1 - IoU; base rate 0.64). With clean boxes (`true_bbox`) the precision of the
-ranking is printed: the share of the top 10 % whose given box has IoU < 0.5 with its clean box, against that
-share over all annotations (the base rate), and the precision of the confidence-weighted ranking beside it."""
+method.md 3.1 step 7), but it does not weigh the score: on noisy data c is lower on the wrong boxes than on the
+right ones (a bag drawn around a misplaced box holds the object less well), so (1 - IoU) x c demotes exactly the
+boxes sought (measured in docs/benchmarks.md, "Looking at the results on BCCD"). With clean boxes (`true_bbox`)
+the precision of the ranking is printed: the share of the top 10 % whose given box has IoU < 0.5 with its clean
+box, against that share over all annotations (the base rate), and the precision of the confidence-weighted
+ranking beside it."""
 from __future__ import annotations
 
 import base64
@@ -38,34 +38,14 @@ class AuditReport:
     rows: list[dict]  # one per annotation, worst first (see `CSV_FIELDS`)
     summary: dict = field(default_factory=dict)
 
+    def __str__(self) -> str:
+        """The summary `ssddet audit` prints (`format_summary`)."""
+        return format_summary(self.summary)
+
 
 CSV_FIELDS = ("rank", "score", "iou_given_refined", "confidence", "annotation_id", "image_id", "file_name",
               "category", "given_x", "given_y", "given_w", "given_h", "refined_x", "refined_y", "refined_w",
               "refined_h", "iou_given_clean", "iou_refined_clean")
-
-
-def add_audit_parser(sub) -> None:
-    p = sub.add_parser("audit", help="rank every annotation by how likely its box is wrong (SSD-Det refiner): "
-                       "CSV, optional HTML with thumbnails")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="an SSD-Det run's checkpoint.pt (holds the "
-                   "refiner)")
-    p.add_argument("--ann", required=True, metavar="JSON", help="the annotations to audit (COCO)")
-    p.add_argument("--images", metavar="DIR", help="image root (default: the JSON's directory)")
-    p.add_argument("--split", help="only the images of this split")
-    p.add_argument("--out", required=True, metavar="CSV", help="ranked annotations, worst first")
-    p.add_argument("--html", metavar="HTML", help="also a self-contained HTML page of the worst ones with "
-                   "thumbnails")
-    p.add_argument("--html-top", type=int, default=200, help="rows in the HTML page (default: 200)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-
-
-def cmd_audit(a) -> int:
-    from ..api import audit
-
-    rep = audit(a.checkpoint, a.ann, images=a.images, split=a.split, out=a.out, html=a.html,
-                html_top=a.html_top, device=a.device)
-    print(format_summary(rep.summary) + f"\nwrote {a.out}" + (f" and {a.html}" if a.html else ""))
-    return 0
 
 
 def refiner_confidence(bags: dict, top_k: int) -> torch.Tensor:

@@ -28,28 +28,6 @@ from torch.nn import functional as F
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
-BOX_ATOL, SCORE_ATOL = 0.05, 1e-3  # px, probability: the default pass/fail tolerance of the check
-
-
-def add_export_parser(sub) -> None:
-    p = sub.add_parser("export", help="export the trained detector to ONNX (checked with onnxruntime)")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="model_best.pt / model_final.pt / "
-                   "checkpoint.pt")
-    p.add_argument("--out", required=True, metavar="ONNX", help="output file, e.g. model.onnx")
-    p.add_argument("--image", metavar="FILE", help="image the ONNX outputs are checked on (default: scikit-image's "
-                   "bundled 'coffee' photo); a second check runs on its transposed copy (another size)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 11; default: 17)")
-    p.add_argument("--box-atol", type=float, default=BOX_ATOL, help=f"box tolerance in px (default: {BOX_ATOL})")
-    p.add_argument("--score-atol", type=float, default=SCORE_ATOL, help=f"score tolerance (default: {SCORE_ATOL})")
-
-
-def cmd_export(a) -> int:
-    from ..api import export_onnx
-
-    rep = export_onnx(a.checkpoint, a.out, image=a.image, opset=a.opset, box_atol=a.box_atol,
-                      score_atol=a.score_atol)
-    print(format_report(rep))
-    return 0 if rep["ok"] else 1
 
 
 def _onnx_resize(self, image: torch.Tensor, target=None):
@@ -159,12 +137,3 @@ def check_images(image: str | Path | None) -> list[torch.Tensor]:
     return [x, x.transpose(1, 2).contiguous()]
 
 
-def format_report(rep: dict) -> str:
-    lines = [f"wrote {rep['out']} ({Path(rep['out']).stat().st_size / 2**20:.1f} MiB)"]
-    for c in rep["checks"]:
-        lines.append(f"onnxruntime vs PyTorch on a {c['size'][0]}x{c['size'][1]} image: {c['detections']} "
-                     f"detections, max |Δbox| = {c['max_box_diff']:.2e} px, max |Δscore| = {c['max_score_diff']:.2e}"
-                     + (f", {c['count_diff']:+d} detections" if c["count_diff"] else ""))
-    lines.append(f"tolerance: {rep['box_atol']} px, {rep['score_atol']} score: "
-                 + ("OK" if rep["ok"] else "FAILED (outputs differ more than the tolerance)"))
-    return "\n".join(lines)

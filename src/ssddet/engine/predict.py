@@ -19,7 +19,6 @@ from ..errors import UserError
 from ..viz.draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, read_rgb, save_png
 
 log = logging.getLogger(__name__)
-RESULTS_NAME = "detections.json"
 
 
 @dataclass
@@ -32,29 +31,6 @@ class PredictStats:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
-
-
-def add_predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="detect objects in image files/folders: COCO results JSON + one PNG per "
-                       "image with the boxes drawn")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and folders (searched "
-                   f"recursively for {', '.join(IMAGE_SUFFIXES)})")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="model_best.pt / model_final.pt / "
-                   "checkpoint.pt of a run")
-    p.add_argument("--out", required=True, metavar="DIR", help=f"output folder: {RESULTS_NAME} and one PNG per "
-                   "image (named after the image, relative to its folder argument)")
-    p.add_argument("--score", type=float, default=0.5, help="keep (and draw) detections scoring at least this; "
-                   "0 keeps all the model returns, e.g. for COCO evaluation (default: 0.5)")
-    p.add_argument("--no-draw", action="store_true", help="write the JSON only")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-
-
-def cmd_predict(a) -> int:
-    from ..api import predict
-
-    dets = predict(a.checkpoint, a.inputs, out=a.out, score=a.score, device=a.device, draw=not a.no_draw)
-    print(f"{len(dets)} detections with score >= {a.score} -> {Path(a.out) / RESULTS_NAME}")
-    return 0
 
 
 def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:

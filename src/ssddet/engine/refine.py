@@ -109,32 +109,3 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict,
     return d, stats
 
 
-def add_refine_parser(sub) -> None:
-    p = sub.add_parser("refine", help="export an SSD-Det run's refined training boxes as COCO JSON")
-    p.add_argument("--checkpoint", required=True, metavar="PT", help="the run's checkpoint.pt (holds the refiner)")
-    p.add_argument("--out", required=True, metavar="JSON", help="output COCO JSON")
-    p.add_argument("--data", metavar="DIR", help="dataset (default: the one the run trained on)")
-    p.add_argument("--train-ann", metavar="JSON", help="annotations to refine (default: the run's)")
-    p.add_argument("--images", metavar="DIR", help="image root")
-    p.add_argument("--split", help="split to refine (default: the run's training split)")
-    p.add_argument("--all-splits", action="store_true", help="also write the other splits' images, unchanged "
-                   "(default: only the refined split, so that training on the export never sees evaluation "
-                   "images)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-
-
-def cmd_refine(a) -> int:
-    from ..api import refine
-
-    d = refine(a.checkpoint, out=a.out, data=a.data, train_ann=a.train_ann, images=a.images, split=a.split,
-               all_splits=a.all_splits, device=a.device)
-    info = d["info"]["ssddet_refine"]
-    stats = info["stats"]
-    msg = f"refined {stats['refined_boxes']} boxes of {info['images_refined']} images -> {a.out}"
-    if "iou_refined" in stats:
-        msg += f"\nmean IoU with true_bbox: input {stats['iou_noisy']:.4f} -> refined {stats['iou_refined']:.4f}"
-    if len(d["images"]) < info["images_in_source"]:
-        msg += (f"\nwrote split '{info['split']}' only ({len(d['images'])} of {info['images_in_source']} images; "
-                f"--all-splits keeps all): re-train with --train-ann {a.out} --val-ann <the dataset's JSON>")
-    print(msg)
-    return 0

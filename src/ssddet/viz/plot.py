@@ -18,23 +18,6 @@ DETECTOR_LOSSES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "lo
 NCOLS, PANEL_W, PANEL_H, DPI = 4, 4.0, 3.2, 100
 
 
-def add_plot_parser(sub) -> None:
-    p = sub.add_parser("plot", help="training curves of runs (losses, val AP/AP50, refined-box IoUs) as a PNG")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each with log.jsonl); several "
-                   "are overlaid, named after their directories")
-    p.add_argument("--out", default="curves.png", metavar="PNG", help="output image (default: curves.png)")
-    p.add_argument("--names", nargs="+", metavar="NAME", help="legend names of the runs (default: the shortest "
-                   "distinct ends of their paths)")
-
-
-def cmd_plot(a) -> int:
-    from ..api import plot
-
-    out = plot(a.runs, out=a.out, names=a.names)
-    print(f"wrote {out}")
-    return 0
-
-
 def read_epochs(run_dir: str | Path) -> list[dict]:
     """The epoch records of a run's log.jsonl, one per epoch (the last one written wins: a resumed run may
     have logged an epoch twice), sorted by epoch. Unparsable lines (a record cut by a crash) are skipped with a

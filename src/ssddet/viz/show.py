@@ -33,31 +33,6 @@ class Layer:
     image_ids: set | None = None  # images the layer covers (None: any)
 
 
-def add_show_parser(sub) -> None:
-    p = sub.add_parser("show", help="draw clean / noisy / refined boxes of the same images (PNGs + contact sheet)")
-    p.add_argument("--ann", required=True, metavar="JSON", help="annotations: a noisy copy (`ssddet noise`: bbox "
-                   "noisy, true_bbox clean) or a refine export (bbox refined, noisy_bbox, true_bbox)")
-    p.add_argument("--images", metavar="DIR", help="image root (default: the JSON's directory)")
-    p.add_argument("--compare", nargs="+", default=[], metavar="JSON", help="more box sets to overlay: refine "
-                   "exports (matched by annotation id) or COCO results lists (matched by image id)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--ids", nargs="+", type=int, metavar="ID", help="image ids to draw")
-    p.add_argument("--n", type=int, default=16, help="without --ids: this many images, evenly spread over the "
-                   "file's images with boxes (those every --compare file covers) (default: 16)")
-    p.add_argument("--split", help="only images of this split")
-    p.add_argument("--score", type=float, default=0.5, help="lowest score drawn from a results list "
-                   "(default: 0.5)")
-
-
-def cmd_show(a) -> int:
-    from ..api import show
-
-    paths = show(a.ann, images=a.images, compare=a.compare, out=a.out, ids=a.ids, n=a.n, split=a.split,
-                 score=a.score)
-    print(f"wrote {len(paths) - 1} image(s) and {paths[-1]}")
-    return 0
-
-
 def _box(v) -> np.ndarray | None:
     """COCO [x, y, w, h] -> float64[4] xyxy, or None when it is not 4 finite numbers."""
     if not isinstance(v, (list, tuple)) or len(v) != 4:

@@ -1,0 +1,27 @@
+"""`ssddet audit`: every annotation ranked by how likely its box is wrong (the work: engine/audit.py)."""
+from __future__ import annotations
+
+from .options import add_dataset_options
+
+
+def add_audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="rank every annotation by how likely its box is wrong (SSD-Det refiner): "
+                       "CSV, optional HTML with thumbnails")
+    p.add_argument("--checkpoint", required=True, metavar="PT", help="an SSD-Det run's checkpoint.pt (holds the "
+                   "refiner)")
+    add_dataset_options(p, "the annotations to audit (COCO)", required=True)
+    p.add_argument("--split", help="only the images of this split")
+    p.add_argument("--out", required=True, metavar="CSV", help="ranked annotations, worst first")
+    p.add_argument("--html", metavar="HTML", help="also a self-contained HTML page of the worst ones with "
+                   "thumbnails")
+    p.add_argument("--html-top", type=int, default=200, help="rows in the HTML page (default: 200)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+
+
+def cmd_audit(a) -> int:
+    from ..api import audit
+
+    rep = audit(a.checkpoint, a.ann, data=a.data, images=a.images, split=a.split, out=a.out, html=a.html,
+                html_top=a.html_top, device=a.device)
+    print(f"{rep}\nwrote {a.out}" + (f" and {a.html}" if a.html else ""))
+    return 0
