@@ -113,6 +113,9 @@ def test_show_draws_each_layer_with_a_legend(run, tmp_path):
     assert Image.open(dst / "contact_sheet.png").size == (w, h + legend_height(w, h, 3))
     assert main(["show", "--ann", str(noisy), "--images", str(data), "--out", str(dst / "one"), "--ids", "2"]) == 0
     assert sorted(p.name for p in (dst / "one").iterdir()) == ["2_b.png", "contact_sheet.png"]
+    # --data DIR: DIR/annotations.json with its images, as every dataset command takes it
+    assert main(["show", "--data", str(data), "--out", str(dst / "data"), "--ids", "2"]) == 0
+    assert sorted(p.name for p in (dst / "data").iterdir()) == ["2_b.png", "contact_sheet.png"]
 
 
 def test_plot_overlays_runs(run, tmp_path, capsys):
@@ -231,4 +234,13 @@ def test_api_check_and_evaluate(tiny_coco):
     results = [{"image_id": 4, "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
                for a in coco["annotations"] if a["image_id"] == 4]
     (root / "res.json").write_text(json.dumps(results))
-    assert ssddet.evaluate(results=root / "res.json", data=str(root))["AP"] == pytest.approx(1.0)
+    m = ssddet.evaluate(results=root / "res.json", data=str(root))
+    assert m["AP"] == pytest.approx(1.0) and m["images"] == 1  # the val split: image 4
+    # --ann: the file's --split images; a file without `split` fields: all of its images
+    assert ssddet.evaluate(results=root / "res.json", ann=ann, split="val")["images"] == 1
+    for im in coco["images"]:
+        im.pop("split", None)
+    (root / "nosplit.json").write_text(json.dumps(coco))
+    m = ssddet.evaluate(results=root / "res.json", ann=root / "nosplit.json", split="val")
+    assert m["images"] == 5 and m["AP"] < 1.0  # the other images' boxes were not detected
+    assert ssddet.check(data=root) == (text, status)
