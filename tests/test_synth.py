@@ -190,7 +190,6 @@ def test_background_contrast_flattens_the_photo():
 
 def test_cli_synth_writes_the_set_train_would_generate(tmp_path, monkeypatch):
     """`ssddet data synth` and the set `ssddet train` generates share make_synth's defaults."""
-
     from ssddet.cli import main
 
     seen = {}
@@ -207,3 +206,16 @@ def test_cli_synth_writes_the_set_train_would_generate(tmp_path, monkeypatch):
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-val", "9"]) == 0
     assert seen["num_val"] == 9
     assert (tmp_path / "s" / "annotations.json").is_file()
+
+
+def test_cli_synth_help_states_the_generators_sizes(capsys):
+    import inspect
+
+    from ssddet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for k, v in inspect.signature(synth.make_synth).parameters.items():
+        if k in ("num_train", "num_val", "num_test"):
+            assert f"--{k.replace('_', '-')} {k.upper()} " in text and f"the built-in set's, {v.default})" in text, k
