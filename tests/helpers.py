@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,19 @@ def crash_after_first_epoch(monkeypatch, exc: type[BaseException]) -> None:
 
 def read_log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def step_grad_norms(out: Path) -> list[float | None]:
+    """grad_norm of each logged train record (LOG_EVERY=1: every step); None for a step that fp16's GradScaler
+    skipped (amp_skipped=1: inf/NaN gradients at its scale, so the logged norm is inf or NaN by design). Any other
+    non-finite value, or a non-finite norm without the skip, fails the calling test."""
+    norms = []
+    for r in (r for r in read_log(out) if r["kind"] == "train"):
+        bad = sorted(k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v))
+        skipped = r.get("amp_skipped") == 1.0
+        assert set(bad) <= ({"grad_norm"} if skipped else set()), (r["iteration"], bad, r)
+        norms.append(None if skipped else r["grad_norm"])
+    return norms
 
 
 # ------------------------------------------------------------------------------------------------ comparisons

@@ -2,13 +2,17 @@
 --sync-bn's conversion and its log lines, the linear LR scaling rule. (The CUDA side: tests/test_cuda.py.)"""
 from __future__ import annotations
 
+import json
 import logging
+import math
 
 import pytest
 import torch
-from helpers import CHEAP_MODEL_FIELDS
+from helpers import CHEAP_MODEL_FIELDS, read_log, step_grad_norms, train_args, write_shapes_coco
 
+from ssddet.cli import main
 from ssddet.config import ModelConfig, SSDDetConfig, TrainConfig
+from ssddet.engine import train as train_mod
 from ssddet.engine.accel import Precision, maybe_sync_batchnorm, scaled_lr, trainable_batchnorm_count
 from ssddet.errors import UserError
 from ssddet.models.detector import build_detector
@@ -41,6 +45,36 @@ def test_amp_dtype_on_cuda(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert Precision(TrainConfig(amp=True), CUDA).dtype is torch.float16
     assert "this GPU has no bfloat16, using fp16" in caplog.text
+
+
+def test_steps_the_grad_scaler_skips_are_logged(tmp_path, monkeypatch):
+    """fp16's GradScaler skips a step whose scaled gradients overflow (by design on the first steps at 2^16): the
+    train record keeps the inf/NaN norm and says amp_skipped=1, which tests/test_cuda.py accepts and nothing else.
+    On the CPU: a CPU GradScaler whose first scaled backward overflows stands in for fp16's."""
+    class FirstBackwardOverflows(torch.amp.GradScaler):
+        calls = 0
+
+        def scale(self, outputs):
+            self.calls += 1
+            return super().scale(outputs) * (math.inf if self.calls == 1 else 1.0)
+
+    class ScaledOnCpu(Precision):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.scaler = FirstBackwardOverflows("cpu")
+
+    monkeypatch.setattr(train_mod, "Precision", ScaledOnCpu)
+    monkeypatch.setattr(train_mod, "LOG_EVERY", 1)
+    data = write_shapes_coco(tmp_path / "data", n_train=4, n_val=2)
+    assert main(train_args(data, tmp_path / "run", "vanilla", 1, 2)) == 0
+    records = [r for r in read_log(tmp_path / "run") if r["kind"] == "train"]
+    assert records[0]["amp_skipped"] == 1.0 and not math.isfinite(records[0]["grad_norm"])
+    norms = step_grad_norms(tmp_path / "run")
+    assert norms[0] is None and math.isfinite(norms[1]) and records[1]["amp_skipped"] == 0.0
+    records[0]["amp_skipped"] = 0.0  # the same inf norm without the skip fails
+    (tmp_path / "run" / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    with pytest.raises(AssertionError):
+        step_grad_norms(tmp_path / "run")
 
 
 def test_refiner_mil_and_sisd_losses_stay_float32_under_autocast():

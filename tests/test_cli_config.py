@@ -58,7 +58,7 @@ def test_given_flags_override_the_config_file(tmp_path):
 
 def test_every_train_flag_reaches_its_field():
     """Each table row is wired: the flag given alone changes exactly its field."""
-    default = _resolve("--out", "o").to_dict()  # the defaults as a run resolves them ("by-noise" -> small)
+    default = _resolve("--out", "o").to_dict()  # the defaults as a run resolves them
     for flag, field, opts in train_flags():
         section, key = field.split(".")
         if opts.get("action") is not None:  # --x / --no-x
@@ -83,7 +83,7 @@ def test_refiner_preset_over_a_config_file(tmp_path):
     path = tmp_path / "paper.json"
     path.write_text(json.dumps(cfg.to_dict()))
     assert _resolve("--config", str(path)).ssddet == cfg.ssddet  # not given: the file's paper settings stay
-    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig(sampler="small")
+    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig()
     assert _resolve("--refiner", "paper").ssddet == cfg.ssddet
 
 
@@ -130,19 +130,30 @@ def test_api_train_checks_like_the_cli(tmp_path):
 
 
 @pytest.mark.parametrize("args, bag", [
-    ((), "small"),  # the user's own boxes: noise level unknown
-    (("--noise", "0.2"), "small"),
-    (("--noise", "0.3"), "large"),
+    ((), "large"),  # the user's own boxes: noise level unknown
+    (("--noise", "0.2"), "large"),
     (("--noise", "0.4"), "large"),
     (("--noise", "0.4", "--set", "ssddet.sampler=small"), "small"),  # an explicit preset wins
+    (("--set", "ssddet.sampler=by-noise"), "small"),  # the released configs' rule, asked for: no noise -> small
+    (("--noise", "0.3", "--set", "ssddet.sampler=by-noise"), "large"),
     (("--set", "ssddet.sampler=auto"), "auto"),
     (("--refiner", "paper"), "large"),
 ])
-def test_by_noise_sampler_is_resolved_when_the_run_starts(args, bag):
-    """The released configs' rule (small bag at 10/20 % noise, large at 30/40 %), written into the config so
-    that eval/refine and --config reruns rebuild the same refiner."""
-    assert SSDDetConfig().sampler == "by-noise"
+def test_sampler_is_resolved_when_the_run_starts(args, bag):
+    """The default bag is the same at every noise level; "by-noise" (the released configs' rule: small bag at
+    10/20 % noise, large at 30/40 %) is resolved into the config so eval/refine and --config reruns rebuild it."""
+    assert SSDDetConfig().sampler == "large"
     assert _resolve(*args).ssddet.sampler == bag
+
+
+def test_default_config_does_not_depend_on_the_noise_level():
+    """A user's own noisy JSON trained without --noise resolves the same config as --noise on the same boxes,
+    the noise fields aside."""
+    plain = _resolve("--output", "o").to_dict()
+    noised = _resolve("--output", "o", "--noise", "0.4").to_dict()
+    for cfg in (plain, noised):
+        cfg["data"].pop("noise")
+    assert plain == noised
 
 
 def test_unknown_sampler_is_a_user_error():

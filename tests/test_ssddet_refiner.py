@@ -28,8 +28,8 @@ def _features(n=2, requires_grad=False, seed=0):
 def _refiner(**kw):
     kw.setdefault("trunk_dim", 32)
     kw.setdefault("num_negatives", 40)
-    # the released code's bag/cap/trunk (these tests check its counts), at a tiny width
-    for k, v in {"sampler": "large", "max_objects_per_image": 32, "trunk_reduce": 0}.items():
+    # the released code's bag/cap/trunk and no keep-the-box step (these tests check its counts), at a tiny width
+    for k, v in {"sampler": "large", "max_objects_per_image": 32, "trunk_reduce": 0, "keep_given": False}.items():
         kw.setdefault(k, v)
     cfg = SSDDetConfig(**kw)
     return SSDDetRefiner(cfg, K, MultiScaleRoIAlign(["0", "1", "2", "3"], R, 2), in_channels=C, resolution=R)

@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -281,18 +282,32 @@ class Trainer:
                                                                 self.cfg.train.nan_policy, self.device):
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._skip(stats)
+        scale = scaler.get_scale() if self.precision.scaling else None
         scaler.step(self.optimizer)
         scaler.update()
-        self.scheduler.step()
+        self._advance_schedule()
         logged = {**losses, "loss": total, **({"grad_norm": norm} if norm is not None else {})}
         vals = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()
-        return dict(zip(logged, vals)), stats  # one host sync
+        out = dict(zip(logged, vals))  # one host sync (fp16: two more, in get_scale)
+        if scale is not None:
+            # fp16: update() lowers the scale exactly when the scaler skipped the step (inf/NaN gradients, by design
+            # on the first steps at its initial 2^16); the logged grad_norm is then non-finite, and this says why
+            out["amp_skipped"] = float(scaler.get_scale() < scale)
+        return out, stats
 
     def _skip(self, stats: dict) -> tuple[dict, dict]:
         """A skipped step (nan_policy 'skip'): no update; the LR schedule advances and the step is counted."""
         self.skipped += 1
-        self.scheduler.step()
+        self._advance_schedule()
         return {}, stats
+
+    def _advance_schedule(self) -> None:
+        """One step of the LR schedule, applied or skipped. A skipped first step (fp16's GradScaler skips the
+        steps whose gradients overflow its initial 2^16 scale) has no optimizer.step() before it, which torch
+        warns about: the schedule counts iterations, not updates, so that is intended here."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before", UserWarning)
+            self.scheduler.step()
 
     def evaluate(self) -> dict:
         """COCO metrics on the val split, on every process (each predicts its share of the batches)."""

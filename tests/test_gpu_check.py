@@ -1,0 +1,67 @@
+"""benchmarks/gpu_check.py on the CPU (--smoke): one entry per section, saved after each, and a failing section
+or timing configuration recorded as such while the others still run and are written."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_failed_section_leaves_the_others_saved(gpu_check, tmp_path, monkeypatch):
+    """resume and one timing configuration fail (injected); pytest and the other configuration are measured, and
+    the JSON on disk grows section by section."""
+    saved = []
+    save = gpu_check.Report.save
+
+    def spy(self):
+        save(self)
+        saved.append(json.loads(Path(self.path).read_text())["sections"])
+
+    monkeypatch.setattr(gpu_check.Report, "save", spy)
+    out = tmp_path / "res" / "gpu_check.json"
+    rc = gpu_check.main(["--smoke", "--device", "cpu", "--amp", "--out", str(out),
+                         "--fail-section", "resume", "speed/ssddet-fp32"])
+    assert rc == 1  # a failed section fails the check
+    report = json.loads(out.read_text())
+    sections = report["sections"]
+    assert list(sections) == ["pytest", "resume", "speed"]  # correctness first
+    assert sections["pytest"]["returncode"] == 0 and "skipped" in sections["pytest"]["summary"]
+    assert "needs CUDA" in (tmp_path / "res" / "pytest_cuda.txt").read_text()  # the full output, in its file
+    assert sections["resume"]["error"] == "RuntimeError: injected failure (--fail-section)"
+    assert sections["speed"]["vanilla-fp32"]["images_per_s"] > 0
+    assert "injected failure" in sections["speed"]["ssddet-fp32"]["error"]
+    assert sections["speed"]["ssddet_over_vanilla"] == {}  # no ratio without both timings
+    assert report["passed"] is False and report["fp32"]["fp32_means"] == "fp32 convolutions, fp32 matmuls"
+    # saved at the start, after each section and each configuration: pytest was on disk before resume ran
+    assert [list(s) for s in saved[:3]] == [[], ["pytest"], ["pytest", "resume"]]
+    assert list(saved[3]["speed"]) == ["vanilla-fp32"]
+
+
+def test_timeouts_and_the_budget_are_entries_not_crashes(gpu_check, tmp_path):
+    report = gpu_check.Report(tmp_path / "r.json", {"device": "cpu"}, [], budget_s=None)
+
+    def times_out():
+        raise subprocess.TimeoutExpired(["ssddet", "train"], 5)
+
+    assert report.run("resume", times_out)["error"].startswith("TimeoutExpired: Command '['ssddet', 'train']'")
+    assert report.run("speed/vanilla-fp32", lambda: {"images_per_s": 1.0})["images_per_s"] == 1.0
+    report.deadline = 0.0  # spent: nothing more starts
+    assert "skipped" in report.run("speed/ssddet-fp32", lambda: {"images_per_s": 1.0})
+    on_disk = json.loads((tmp_path / "r.json").read_text())["sections"]
+    assert set(on_disk) == {"resume", "speed"} and set(on_disk["speed"]) == {"vanilla-fp32", "ssddet-fp32"}
+    assert not gpu_check.passed(on_disk)

@@ -1,0 +1,105 @@
+"""The defaults that make SSD-Det safe on boxes of unknown quality: the keep-the-box step (a given box the refiner
+cannot improve comes back exactly) and the cap's "oldest first" selection (every object is refined before any
+is refined twice, so the detector's banked targets stay close to the refiner's current output)."""
+
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from ssddet.config import SSDDetConfig
+from ssddet.models.ssddet.refiner import SSDDetRefiner
+
+C, R, K = 8, 3, 3
+SIZES = [(64, 64), (64, 56)]
+BOXES = [torch.tensor([[4.0, 6.0, 30.0, 40.0], [36.0, 10.0, 62.0, 30.0], [0.0, 40.0, 14.0, 63.0]]),
+         torch.tensor([[10.0, 12.0, 50.0, 44.0]])]
+LABELS = [torch.tensor([1, 2, 3]), torch.tensor([2])]
+CLEAN = [b + torch.tensor([1.0, -1.0, 2.0, 1.0]) for b in BOXES]
+
+
+def _features(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = {str(i): torch.randn(2, C, 64 // 2 ** (i + 2), 64 // 2 ** (i + 2), generator=g) for i in range(4)}
+    feats["pool"] = torch.randn(2, C, 1, 1, generator=g)
+    return feats
+
+
+def _refiner(**kw):
+    torch.manual_seed(0)
+    cfg = SSDDetConfig(**{"trunk_dim": 32, "num_negatives": 40, "trunk_reduce": 0, **kw})
+    return SSDDetRefiner(cfg, K, MultiScaleRoIAlign(["0", "1", "2", "3"], R, 2), in_channels=C,
+                         resolution=R).manual_seed(0).train()
+
+
+def _refine(ref):
+    return torch.cat(ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN).refined)
+
+
+def test_a_given_box_the_scores_prefer_is_returned_exactly():
+    """With a stage-II classifier and SISD head that score every box alike, the given box ties with the merged
+    one, and ties go to the given box: every box comes back bit for bit. Without the step they move."""
+    ref = _refiner(keep_given=True)
+    with torch.no_grad():
+        for head in (ref.cls1, ref.sisd.iou):
+            head.weight.zero_()
+    out = ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN)
+    assert torch.equal(torch.cat(out.refined), torch.cat(BOXES))
+    assert out.stats["keep_rate"] == 1.0
+    ref.cfg.keep_given = False
+    assert not torch.allclose(_refine(ref), torch.cat(BOXES), atol=0.5)
+
+
+def test_the_merged_box_wins_where_the_classifier_prefers_it():
+    """A stage-II classifier that scores b̃'s features above b*'s: every object takes the merged box, which is
+    what the same refiner returns with the step switched off."""
+    ref = _refiner(keep_given=True, sisd=False)
+    calls = []
+
+    def prefer_merged(f):  # the bag's scores are flat; the keep step pools [b*, b̃] per object, rows alternate
+        calls.append(tuple(f.shape))
+        out = torch.zeros(*f.shape[:-1], K)
+        if f.dim() == 2 and len(calls) > 1:
+            out[1::2] = 10.0
+        return out
+
+    ref.cls1.forward = prefer_merged
+    kept = _refine(ref)
+    assert calls[-1] == (2 * 4, 32)
+    calls.clear()
+    ref.cfg.keep_given = False
+    torch.testing.assert_close(kept, _refine(ref))
+    assert not torch.allclose(kept, torch.cat(BOXES), atol=0.5)
+
+
+def test_switched_off_the_output_is_the_released_path():
+    """keep_given=False reproduces the refiner as it was before the step existed (values recorded from that code,
+    same seed and inputs, cap 2 of 3 objects)."""
+    ref = _refiner(keep_given=False, sampler="large", max_objects_per_image=2)
+    out = ref(_features(), SIZES, BOXES, LABELS)
+    want = torch.tensor([[2.615530, 4.667243, 33.054012, 48.008907], [36.0, 10.0, 62.0, 30.0],
+                         [-3.091290, 37.516033, 11.324514, 65.483490], [17.616377, 8.233237, 49.720478, 43.301422]])
+    torch.testing.assert_close(torch.cat(out.refined), want, rtol=0, atol=1e-4)
+    torch.testing.assert_close(out.losses["loss_spsd1"], torch.tensor(3.64907), rtol=0, atol=1e-4)
+
+
+def test_cap_refines_the_highest_priority_objects():
+    """Over the cap, `priority` decides which objects are refined (the others keep their input box)."""
+    ref = _refiner(max_objects_per_image=1, keep_given=False)
+    prio = [torch.tensor([0.0, 5.0, 1.0]), torch.tensor([0.0])]
+    out = ref(_features(), SIZES, BOXES, LABELS, priority=prio)
+    assert out.selected[0].tolist() == [False, True, False] and out.selected[1].tolist() == [True]
+    assert torch.equal(out.refined[0][[0, 2]], BOXES[0][[0, 2]])
+
+
+def test_oldest_first_refines_every_object_before_any_twice():
+    """SSDDetMethod with the bank: 3 objects, cap 1 -> three steps refine three different objects."""
+    from ssddet.models.ssddet.bank import BoxBank
+
+    ref = _refiner(max_objects_per_image=1, keep_given=False)
+    bank, ids, seen = BoxBank(), torch.tensor([7, 8, 9]), []
+    for _ in range(3):
+        prio = [-bank.last_refined(ids).float(), torch.zeros(1)]
+        out = ref(_features(), SIZES, BOXES, LABELS, priority=prio)
+        sel = out.selected[0]
+        bank.update(ids[sel], torch.rand(int(sel.sum()), 4))
+        seen += ids[sel].tolist()
+    assert sorted(seen) == [7, 8, 9]
