@@ -235,12 +235,12 @@ def test_api_check_and_evaluate(tiny_coco):
                for a in coco["annotations"] if a["image_id"] == 4]
     (root / "res.json").write_text(json.dumps(results))
     m = ssddet.evaluate(results=root / "res.json", data=str(root))
-    assert m["AP"] == pytest.approx(1.0) and m["images"] == 1  # the val split: image 4
+    assert m["AP"] == pytest.approx(1.0) and m.images == 1  # the val split: image 4
     # --ann: the file's --split images; a file without `split` fields: all of its images
-    assert ssddet.evaluate(results=root / "res.json", ann=ann, split="val")["images"] == 1
+    assert ssddet.evaluate(results=root / "res.json", ann=ann, split="val").images == 1
     for im in coco["images"]:
         im.pop("split", None)
     (root / "nosplit.json").write_text(json.dumps(coco))
     m = ssddet.evaluate(results=root / "res.json", ann=root / "nosplit.json", split="val")
-    assert m["images"] == 5 and m["AP"] < 1.0  # the other images' boxes were not detected
+    assert m.images == 5 and m["AP"] < 1.0  # the other images' boxes were not detected
     assert ssddet.check(data=root) == (text, status)

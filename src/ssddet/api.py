@@ -16,6 +16,13 @@ log = logging.getLogger("ssddet")
 RESULTS_NAME = "detections.json"  # what `predict` writes into its `out` folder
 
 
+class Metrics(dict):
+    """What `evaluate` returns: the COCO metrics {AP, AP50, ..., per_class} (equal to the same metrics as a plain
+    dict, e.g. a run's val metrics), and `images`, how many images were evaluated."""
+
+    images: int = 0
+
+
 def load_detector(checkpoint: str | Path):
     """model_best.pt / model_final.pt / checkpoint.pt -> (torchvision FasterRCNN in eval mode, meta dict with
     categories, num_classes and the model config)."""
@@ -74,8 +81,9 @@ def format_metrics(metrics: dict) -> str:
 
 def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=None, val_ann=None, images=None,
              split: str = "val", save_results=None, device: str = "auto", batch_size: int = 2,
-             workers: int = 2) -> dict:
-    """COCO AP of a checkpoint (or of a COCO results file) on a split -> {AP, AP50, ..., per_class, images}.
+             workers: int = 2) -> Metrics:
+    """COCO AP of a checkpoint (or of a COCO results file) on a split -> Metrics {AP, AP50, ..., per_class}
+    (`.images`: how many were evaluated).
 
     The dataset as for `train` (`data`, or `train_ann` / `val_ann`, or the built-in set), or `ann`: one COCO file,
     its `split` images (all of them when it has no `split` field)."""
@@ -101,7 +109,9 @@ def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=No
 
             Path(save_results).write_text(json.dumps(dets))
             log.info("wrote %d detections to %s", len(dets), save_results)
-    return {**coco_evaluate(gt, dets), "images": len(records)}
+    metrics = Metrics(coco_evaluate(gt, dets))
+    metrics.images = len(records)
+    return metrics
 
 
 def _predict_records(checkpoint, data, records, device: str, batch_size: int, workers: int) -> list[dict]:

@@ -33,5 +33,5 @@ def cmd_eval(a) -> int:
     m = evaluate(a.checkpoint, results=a.results, data=a.data, ann=a.ann, train_ann=a.train_ann, val_ann=a.val_ann,
                  images=a.images, split=a.split, save_results=a.save_results, device=a.device,
                  batch_size=a.batch_size, workers=a.workers)
-    print(json.dumps(m, indent=2) if a.json else f"{a.split} ({m['images']} images): {format_metrics(m)}")
+    print(json.dumps(m, indent=2) if a.json else f"{a.split} ({m.images} images): {format_metrics(m)}")
     return 0
