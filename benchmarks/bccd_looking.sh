@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Looking at the results" demo: BCCD at 40 % box noise, with the benchmark runs of
+# The "Looking at the results on BCCD" demo of docs/benchmarks.md: BCCD at 40 % box noise, with the benchmark runs of
 # benchmarks/results/bccd_lite0/{noisy,ssddet,oamil,clean} (EfficientNet-Lite0, 6 epochs, noise seed 45).
 #   benchmarks/bccd_looking.sh [BCCD_DIR] [RUNS_DIR] [OUT_DIR]
 # BCCD_DIR holds annotations.json (a `split` per image) and the images; outputs go to OUT_DIR.
@@ -7,12 +7,12 @@
 set -euo pipefail
 BCCD=${1:-data/bccd}
 RUNS=${2:-benchmarks/results/bccd_lite0}
-OUT=${3:-/tmp/bccd_demo}
+OUT=${3:-runs/bccd_demo}
 SSDDET=${SSDDET:-ssddet}
 mkdir -p "$OUT"
 
 # the noisy training boxes the runs trained on (the same generator, level and seed as `--noise 0.4`)
-$SSDDET noise --data "$BCCD" --level 0.4 --seed 45 --split train --out "$OUT/noisy.json"
+$SSDDET noise --data "$BCCD" --noise 0.4 --noise-seed 45 --split train --out "$OUT/noisy.json"
 # the SSD-Det refiner's boxes for them
 $SSDDET refine --checkpoint "$RUNS/ssddet/checkpoint.pt" --data "$BCCD" --out "$OUT/refined.json"
 # clean / noisy / refined boxes of 16 training images, and a contact sheet

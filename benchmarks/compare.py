@@ -53,7 +53,7 @@ def run_one(name, method, noise, sets, a, threads: int) -> dict:
     out = Path(a.out) / name
     if not (out / "metrics.json").is_file():
         cmd = [sys.executable, "-m", "ssddet.cli", "train", "--data", a.data, "--method", method, "--noise", noise,
-               "--epochs", str(a.epochs), "--seed", str(a.seed), "--output", str(out), *a.extra.split()]
+               "--epochs", str(a.epochs), "--seed", str(a.seed), "--out", str(out), *a.extra.split()]
         for s in sets:
             cmd += ["--set", s]
         t0 = time.time()

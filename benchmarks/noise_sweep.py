@@ -16,8 +16,10 @@ spec (the run's full resolved config minus paths and worker counts) still matche
 cell, its SSD-Det run has not been retrained since); a run directory under RUNS that
 finished with a matching config is scored without retraining (`--adopt CELL=RUN_DIR` scores a run trained
 elsewhere, after the same check). `--jobs N` runs N cells side by side with (CPU cores / N) threads each; a
-`ssddet+fr` cell waits for its SSD-Det cell. Writes RESULTS.json and RESULTS.md (the tables), and with `--readme`
-replaces the README's block between `<!-- sweep:begin -->` and `<!-- sweep:end -->` with the markdown.
+`ssddet+fr` cell waits for its SSD-Det cell. Writes RESULTS.json and RESULTS.md (the full table). With `--readme`
+it replaces the README's block between `<!-- sweep:begin -->` and `<!-- sweep:end -->` with the headline table
+(test AP per noise level and method) and the block between `<!-- sweep-full:begin -->` and `<!-- sweep-full:end -->`
+of `--docs` (default: docs/benchmarks.md beside the README) with the full table.
 Gap recovered = (method - noisy vanilla) / (clean vanilla - noisy vanilla), on mean test AP, per noise level.
 """
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _ssddet(args: list[str], threads: int, log: Path) -> str:
 
 def train_args(cell: Cell, a, out: Path) -> list[str]:
     method = "vanilla" if cell.method == "ssddet+fr" else cell.method
-    args = ["train", "--method", method, "--seed", str(cell.seed), "--output", str(out), *PRESETS[a.preset],
+    args = ["train", "--method", method, "--seed", str(cell.seed), "--out", str(out), *PRESETS[a.preset],
             *a.extra.split()]
     if cell.method == "ssddet+fr":
         # The export holds the training split only; val (for the log) comes from the original file.
@@ -303,14 +305,46 @@ def comparisons(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _ms(v) -> str:
+    mean, sd, n = v
+    return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def _f(v, pct=False) -> str:
+    return "–" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.3f}")
+
+
+# SSD-Det settings a cell's recorded spec may predate, with the value that names what the code then did.
+PREDATED = {"selection": "random", "keep_given": False}
+
+
+def ssddet_settings(cells: list[dict]) -> str:
+    """What the SSD-Det cells (and so their +FR exports) were trained with, per noise level, from their recorded
+    specs: the bag, the per-image cap and its selection, the keep-the-box step."""
+    by_noise: dict[float, set] = {}
+    for c in cells:
+        if c["method"] != "ssddet":
+            continue
+        s = {**PREDATED, **c.get("spec", {}).get("ssddet", {})}
+        by_noise.setdefault(c["noise"], set()).add(
+            f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
+            f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`")
+    return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
+
+
+def _footer(summary: dict) -> str:
+    m = summary["machine"]
+    threads = sorted({c["threads"] for c in summary.get("cells", []) if c.get("threads")})
+    per_run = f", {'/'.join(map(str, threads))} thread(s) per run" if threads else ""
+    return (f"Cells trained with preset `{summary['preset']}` (`{' '.join(summary['preset_args'])}`) on "
+            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}){per_run}; {summary['n_cells']} of "
+            f"{summary['n_planned']} planned cells; {summary['cell_hours']:.1f} run-hours (wall time of each run, "
+            "machine shared).")
+
+
 def markdown(summary: dict) -> str:
-    def ms(v):
-        mean, sd, n = v
-        return f"{mean:.3f} ± {sd:.3f}" if n > 1 else f"{mean:.3f}"
-
-    def f(v, pct=False):
-        return "–" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.3f}")
-
+    """The full table: every (noise, method) row with AP, AP50, AP75, per-class AP, gap recovered, box IoUs
+    and minutes, the SSD-Det margins against the seed spread, and how it was made."""
     rows = summary["rows"]
     # Per-class columns for a handful of classes; a many-class set keeps them in the JSON only.
     classes = list(rows[0]["per_class"]) if rows and len(rows[0]["per_class"]) <= 8 else []
@@ -318,29 +352,59 @@ def markdown(summary: dict) -> str:
             "IoU noisy → refined", "min/run"]
     out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
-        iou = f"{f(r['iou_noisy'])} → {f(r['iou_refined'])}"
+        iou = f"{_f(r['iou_noisy'])} → {_f(r['iou_refined'])}"
         out.append("| " + " | ".join([f"{r['noise']:.0%}", r["method"], ",".join(map(str, r["seeds"])),
-                                      ms(r["AP"]), ms(r["AP50"]), ms(r["AP75"]),
-                                      *(f(r["per_class"][c]) for c in classes), f(r["gap_recovered"], True),
+                                      _ms(r["AP"]), _ms(r["AP50"]), _ms(r["AP75"]),
+                                      *(_f(r["per_class"][c]) for c in classes), _f(r["gap_recovered"], True),
                                       iou, f"{r['minutes']:.0f}"]) + " |")
-    m = summary["machine"]
+    settings = ssddet_settings(summary.get("cells", []))
     out += ["", *comparisons(rows), "",
-            f"Cells trained with preset `{summary['preset']}` (`{' '.join(summary['preset_args'])}`) on "
-            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}); "
-            f"{summary['n_cells']} of {summary['n_planned']} planned cells; {summary['cell_hours']:.1f} "
-            f"run-hours (wall time of each run, machine shared). Table written by `{summary['command']}`. "
-            f"Mean ± sample SD over the seeds listed; test split, final "
-            f"epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on mean test AP."]
+            _footer(summary) + f" Table written by `{summary['command']}`. Mean ± sample SD over the seeds listed; "
+            "test split, final epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on "
+            "mean test AP." + (f" SSD-Det settings per noise level: {settings}." if settings else "")]
     return "\n".join(out)
 
 
-def write_readme(path: Path, md: str) -> None:
+HEADLINE_METHODS = {"vanilla": "Faster R-CNN", "oamil": "OA-MIL", "ssddet": "SSD-Det", "ssddet+fr": "SSD-Det + FR"}
+
+
+def headline(summary: dict) -> str:
+    """The README's compact table: test AP per noise level (rows) and method (columns), SSD-Det's boxes, the
+    settings the SSD-Det cells were trained with, and the command that reproduces the sweep."""
+    rows = summary["rows"]
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    head = ["box noise", *(f"{HEADLINE_METHODS[m]} test AP" for m in methods), "SSD-Det boxes: IoU noisy → refined"]
+    out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for noise in sorted({r["noise"] for r in rows}):
+        by = {r["method"]: r for r in rows if r["noise"] == noise}
+        ssd = by.get("ssddet")
+        iou = f"{_f(ssd['iou_noisy'])} → {_f(ssd['iou_refined'])}" if ssd and noise > 0 else "–"
+        out.append("| " + " | ".join([f"{noise:.0%}", *(_ms(by[m]["AP"]) if m in by else "–" for m in methods),
+                                      iou]) + " |")
+    settings = ssddet_settings(summary.get("cells", []))
+    preset = f"`{summary['preset']}` (`{' '.join(summary['preset_args'])}`)"
+    out += ["", f"Test AP on the clean test split, mean ± SD over the seeds run ({summary['n_cells']} of "
+                f"{summary['n_planned']} cells); preset {preset} on {summary['machine']['cpus']} CPU cores."
+                + (f" SSD-Det settings: {settings}." if settings else ""), "",
+            f"Reproduce: `python benchmarks/noise_sweep.py --preset {summary['preset']}` (`--jobs N`: N cells side by "
+            "side); every cell, per-class AP and the seed spread: "
+            "[docs/benchmarks.md](docs/benchmarks.md#the-noise-sweep)."]
+    return "\n".join(out)
+
+
+def write_block(path: Path, md: str, name: str = "sweep") -> None:
+    """Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` of `path` with `md`."""
     text = path.read_text()
-    begin, end = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
         raise SystemExit(f"{path}: no `{begin}` ... `{end}` block to replace")
     head, rest = text.split(begin, 1)
     path.write_text(head + begin + "\n" + md + "\n" + end + rest.split(end, 1)[1])
+
+
+def write_readme(path: Path, md: str) -> None:
+    """The README's sweep block (kept for callers of the earlier name)."""
+    write_block(path, md, "sweep")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -359,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="threads per run (default: CPU cores / jobs)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables from the cell JSONs")
-    ap.add_argument("--readme", help="replace this README's sweep block with the table")
+    ap.add_argument("--readme", help="replace this README's sweep block with the headline table")
+    ap.add_argument("--docs", help="replace this page's sweep-full block with the full table (default with --readme: "
+                    "docs/benchmarks.md beside the README, if it exists)")
     a = ap.parse_args(argv)
     a.adopt = dict(x.split("=", 1) for x in a.adopt)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
@@ -404,7 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     Path(f"{results}.md").write_text(md + "\n")
     print(md)
     if a.readme:
-        write_readme(Path(a.readme), md)
+        write_block(Path(a.readme), headline(summary), "sweep")
+        docs = Path(a.docs) if a.docs else Path(a.readme).parent / "docs" / "benchmarks.md"
+        if a.docs or docs.is_file():
+            write_block(docs, md, "sweep-full")
+    elif a.docs:
+        write_block(Path(a.docs), md, "sweep-full")
     return 1 if errors else 0
 
 

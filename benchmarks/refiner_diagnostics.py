@@ -18,9 +18,9 @@ import torch
 
 from ssddet.data.boxes import aligned_iou
 from ssddet.data.splits import training_split_json
+from ssddet.engine.refine import load_refiner_method, refine_chunks
 from ssddet.models.ssddet.merge import topk_merge
 from ssddet.models.ssddet.sisd import spatial_confidence
-from ssddet.tools.refine import load_refiner_method, refine_chunks
 
 
 def picks(bags: dict, b_hat: torch.Tensor, clean: torch.Tensor, k: int) -> dict[str, torch.Tensor]:

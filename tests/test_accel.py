@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_train import CHEAP_MODEL_FIELDS, read_log, step_grad_norms, train_args, write_shapes_coco
+from helpers import CHEAP_MODEL_FIELDS, read_log, step_grad_norms, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.config import ModelConfig, SSDDetConfig, TrainConfig

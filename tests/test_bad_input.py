@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco, write_image
+from helpers import tiny_coco_dict, write_coco, write_image
 
 from ssddet.cli import main
 from ssddet.config import ModelConfig
@@ -310,7 +310,7 @@ def test_empty_training_set(tmp_path, capsys):
     with pytest.raises(UserError, match=r"annotations\.json: the training set is empty after filtering "
                                         r"\(3 images, none with a usable box\)"):
         training_records(data.select("train"), keep_empty=False, src=data.ann_path)
-    argv = ["train", "--data", root, "--device", "cpu", "--output", tmp_path / "run", "--workers", "0"]
+    argv = ["train", "--data", root, "--device", "cpu", "--out", tmp_path / "run", "--workers", "0"]
     rc, _, err = run(argv, capsys)
     assert_one_error(rc, err, "the training set is empty after filtering")
     assert not (tmp_path / "run").exists()
@@ -319,9 +319,9 @@ def test_empty_training_set(tmp_path, capsys):
 @pytest.mark.parametrize("level", ["1", "2.5", "-0.2"])
 def test_noise_level_out_of_range(tiny_coco, level, capsys):
     _, ann, _ = tiny_coco
-    rc, out, err = run(["noise", "--ann", ann, "--level", level], capsys)
+    rc, out, err = run(["noise", "--ann", ann, "--noise", level], capsys)
     assert rc == 2 and out == "" and "Traceback" not in err
-    assert f"argument --level: noise level must be in [0, 1), got {level}" in err
+    assert f"argument --noise: noise level must be in [0, 1), got {level}" in err
     rc, _, err = run(["train", "--data", ann.parent, "--noise", level], capsys)
     assert rc == 2 and "noise level must be in [0, 1)" in err
 
@@ -332,7 +332,7 @@ def test_noise_level_out_of_range(tiny_coco, level, capsys):
 def test_noise_on_malformed_file(tmp_path, capsys, text, problem):
     ann = tmp_path / "bad.json"
     ann.write_text(text)
-    rc, _, err = run(["noise", "--ann", ann, "--level", "0.2"], capsys)
+    rc, _, err = run(["noise", "--ann", ann, "--noise", "0.2"], capsys)
     assert_one_error(rc, err, f"ssddet noise: error: {ann}: {problem}")
 
 
@@ -358,7 +358,7 @@ def test_unknown_method(capsys):
 
 @pytest.mark.parametrize("item", ["foo.bar=1", "train.nope=3", "train.epochs", "ssddet=1"])
 def test_set_unknown_key(tmp_path, capsys, item):
-    rc, _, err = run(["train", "--output", tmp_path / "run", "--set", item], capsys)
+    rc, _, err = run(["train", "--out", tmp_path / "run", "--set", item], capsys)
     assert_one_error(rc, err, f"--set {item}: expected SECTION.KEY=VALUE with a known config field")
     assert not (tmp_path / "run").exists()
 
@@ -375,7 +375,7 @@ def test_device_names(tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="device 'cuda:1': CUDA is not available"):
             resolve_device("cuda:1")
-    rc, _, err = run(["train", "--output", tmp_path / "run", "--device", "gpu0", "--epochs", "1"], capsys)
+    rc, _, err = run(["train", "--out", tmp_path / "run", "--device", "gpu0", "--epochs", "1"], capsys)
     assert_one_error(rc, err, "unknown device 'gpu0' (choose auto, cpu, cuda or cuda:N)")
 
 

@@ -38,7 +38,7 @@ def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
 
 def test_config_file_reloads_identically(tmp_path):
     path, saved = _saved_run_config(tmp_path)
-    assert _resolve("--config", str(path), "--output", saved["train"]["output"]).to_dict() == saved
+    assert _resolve("--config", str(path), "--out", saved["train"]["output"]).to_dict() == saved
     # without --output: the same settings in a fresh run directory (never the saved run's own)
     got = _resolve("--config", str(path)).to_dict()
     assert got["train"].pop("output").startswith("runs/oamil-")
@@ -48,7 +48,7 @@ def test_config_file_reloads_identically(tmp_path):
 
 def test_given_flags_override_the_config_file(tmp_path):
     path, saved = _saved_run_config(tmp_path)
-    got = _resolve("--config", str(path), "--output", "o", "--epochs", "3", "--noise", "0.1", "--no-amp",
+    got = _resolve("--config", str(path), "--out", "o", "--epochs", "3", "--noise", "0.1", "--no-amp",
                    "--method", "vanilla", "--set", "ssddet.top_k=2").to_dict()
     saved["train"].update(epochs=3, amp=False, method="vanilla", output="o")
     saved["data"]["noise"] = 0.1
@@ -58,7 +58,7 @@ def test_given_flags_override_the_config_file(tmp_path):
 
 def test_every_train_flag_reaches_its_field():
     """Each table row is wired: the flag given alone changes exactly its field."""
-    default = _resolve("--output", "o").to_dict()  # the defaults as a run resolves them
+    default = _resolve("--out", "o").to_dict()  # the defaults as a run resolves them
     for flag, field, opts in train_flags():
         section, key = field.split(".")
         if opts.get("action") is not None:  # --x / --no-x
@@ -69,7 +69,7 @@ def test_every_train_flag_reaches_its_field():
             else:
                 value = "17" if opts.get("type") is int else ("0.25" if "type" in opts else "x")  # float | str
             args, want = [flag, value], opts.get("type", str)(value)
-        got = _resolve("--output", "o", *args).to_dict()
+        got = _resolve("--out", "o", *args).to_dict()
         assert got[section][key] == want != default[section][key], flag
         got[section][key] = default[section][key]
         got["train"]["output"] = default["train"]["output"]
@@ -90,7 +90,7 @@ def test_refiner_preset_over_a_config_file(tmp_path):
 def test_print_config_prints_the_resolved_config_and_does_not_train(tmp_path, capsys):
     path, saved = _saved_run_config(tmp_path)
     out = tmp_path / "new_run"
-    assert main(["train", "--config", str(path), "--output", str(out), "--lr", "0.03", "--print-config"]) == 0
+    assert main(["train", "--config", str(path), "--out", str(out), "--lr", "0.03", "--print-config"]) == 0
     saved["train"].update(lr=0.03, output=str(out))
     assert json.loads(capsys.readouterr().out) == saved
     assert not out.exists()
@@ -112,7 +112,7 @@ def test_resume_continues_the_run_where_output_says_even_if_it_moved(tmp_path):
     path, saved = _saved_run_config(tmp_path)  # its config.json says train.output = tmp/old_run
     moved = tmp_path / "moved"
     path.parent.rename(moved)
-    cfg = _resolve("--output", str(moved), "--resume", "--epochs", "99")
+    cfg = _resolve("--out", str(moved), "--resume", "--epochs", "99")
     assert cfg.train.output == str(moved)  # not the recorded tmp/old_run, which no longer exists
     assert cfg.train.epochs == saved["train"]["epochs"]  # the run's own settings, flags ignored
 
@@ -121,7 +121,7 @@ def test_api_train_checks_like_the_cli(tmp_path):
     import ssddet
     from ssddet.errors import UserError
 
-    with pytest.raises(UserError, match="--resume needs --output"):
+    with pytest.raises(UserError, match="--resume needs --out"):
         ssddet.train(resume=True, epochs=1)
     with pytest.raises(UserError, match="must be >= 1"):
         ssddet.train(epochs=0, output=tmp_path / "r")  # a Path is accepted for a path field
@@ -159,3 +159,38 @@ def test_default_config_does_not_depend_on_the_noise_level():
 def test_unknown_sampler_is_a_user_error():
     with pytest.raises(UserError, match="ssddet.sampler must be one of"):
         _resolve("--set", "ssddet.sampler=huge")
+
+
+def test_api_and_cli_build_the_same_config(tmp_path):
+    """`ssddet.train_config` (behind `ssddet.train`) and `ssddet train` go through one path: the same settings
+    give the same run config, flags by name or by --set, a config file underneath."""
+    import ssddet
+
+    path, _ = _saved_run_config(tmp_path)
+    cli = _resolve("--config", str(path), "--data", "d", "--noise", "0.3", "--epochs", "3", "--out", "o",
+                   "--refiner", "paper", "--set", "ssddet.top_k=5")
+    api = ssddet.train_config(path, data="d", noise=0.3, epochs=3, out="o", refiner="paper",
+                              sets=["ssddet.top_k=5"])
+    assert api.to_dict() == cli.to_dict()
+    by_name = ssddet.train_config(path, **{"data.data_dir": "d", "data.noise": 0.3, "train.epochs": 3},
+                                  output="o", refiner="paper", **{"ssddet.top_k": 5})
+    assert by_name.to_dict() == cli.to_dict()
+    # no run directory given: a fresh one for both, never the config file's own run
+    assert _resolve("--config", str(path)).train.output.startswith("runs/oamil-")
+    assert ssddet.train_config(path).train.output.startswith("runs/oamil-")
+
+
+def test_resume_takes_the_run_config_in_the_api_as_in_the_cli(tmp_path, caplog):
+    import ssddet
+
+    path, saved = _saved_run_config(tmp_path)
+    run = path.parent
+    with caplog.at_level("INFO", logger="ssddet"):
+        api = ssddet.train_config(resume=True, out=run, epochs=99)
+    assert "ignored: epochs" in caplog.text
+    cli = _resolve("--out", str(run), "--resume", "--epochs", "99")
+    assert api.to_dict() == cli.to_dict() == {**saved, "train": {**saved["train"], "output": str(run)}}
+
+
+def test_old_spelling_of_out_still_names_the_run_directory():
+    assert _resolve("--output", "o").train.output == _resolve("--out", "o").train.output == "o"

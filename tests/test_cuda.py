@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_resume import assert_same_state
-from test_train import crash_after_first_epoch, step_grad_norms, train_args, write_shapes_coco
+from helpers import assert_same_state, crash_after_first_epoch, step_grad_norms, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.engine import train as train_mod

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco, write_image
+from helpers import tiny_coco_dict, write_coco, write_image
 
 from ssddet.config import DataConfig
 from ssddet.data.coco import load_coco

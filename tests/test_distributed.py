@@ -23,10 +23,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import tiny_coco_dict, write_coco
+from helpers import assert_same_weights, tiny_coco_dict, train_args, write_coco, write_shapes_coco
 from PIL import Image
-from test_resume import assert_same_weights
-from test_train import train_args, write_shapes_coco
 
 from ssddet.cli import main
 
@@ -41,7 +39,7 @@ def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "run"
     cmd = [TORCHRUN if os.path.exists(TORCHRUN) else "torchrun", "--standalone", "--nproc_per_node", "2",
            "-m", "ssddet.cli", "train", "--data", str(data), "--noise", "0.3", "--epochs", "2", "--min-size", "64",
-           "--max-size", "96", "--workers", "0", "--batch-size", "1", "--device", "cpu", "--output", str(out),
+           "--max-size", "96", "--workers", "0", "--batch-size", "1", "--device", "cpu", "--out", str(out),
            "--set", "ssddet.trunk_dim=32", "--sync-bn", "--amp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

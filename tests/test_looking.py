@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco, write_image
+from helpers import tiny_coco_dict, write_coco, write_image
 from PIL import Image
 
 import ssddet
 from ssddet.cli import main
 from ssddet.errors import UserError
-from ssddet.tools.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
+from ssddet.viz.draw import CLEAN, NOISY, REFINED, contact_sheet_size, legend_height, read_rgb, tile_height
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +113,13 @@ def test_show_draws_each_layer_with_a_legend(run, tmp_path):
     assert Image.open(dst / "contact_sheet.png").size == (w, h + legend_height(w, h, 3))
     assert main(["show", "--ann", str(noisy), "--images", str(data), "--out", str(dst / "one"), "--ids", "2"]) == 0
     assert sorted(p.name for p in (dst / "one").iterdir()) == ["2_b.png", "contact_sheet.png"]
+    # --data DIR: DIR/annotations.json with its images, as every dataset command takes it
+    assert main(["show", "--data", str(data), "--out", str(dst / "data"), "--ids", "2"]) == 0
+    assert sorted(p.name for p in (dst / "data").iterdir()) == ["2_b.png", "contact_sheet.png"]
 
 
 def test_plot_overlays_runs(run, tmp_path, capsys):
-    from ssddet.tools.plot import figure_size, panels, read_epochs
+    from ssddet.viz.plot import figure_size, panels, read_epochs
 
     _, _, out = run
     other = tmp_path / "vanilla"
@@ -190,7 +193,7 @@ def test_audit_api_with_the_real_refiner(run, tmp_path):
 
 
 def test_ranking_precision_on_a_hand_built_case():
-    from ssddet.tools.audit import ranking_precision
+    from ssddet.engine.audit import ranking_precision
 
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     iou_clean = np.array([0.2, 0.3, 0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
@@ -215,7 +218,7 @@ def test_export_onnx_matches_pytorch(run, tmp_path, capsys):
 
 
 def test_match_detections_pairs_reordered_ties():
-    from ssddet.tools.export import match_detections
+    from ssddet.engine.export import match_detections
 
     ref = {"boxes": [[0, 0, 10, 10], [5, 5, 20, 20]], "scores": [0.5, 0.5], "labels": [1, 2]}
     got = {"boxes": [[5, 5, 20.01, 20], [0, 0, 10, 10]], "scores": [0.5, 0.5001], "labels": [2, 1]}
@@ -231,4 +234,13 @@ def test_api_check_and_evaluate(tiny_coco):
     results = [{"image_id": 4, "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
                for a in coco["annotations"] if a["image_id"] == 4]
     (root / "res.json").write_text(json.dumps(results))
-    assert ssddet.evaluate(results=root / "res.json", data=str(root))["AP"] == pytest.approx(1.0)
+    m = ssddet.evaluate(results=root / "res.json", data=str(root))
+    assert m["AP"] == pytest.approx(1.0) and m.images == 1  # the val split: image 4
+    # --ann: the file's --split images; a file without `split` fields: all of its images
+    assert ssddet.evaluate(results=root / "res.json", ann=ann, split="val").images == 1
+    for im in coco["images"]:
+        im.pop("split", None)
+    (root / "nosplit.json").write_text(json.dumps(coco))
+    m = ssddet.evaluate(results=root / "res.json", ann=root / "nosplit.json", split="val")
+    assert m.images == 5 and m["AP"] < 1.0  # the other images' boxes were not detected
+    assert ssddet.check(data=root) == (text, status)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import CHEAP_MODEL_FIELDS, train_args, write_shapes_coco
+from helpers import CHEAP_MODEL_FIELDS, train_args, write_shapes_coco
 from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18
 from torchvision.models.detection import FasterRCNN, fasterrcnn_mobilenet_v3_large_fpn
@@ -115,16 +115,15 @@ def test_vanilla_overfits_two_images(tmp_path):
 
 
 def test_ssddet_overfits_noisy_images(tmp_path):
-    """SSD-Det on 2 images whose `boxes` are noisy (OA-MIL noise 0.3) and `true_boxes` clean.
+    """SSD-Det on 2 images whose `boxes` are noisy (OA-MIL noise 0.3) and `true_boxes` clean: the refiner's
+    boxes end closer to the clean boxes than the noisy boxes are, the whole model learns (total loss halves; the
+    stage-I MIL loss and the SISD loss fall), and the IoU statistics are computed against the right boxes
+    (iou_noisy equals the IoU of the noisy and clean boxes computed here, in the original image frame:
+    `true_boxes` follow the detector's resize).
 
-    At this scale the clean-box IoU of the refined boxes does NOT reliably rise. Measured (this config, 25
-    steps, torch seeds 0-5; noisy boxes 0.545): mean iou_refined of the last 5 steps minus that of the first 3
-    = +0.05, +0.07, 0.00, +0.04, -0.015, +0.02, i.e. it rises on 4 of 6 seeds; with the previous refiner
-    defaults it wandered 0.44-0.60 around 0.525 for 60 steps. Asserting "iou_refined rises" would be flaky.
-    Asserted instead: the whole model learns (total loss halves; the stage-I MIL loss and the SISD loss fall),
-    the IoU statistics are computed against the right boxes (iou_noisy equals the IoU of the noisy and clean
-    boxes computed here, in the original image frame: `true_boxes` follow the detector's resize), and the
-    refined boxes stay near the objects (no collapse, no NaN)."""
+    Torch seed 0 on one thread, so the run is the same every time. Measured with the current refiner defaults
+    (noisy boxes 0.545; mean iou_refined of the last 5 of 25 steps): 0.61 at seed 0, and 0.55-0.64 over seeds
+    0-5, above the noisy boxes on every one."""
     torch.manual_seed(0)
     images, targets = _batch(tmp_path, noise=0.3)
     expected_noisy_iou = float(aligned_iou(torch.cat([t["boxes"] for t in targets]),
@@ -146,7 +145,8 @@ def test_ssddet_overfits_noisy_images(tmp_path):
         assert 0.0 <= s["iou_refined"] <= 1.0 and math.isfinite(s["iou_stage1"])
         assert s["num_objects"] == 4 and s["num_skipped"] == 0
     late_refined = sum(s["iou_refined"] for s in stats[-5:]) / 5
-    assert late_refined > expected_noisy_iou - 0.15, late_refined  # measured 0.55-0.61 vs 0.545
+    # a refiner that leaves the boxes as they are, or moves them away from the objects, fails here
+    assert late_refined > expected_noisy_iou + 0.02, (late_refined, expected_noisy_iou)
 
 
 @pytest.mark.parametrize("progress", [0.0, 0.9])
@@ -246,7 +246,7 @@ def test_load_detector_round_trip_and_mismatch(tmp_path):
 # ----------------------------------------------------------------------------------------------- weight files
 def _model_cfg_from_cli(*args: str) -> ModelConfig:
     """The ModelConfig `ssddet train ARGS` would use (the CLI plumbing, without training)."""
-    return config_from_args(build_parser().parse_args(["train", "--output", "x", *args])).model
+    return config_from_args(build_parser().parse_args(["train", "--out", "x", *args])).model
 
 
 def test_backbone_weights_from_torchvision_resnet18(tmp_path):

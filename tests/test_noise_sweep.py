@@ -72,19 +72,45 @@ def test_aggregate_gap_recovered_and_spread(sweep):
                      "beyond the seed spread."]
 
 
-def test_markdown_and_readme_block(sweep, tmp_path):
-    cells = [_cell(0.0, "vanilla", 0, 0.5), _cell(0.4, "vanilla", 0, 0.1), _cell(0.4, "ssddet", 0, 0.3, 0.6)]
-    summary = {"rows": sweep.aggregate(cells), "command": "python benchmarks/noise_sweep.py", "preset": "cpu",
-               "preset_args": ["--epochs", "6"], "machine": {"cpus": 2, "platform": "Linux", "torch": "2.x"},
-               "threads": 1, "jobs": 2, "n_cells": 3, "n_planned": 17, "cell_hours": 0.5}
+def _summary(sweep, cells):
+    return {"rows": sweep.aggregate(cells), "cells": cells, "command": "python benchmarks/noise_sweep.py",
+            "preset": "cpu", "preset_args": ["--epochs", "6"],
+            "machine": {"cpus": 2, "platform": "Linux", "torch": "2.x"}, "threads": 1, "jobs": 2,
+            "n_cells": len(cells), "n_planned": 17, "cell_hours": 0.5}
+
+
+def test_full_table_and_headline(sweep):
+    cells = [_cell(0.0, "vanilla", 0, 0.5), _cell(0.4, "vanilla", 0, 0.1), _cell(0.4, "ssddet", 0, 0.3, 0.6),
+             _cell(0.4, "ssddet", 1, 0.34, 0.7)]
+    cells[2]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 4}}  # before selection/keep_given
+    cells[3]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 8, "selection": "oldest",
+                                   "keep_given": True}}
+    summary = _summary(sweep, cells)
     md = sweep.markdown(summary)
-    assert "| 40% | ssddet | 0 | 0.300 | 0.600 | 0.150 | 0.300 | 0.000 | 50% | 0.500 → 0.600 | 10 |" in md
-    assert "seed spread not measured (1 seed)" in md and "3 of 17 planned cells" in md
-    readme = tmp_path / "README.md"
+    assert ("| 40% | ssddet | 0,1 | 0.320 ± 0.028 | 0.640 ± 0.057 | 0.160 ± 0.014 | 0.320 | 0.000 | 55% | "
+            "0.500 → 0.650 | 10 |") in md
+    assert "seed spread not measured (1 seed)" in md and "4 of 17 planned cells" in md
+    # the settings each SSD-Det cell trained with, from its recorded spec (predated fields: what the code then did)
+    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false` / "
+            "`sampler=large`, `max_objects_per_image=8`, `selection=oldest`, `keep_given=true`") in md
+    head = sweep.headline(summary)
+    lines = head.splitlines()
+    assert lines[0] == ("| box noise | Faster R-CNN test AP | SSD-Det test AP | SSD-Det boxes: IoU noisy → refined |")
+    assert lines[2:4] == ["| 0% | 0.500 | – | – |", "| 40% | 0.100 | 0.320 ± 0.028 | 0.500 → 0.650 |"]
+    assert "Reproduce: `python benchmarks/noise_sweep.py --preset cpu`" in head and "selection=oldest" in head
+
+
+def test_blocks_are_replaced_in_the_readme_and_the_benchmarks_page(sweep, tmp_path):
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "benchmarks.md"
+    docs.parent.mkdir()
     readme.write_text("intro\n<!-- sweep:begin -->\nold table\n<!-- sweep:end -->\noutro\n")
-    sweep.write_readme(readme, md)
-    text = readme.read_text()
-    assert "old table" not in text and md in text and text.startswith("intro\n") and text.endswith("outro\n")
+    docs.write_text("# B\n<!-- sweep-full:begin -->\nold full\n<!-- sweep-full:end -->\nend\n")
+    sweep.write_block(readme, "NEW", "sweep")
+    sweep.write_block(docs, "FULL", "sweep-full")
+    assert readme.read_text() == "intro\n<!-- sweep:begin -->\nNEW\n<!-- sweep:end -->\noutro\n"
+    assert docs.read_text() == "# B\n<!-- sweep-full:begin -->\nFULL\n<!-- sweep-full:end -->\nend\n"
+    with pytest.raises(SystemExit, match="no `<!-- sweep-full:begin -->`"):
+        sweep.write_block(readme, "x", "sweep-full")
 
 
 def test_spec_ignores_paths_and_workers(sweep):

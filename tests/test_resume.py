@@ -18,37 +18,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import crash_after_first_epoch, read_log, train_args, write_shapes_coco
+from helpers import (
+    assert_same_state,
+    assert_same_weights,
+    crash_after_first_epoch,
+    identical,
+    read_log,
+    train_args,
+    write_shapes_coco,
+)
 
 from ssddet.cli import main
 from ssddet.engine import train as train_mod
 from ssddet.engine.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def identical(a, b) -> bool:
-    """Bit-equal tensors (values, shape, dtype; NaN == NaN: some buffers are NaN-filled on purpose), also
-    inside the dicts/lists of a module's extra state."""
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.shape == b.shape and a.dtype == b.dtype and bool(
-            ((a == b) | (a.isnan() & b.isnan()) if a.is_floating_point() else a == b).all())
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(identical(x, y) for x, y in zip(a, b))
-    return type(a) is type(b) and a == b
-
-
-def assert_same_state(sa: dict, sb: dict) -> None:
-    assert sa.keys() == sb.keys()
-    diff = [k for k in sa if not identical(sa[k], sb[k])]
-    assert not diff, f"{len(diff)}/{len(sa)} tensors differ, e.g. {diff[:3]}"
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    assert_same_state(torch.load(a, map_location="cpu", weights_only=True)["model"],
-                      torch.load(b, map_location="cpu", weights_only=True)["model"])
 
 
 def epoch_records(out: Path) -> list[dict]:

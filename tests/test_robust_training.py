@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_coco
+from helpers import write_coco
 
 from ssddet.cli import main
 from ssddet.config import SSDDetConfig
@@ -34,7 +34,7 @@ def test_extreme_noise_tiny_boxes_many_objects(tmp_path, method):
     out = tmp_path / method
     rc = main(["train", "--data", str(data), "--method", method, "--noise", "0.9", "--epochs", "1",
                "--min-size", "128", "--max-size", "128", "--workers", "0", "--batch-size", "2",
-               "--warmup-iters", "1", "--lr", "0.02", "--output", str(out), "--nan-policy", "stop",
+               "--warmup-iters", "1", "--lr", "0.02", "--out", str(out), "--nan-policy", "stop",
                "--max-iters-per-epoch", "3", "--set", "ssddet.trunk_dim=64", "--set", "oamil.oais_start=0.0",
                "--set", "oamil.oaie_start=0.0"])
     assert rc == 0  # nan_policy=stop would have raised (exit 2) on any non-finite loss

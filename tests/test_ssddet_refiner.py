@@ -283,13 +283,50 @@ def test_auto_sampler_waits_for_the_end_of_the_warmup():
     assert ref(_features(), SIZES, BOXES, LABELS, progress=0.6).stats["bag_size"] == 45
 
 
-def test_autocast_cpu_bfloat16():
-    ref = _refiner().manual_seed(0).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN)
+# Largest relative difference of each loss between a float32 forward and an autocast forward of the same refiner,
+# inputs and generator. Only the trunk and the heads run in half precision: the MIL, negative and SPSD-I losses
+# are then nearly unchanged (measured on CPU bf16 over 10 seeds: <= 4e-3); SPSD-II and SISD see bags regressed in
+# half precision (measured: 0.07 and 0.15).
+AUTOCAST_LOSS_RTOL = {"loss_spsd1": 1e-2, "loss_mil1": 1e-2, "loss_mil2": 1e-2, "loss_neg": 1e-2,
+                      "loss_spsd2": 0.3, "loss_sisd": 0.3}
+
+
+def _autocast_against_fp32(device: str, dtype: torch.dtype, monkeypatch) -> None:
+    """The refiner under autocast: every loss is float32 and close to the float32 forward's (AUTOCAST_LOSS_RTOL),
+    every binary cross-entropy runs on float32 inputs with autocast off (method.md 3.5: the bag scores and the
+    MIL and SISD losses run in fp32), and the backward pass gives finite gradients."""
+    from torch.nn import functional as F
+
+    calls = []
+    bce = F.binary_cross_entropy
+
+    def spy(inp, *args, **kw):
+        calls.append((inp.dtype, torch.is_autocast_enabled(device)))
+        return bce(inp, *args, **kw)
+
+    monkeypatch.setattr(F, "binary_cross_entropy", spy)
+    ref = _refiner().manual_seed(0).to(device).train()
+
+    def forward():
+        feats = {k: v.to(device) for k, v in _features().items()}
+        return ref(feats, SIZES, [b.to(device) for b in BOXES], [lab.to(device) for lab in LABELS],
+                   true_boxes=[c.to(device) for c in CLEAN], generator=torch.Generator().manual_seed(0))
+
+    ref32 = forward()
+    calls.clear()
+    with torch.autocast(device, dtype=dtype):
+        out = forward()
     _check(out)
-    assert all(v.dtype == torch.float32 for v in out.losses.values())
+    assert calls and all(c == (torch.float32, False) for c in calls), calls
+    for name, v in out.losses.items():
+        assert v.dtype == torch.float32, name
+        assert v.item() == pytest.approx(ref32.losses[name].item(), rel=AUTOCAST_LOSS_RTOL[name]), name
     sum(out.losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in ref.parameters() if p.grad is not None)
+
+
+def test_autocast_cpu_bfloat16(monkeypatch):
+    _autocast_against_fp32("cpu", torch.bfloat16, monkeypatch)
 
 
 def test_short_optimisation_decreases_loss():
@@ -313,19 +350,8 @@ def test_short_optimisation_decreases_loss():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_autocast_fp16():
-    ref = _refiner().manual_seed(0).cuda().train()
-    feats = {k: v.cuda() for k, v in _features().items()}
-    with torch.autocast("cuda", dtype=torch.float16):
-        out = ref(
-            feats,
-            SIZES,
-            [b.cuda() for b in BOXES],
-            [lab.cuda() for lab in LABELS],
-            true_boxes=[c.cuda() for c in CLEAN],
-        )
-    _check(out)
-    sum(out.losses.values()).backward()
+def test_cuda_autocast_fp16(monkeypatch):
+    _autocast_against_fp32("cuda", torch.float16, monkeypatch)
 
 
 def test_unresolved_by_noise_sampler_takes_the_small_bag():

@@ -190,8 +190,6 @@ def test_background_contrast_flattens_the_photo():
 
 def test_cli_synth_writes_the_set_train_would_generate(tmp_path, monkeypatch):
     """`ssddet data synth` and the set `ssddet train` generates share make_synth's defaults."""
-    import inspect
-
     from ssddet.cli import main
 
     seen = {}
@@ -201,10 +199,23 @@ def test_cli_synth_writes_the_set_train_would_generate(tmp_path, monkeypatch):
         seen.update(kw)
         return real(out_dir, **{**kw, "num_train": 1, "num_val": 1, "num_test": 0})
 
-    spy.__signature__ = inspect.signature(real)  # the parser reads its defaults from the signature
     monkeypatch.setattr(synth, "make_synth", spy)
-    assert main(["data", "synth", "--out", str(tmp_path / "s")]) == 0
-    dflt = inspect.signature(real).parameters
-    assert {k: seen[k] for k in ("num_train", "num_val", "num_test")} == {
-        k: dflt[k].default for k in ("num_train", "num_val", "num_test")}
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--seed", "0"]) == 0
+    # sizes not given are left to the generator: its own defaults, which `ssddet train` uses too
+    assert not {"num_train", "num_val", "num_test"} & set(seen)
+    assert main(["data", "synth", "--out", str(tmp_path / "s"), "--num-val", "9"]) == 0
+    assert seen["num_val"] == 9
     assert (tmp_path / "s" / "annotations.json").is_file()
+
+
+def test_cli_synth_help_states_the_generators_sizes(capsys):
+    import inspect
+
+    from ssddet.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for k, v in inspect.signature(synth.make_synth).parameters.items():
+        if k in ("num_train", "num_val", "num_test"):
+            assert f"--{k.replace('_', '-')} {k.upper()} " in text and f"the built-in set's, {v.default})" in text, k

@@ -1,7 +1,5 @@
 """`ssddet train` / `ssddet eval` end to end on a tiny dataset of coloured rectangles (CPU, seconds per run):
-run files, logs, checkpoints, eval parity with the last epoch, NaN policies and the LR schedule.
-
-Also hosts the small dataset/CLI helpers that test_models.py and test_resume.py import."""
+run files, logs, checkpoints, eval parity with the last epoch, NaN policies and the LR schedule."""
 from __future__ import annotations
 
 import json
@@ -9,10 +7,9 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from helpers import read_log, train_args, write_shapes_coco
 
 from ssddet.cli import main
 from ssddet.config import Config
@@ -20,82 +17,6 @@ from ssddet.engine import train as train_mod
 from ssddet.engine.checkpoint import load_checkpoint
 from ssddet.engine.train import lr_factor
 from ssddet.models.methods import DetectionMethod, loss_weights
-
-# ------------------------------------------------------------------------------------------------ helpers
-SHAPE_CATEGORIES = [{"id": 3, "name": "red"}, {"id": 7, "name": "green"}]  # non-contiguous ids on purpose
-_COLOURS = {3: (230, 40, 40), 7: (40, 200, 60)}
-
-# Small sampling sizes: the defaults are sized for 320-640 px images; these keep a step ~0.1 s on one core.
-CHEAP_MODEL_FIELDS = dict(rpn_batch_size_per_image=64, box_batch_size_per_image=32,
-                          rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
-                          rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50)
-CHEAP_MODEL = [a for k, v in CHEAP_MODEL_FIELDS.items() for a in ("--set", f"model.{k}={v}")]
-CHEAP_SSDDET = ["--set", "ssddet.sampler=small", "--set", "ssddet.trunk_dim=64",
-                "--set", "ssddet.num_negatives=32"]
-
-
-def write_shapes_coco(root: Path, n_train: int = 4, n_val: int = 2, size: int = 96, seed: int = 0) -> Path:
-    """A COCO dataset directory of `size` px PNGs, each with two filled rectangles (categories 3 and 7) on a
-    dark background; `split` field train/val. -> root."""
-    rng = np.random.RandomState(seed)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
-    for i in range(n_train + n_val):
-        im = Image.new("RGB", (size, size), (20, 20, 30))
-        draw = ImageDraw.Draw(im)
-        for j, cat in enumerate((3, 7) if i % 2 == 0 else (7, 3)):
-            w, h = (int(v) for v in rng.randint(size // 4, size // 2 - 4, 2))
-            x = int(rng.randint(1, size // 2 - w + 1)) + j * (size // 2)  # left / right half: no overlap
-            y = int(rng.randint(1, size - h - 1))
-            draw.rectangle([x, y, x + w - 1, y + h - 1], fill=_COLOURS[cat])
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                         "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h)})
-        name = f"images/{i:03d}.png"
-        im.save(root / name)
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size,
-                       "split": "train" if i < n_train else "val"})
-    coco = {"images": images, "annotations": anns, "categories": SHAPE_CATEGORIES}
-    (root / "annotations.json").write_text(json.dumps(coco))
-    return root
-
-
-def train_args(data: Path, out: Path, method: str = "vanilla", epochs: int = 2, batch: int = 2,
-               *extra: str) -> list[str]:
-    args = ["train", "--data", str(data), "--output", str(out), "--method", method, "--epochs", str(epochs),
-            "--min-size", "64", "--max-size", "96", "--workers", "0", "--batch-size", str(batch),
-            *CHEAP_MODEL]
-    if method == "ssddet":
-        args += CHEAP_SSDDET
-    return [*args, *extra]
-
-
-def crash_after_first_epoch(monkeypatch, exc: type[BaseException]) -> None:
-    """Make every Trainer raise `exc` right after writing epoch 1's checkpoint (a run killed there)."""
-    orig_save = train_mod.Trainer._save
-
-    def save_then_crash(self, metrics, **kw):
-        orig_save(self, metrics, **kw)
-        if self.epoch == 1:
-            raise exc
-
-    monkeypatch.setattr(train_mod.Trainer, "_save", save_then_crash)
-
-
-def read_log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-
-
-def step_grad_norms(out: Path) -> list[float | None]:
-    """grad_norm of each logged train record (LOG_EVERY=1: every step); None for a step that fp16's GradScaler
-    skipped (amp_skipped=1: inf/NaN gradients at its scale, so the logged norm is inf or NaN by design). Any other
-    non-finite value, or a non-finite norm without the skip, fails the calling test."""
-    norms = []
-    for r in (r for r in read_log(out) if r["kind"] == "train"):
-        bad = sorted(k for k, v in r.items() if isinstance(v, float) and not math.isfinite(v))
-        skipped = r.get("amp_skipped") == 1.0
-        assert set(bad) <= ({"grad_norm"} if skipped else set()), (r["iteration"], bad, r)
-        norms.append(None if skipped else r["grad_norm"])
-    return norms
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from ssddet.cli import main
 from ssddet.data.coco import load_coco

@@ -3,9 +3,8 @@
 The Python API (`ssddet.api`, one function per command) is re-exported here: `ssddet.train(...)`,
 `ssddet.predict(...)`, `ssddet.refine(...)`, ... Importing it is cheap: each function imports torch & co. when
 called."""
-__version__ = "0.1.0"
-
-from .api import (  # noqa: E402  (after __version__, which the modules below read)
+from ._version import __version__
+from .api import (
     audit,
     check,
     evaluate,
@@ -18,9 +17,10 @@ from .api import (  # noqa: E402  (after __version__, which the modules below re
     show,
     synth,
     train,
+    train_config,
     voc2coco,
     yolo2coco,
 )
 
 __all__ = ["audit", "check", "evaluate", "export_onnx", "load_detector", "noise", "plot", "predict", "refine",
-           "show", "synth", "train", "voc2coco", "yolo2coco", "__version__"]
+           "show", "synth", "train", "train_config", "voc2coco", "yolo2coco", "__version__"]

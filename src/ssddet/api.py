@@ -2,7 +2,7 @@
 wrappers over these. Every function imports what it needs when called, so `import ssddet` stays cheap.
 
     import ssddet
-    metrics = ssddet.train(data_dir="data/bccd", noise=0.4, epochs=6, output="runs/ssddet")
+    metrics = ssddet.train(data="data/bccd", noise=0.4, epochs=6, out="runs/ssddet")
     dets = ssddet.predict("runs/ssddet/model_final.pt", ["photos/"], out="pred", score=0.5)
 
 Bad input raises `ssddet.errors.UserError` with a one-line message naming the file and the problem.
@@ -10,12 +10,17 @@ Bad input raises `ssddet.errors.UserError` with a one-line message naming the fi
 from __future__ import annotations
 
 import logging
-import os
-import time
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("ssddet")
+RESULTS_NAME = "detections.json"  # what `predict` writes into its `out` folder
+
+
+class Metrics(dict):
+    """What `evaluate` returns: the COCO metrics {AP, AP50, ..., per_class} (equal to the same metrics as a plain
+    dict, e.g. a run's val metrics), and `images`, how many images were evaluated."""
+
+    images: int = 0
 
 
 def load_detector(checkpoint: str | Path):
@@ -26,94 +31,74 @@ def load_detector(checkpoint: str | Path):
     return _load(checkpoint)
 
 
-def _config(config) -> Any:
-    from .config import Config
-    from .config_overrides import load_config_file
+def _dataset_ann(ann, data, images) -> tuple[Path, Path | None]:
+    """`ann` (a COCO file) or `data` (a dataset directory: DIR/annotations.json, images under DIR) -> (the
+    annotation file, the image root or None for the file's folder)."""
     from .errors import UserError
 
-    if config is None:
-        return Config()
-    if isinstance(config, Config):
-        return config
-    if isinstance(config, (str, Path)):
-        return load_config_file(config)
-    try:
-        return Config.from_dict(config)
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
+    if ann is None and data is None:
+        raise UserError("give --ann JSON or --data DIR")
+    if ann is not None:
+        return Path(ann), Path(images) if images else None
+    return Path(data) / "annotations.json", Path(images) if images else Path(data)
 
 
-def _set_fields(cfg, fields: dict) -> None:
-    """Set config fields named "section.key" or by a key that only one section has (e.g. noise, epochs)."""
-    import dataclasses
+def train_config(config=None, *, resume: bool = False, sets=(), refiner: str | None = None, **fields):
+    """The validated Config a training run would use (what `ssddet train --print-config` prints).
 
-    from .config_overrides import typed_value
-    from .errors import UserError
+    config: a Config (used as given), a config dict, a run's config.json path, or None (the defaults). `fields`
+    set config fields by name: "section.key" or a key only one section has, e.g. `train_config(data="data/bccd",
+    noise=0.4, method="vanilla", epochs=6, out="runs/v")`, `**{"ssddet.top_k": 5}`; `out` (or `output`) is the
+    run directory, a fresh runs/<method>-<date>-<time> when not given (unless `config` is a Config). `sets`:
+    "SECTION.KEY=VALUE" strings as `--set`; `refiner`: "fast" | "paper" as `--refiner`. With resume=True and
+    `out`, that run's config.json is the config."""
+    from .config_overrides import train_config as _train_config
 
-    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    for name, value in fields.items():
-        if "." in name:
-            section, key = name.split(".", 1)
-            owners = [section] if section in sections and key in sections[section].__dataclass_fields__ else []
-        else:
-            key = {"data": "data_dir"}.get(name, name)  # the CLI's --data
-            owners = [s for s, sub in sections.items() if key in sub.__dataclass_fields__]
-        if len(owners) != 1:
-            what = "unknown" if not owners else f"ambiguous (in {', '.join(owners)}; write section.{key})"
-            raise UserError(f"config field {name!r} is {what}")
-        sub = sections[owners[0]]
-        if isinstance(value, os.PathLike):  # paths are stored as strings (config.json)
-            value = os.fspath(value)
-        setattr(sub, key, typed_value(f"config field {name!r}", getattr(sub, key), value))
+    output = None
+    for key in ("out", "output", "train.output"):
+        if key in fields:
+            output = fields.pop(key)
+    return _train_config(config, fields=fields, sets=sets, refiner=refiner, output=output, resume=resume)
 
 
 def train(config=None, *, resume: bool = False, command: str | None = None, **fields) -> dict:
-    """Train a detector -> the final val metrics (the run directory is `cfg.train.output`).
+    """Train a detector -> the final val metrics (the run directory is `out`, see `train_config`).
 
-    config: a Config (used as given), a config dict, a run's config.json path, or None (the defaults); `fields`
-    then set config fields by name, e.g. `train(data="data/bccd", noise=0.4, method="vanilla", epochs=6,
-    output="runs/v")` or `**{"ssddet.top_k": 5}`. Without `output` a new runs/<method>-<time> directory is
-    used (unless `config` is a Config); with resume=True and `output`, that run's config.json is reloaded."""
+    `config` and `fields` as `train_config`, e.g. `train(data="data/bccd", noise=0.4, epochs=6, out="runs/s")`;
+    `train(out="runs/s", resume=True)` continues that run."""
     from .engine.train import train as _train
 
-    given = set(fields) & {"output", "train.output"}
-    if resume and config is None and given:
-        run = Path(fields.get("output") or fields["train.output"])
-        if (run / "config.json").is_file():  # a resumed run continues with the settings it started with
-            config = run / "config.json"
-    from .config import Config
-
-    cfg = _config(config)
-    _set_fields(cfg, fields)
-    if not isinstance(config, Config) and not given:
-        # a fresh directory, also when starting from a run's config.json: re-running it must not overwrite it
-        cfg.train.output = f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    from .config_overrides import validate
-
-    validate(cfg, resume=resume, output_given=bool(given) or isinstance(config, Config))
+    cfg = train_config(config, resume=resume, **fields)
     return _train(cfg, resume=resume, command=command)
 
 
-def evaluate(checkpoint=None, *, results=None, data=None, train_ann=None, val_ann=None, images=None,
+def format_metrics(metrics: dict) -> str:
+    """The metrics of `evaluate` / `train` as `ssddet eval` prints them (AP ... ARs, then per-class AP)."""
+    from .engine.evaluate import format_metrics as _format
+
+    return _format(metrics)
+
+
+def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=None, val_ann=None, images=None,
              split: str = "val", save_results=None, device: str = "auto", batch_size: int = 2,
-             workers: int = 2) -> dict:
-    """COCO AP of a checkpoint (or of a COCO results file) on a split -> {AP, AP50, ..., per_class}."""
-    return _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save_results, device,
-                     batch_size, workers)[0]
+             workers: int = 2) -> Metrics:
+    """COCO AP of a checkpoint (or of a COCO results file) on a split -> Metrics {AP, AP50, ..., per_class}
+    (`.images`: how many were evaluated).
 
-
-def _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save_results, device, batch_size,
-              workers) -> tuple[dict, int]:
-    """`evaluate` -> (metrics, number of images evaluated)."""
+    The dataset as for `train` (`data`, or `train_ann` / `val_ann`, or the built-in set), or `ann`: one COCO file,
+    its `split` images (all of them when it has no `split` field)."""
     from .config import DataConfig
-    from .data.splits import load_split
+    from .data.splits import load_ann_split, load_split
     from .engine.evaluate import coco_evaluate, load_results
     from .errors import UserError
 
     if not checkpoint and not results:
         raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
-    dcfg = DataConfig(data_dir=data, train_ann=train_ann, val_ann=val_ann, images=images, num_workers=workers)
-    dset, records = load_split(dcfg, split)
+    if ann:
+        dset, records = load_ann_split(ann, images, split)
+    else:
+        dcfg = DataConfig(data_dir=data, train_ann=train_ann, val_ann=val_ann, images=images, num_workers=workers)
+        dset, records = load_split(dcfg, split)
     gt = dset.gt_dict(records)
     if results:
         dets = load_results(results, gt)
@@ -124,7 +109,9 @@ def _evaluate(checkpoint, results, data, train_ann, val_ann, images, split, save
 
             Path(save_results).write_text(json.dumps(dets))
             log.info("wrote %d detections to %s", len(dets), save_results)
-    return coco_evaluate(gt, dets), len(records)
+    metrics = Metrics(coco_evaluate(gt, dets))
+    metrics.images = len(records)
+    return metrics
 
 
 def _predict_records(checkpoint, data, records, device: str, batch_size: int, workers: int) -> list[dict]:
@@ -146,17 +133,18 @@ def _predict_records(checkpoint, data, records, device: str, batch_size: int, wo
     return _predict(detector.to(dev), loader, dev, data.label_to_cat)
 
 
-def refine(checkpoint, *, out=None, data=None, train_ann=None, images=None, split: str | None = None,
-           all_splits: bool = False, device: str = "auto") -> dict:
+def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str | None = None,
+           all_splits: bool = False, device: str = "auto", train_ann=None) -> dict:
     """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined, `noisy_bbox` the input box,
     `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out` if given. Without `data` /
-    `train_ann` the run's own dataset and on-the-fly noise are used."""
+    `ann` the run's own dataset and on-the-fly noise are used (`train_ann` is the earlier name of `ann`)."""
     import json
 
     from .data.splits import training_split_json
     from .engine.device import resolve_device
-    from .tools.refine import export, load_refiner_method, only_images, refine_records
+    from .engine.refine import export, load_refiner_method, only_images, refine_records
 
+    train_ann = ann or train_ann
     dev = resolve_device(device)
     method, cfg, _ = load_refiner_method(checkpoint, dev)
     if data or train_ann:
@@ -192,32 +180,35 @@ def _holds_true_boxes(path) -> bool:
     return any("true_bbox" in a for a in read_json(path).get("annotations", []))
 
 
-def noise(ann, *, level: float = 0.4, seed: int = 45, split: str | None = None, images=None, out=None) -> dict:
-    """A noisy copy of a COCO file (OA-MIL protocol: `bbox` noisy, `true_bbox` clean), written to `out` if
-    given."""
+def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str | None = None, images=None,
+          out=None) -> dict:
+    """A noisy copy of a COCO file, `ann` or `data`/annotations.json (OA-MIL protocol: `bbox` noisy, `true_bbox`
+    clean; the count and mean IoU of the perturbed boxes in info.box_noise), written to `out` if given. The same
+    generator as `train(noise=level, noise_seed=seed)`."""
     import json
 
     from .data.coco import read_json
     from .data.noise import noisy_copy
 
-    src = Path(ann)
-    noisy, _ = noisy_copy(read_json(src), level, seed, Path(images) if images else src.parent, split,
-                          src=str(src))
+    src, root = _dataset_ann(ann, data, images)
+    noisy, _ = noisy_copy(read_json(src), level, seed, root or src.parent, split, src=str(src))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(noisy))
     return noisy
 
 
-def check(ann, *, images=None, open_images: bool = True, strict: bool = False) -> tuple[str, int]:
-    """Validate a COCO dataset -> (summary text, exit status: 0 OK, 1 --strict findings, 2 not usable)."""
+def check(ann=None, *, data=None, images=None, open_images: bool = True, strict: bool = False) -> tuple[str, int]:
+    """Validate a COCO dataset, `ann` or `data`/annotations.json -> (summary text, exit status: 0 OK, 1 `strict`
+    findings, 2 not usable)."""
     from collections import Counter
 
+    from .data.check import check_images, summarise
     from .data.coco import load_coco
-    from .tools.check import check_images, summarise
 
-    data = load_coco(ann, images)
-    return summarise(data, check_images(data.records) if open_images else Counter(), strict=strict)
+    src, root = _dataset_ann(ann, data, images)
+    dataset = load_coco(src, root)
+    return summarise(dataset, check_images(dataset.records) if open_images else Counter(), strict=strict)
 
 
 def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "auto",
@@ -228,8 +219,8 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
     import json
 
     from .engine.device import resolve_device
+    from .engine.predict import collect_images, predict_images
     from .errors import UserError
-    from .tools.predict import RESULTS_NAME, collect_images, predict_images
 
     if isinstance(images, (str, Path)):
         images = [images]
@@ -249,24 +240,25 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
     return dets
 
 
-def show(ann, *, images=None, compare=(), out, ids=None, n: int = 16, split: str | None = None,
+def show(ann=None, *, data=None, images=None, compare=(), out, ids=None, n: int = 16, split: str | None = None,
          score: float = 0.5) -> list[Path]:
-    """Draw clean / noisy / refined (and --compare) boxes of the same images -> [per-image PNGs..., contact
-    sheet]."""
+    """Draw clean / noisy / refined (and `compare`) boxes of the same images of `ann` (or `data`/annotations.json)
+    -> [per-image PNGs..., contact sheet]."""
     from .data.coco import load_coco, read_json
-    from .tools.show import read_any_json, show_images
+    from .viz.show import read_any_json, show_images
 
-    raw = read_json(ann)
-    data = load_coco(ann, images)
+    src, root = _dataset_ann(ann, data, images)
+    raw = read_json(src)
+    dataset = load_coco(src, root)
     compare = [compare] if isinstance(compare, (str, Path)) else compare
     comp = [(Path(c), read_any_json(Path(c))) for c in compare]
-    return show_images(data, raw, comp, Path(out), ids=ids, n=n, split=split, score=score)
+    return show_images(dataset, raw, comp, Path(out), ids=ids, n=n, split=split, score=score)
 
 
 def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
     """Training curves of one or more run directories (their log.jsonl), overlaid -> the PNG path."""
     from .errors import UserError
-    from .tools.plot import plot_runs, read_epochs, run_names
+    from .viz.plot import plot_runs, read_epochs, run_names
 
     runs = [runs] if isinstance(runs, (str, Path)) else list(runs)
     if names and len(names) != len(runs):
@@ -274,26 +266,27 @@ def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
     return plot_runs([read_epochs(r) for r in runs], names or run_names(runs), out)
 
 
-def audit(checkpoint, ann, *, images=None, split: str | None = None, out=None, html=None, html_top: int = 200,
-          device: str = "auto"):
-    """Rank every annotation by how likely its box is wrong (tools/audit.py explains the score) -> AuditReport
-    (rows worst first, summary with the ranking precision when `true_bbox` is known); CSV to `out`, HTML to
-    `html` if given."""
+def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = None, out=None, html=None,
+          html_top: int = 200, device: str = "auto"):
+    """Rank every annotation of `ann` (or `data`/annotations.json) by how likely its box is wrong (engine/audit.py
+    explains the score) -> AuditReport (rows worst first, summary with the ranking precision when `true_bbox` is
+    known; str() is what `ssddet audit` prints); CSV to `out`, HTML to `html` if given."""
     from .data.coco import load_coco
+    from .engine.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
     from .engine.device import resolve_device
+    from .engine.refine import load_refiner_method
     from .errors import UserError
-    from .tools.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
-    from .tools.refine import load_refiner_method
 
+    src, root = _dataset_ann(ann, data, images)
     dev = resolve_device(device)
     method, _, meta = load_refiner_method(checkpoint, dev)
-    data = load_coco(ann, images)
+    dataset = load_coco(src, root)
     cats = meta.get("categories")
-    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
-        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but {ann} has "
-                        f"{[c['id'] for c in data.categories]}")
-    records = [r for r in data.select(split) if len(r.boxes)]
-    rows = rank_annotations(records, refine_with_confidence(method, records, dev), data.class_names)
+    if cats and [c["id"] for c in cats] != [c["id"] for c in dataset.categories]:
+        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but {src} has "
+                        f"{[c['id'] for c in dataset.categories]}")
+    records = [r for r in dataset.select(split) if len(r.boxes)]
+    rows = rank_annotations(records, refine_with_confidence(method, records, dev), dataset.class_names)
     rep = AuditReport(rows, summarise(rows))
     if out:
         write_csv(rows, out)
@@ -307,7 +300,7 @@ def export_onnx(checkpoint, out, *, image=None, opset: int = 17, box_atol: float
     """Export the deployed detector to ONNX and check it with onnxruntime against PyTorch on `image` (default:
     a bundled photo) and its transposed copy -> report {out, checks: [{size, detections, max_box_diff,
     max_score_diff, count_diff}], box_atol, score_atol, ok}."""
-    from .tools.export import check, check_images, export_detector
+    from .engine.export import check, check_images, export_detector
 
     detector, meta = load_detector(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     xs = check_images(image)

@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from . import __version__
-from .errors import UserError
+from ._version import __version__
+from .errors import TrainingError, UserError
 from .tools.audit import add_audit_parser, cmd_audit
 from .tools.check import add_check_parser, cmd_check
 from .tools.data import add_data_parser, cmd_data
@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .engine.train import TrainingError
-
     try:
         return COMMANDS[args.cmd][1](args)
     except (UserError, TrainingError, FileExistsError) as e:

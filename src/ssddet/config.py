@@ -51,7 +51,7 @@ class ModelConfig:
 @dataclass
 class SSDDetConfig:
     """SSD-Det refiner (method.md section 3). Loss weights and the method follow the released code; the cost
-    settings default to the measured CPU-friendly ones (`PAPER_REFINER` restores the paper's)."""
+    settings default to cheaper ones (`PAPER_REFINER` restores the paper's; docs/benchmarks.md measures both)."""
 
     num_stages: int = 2  # 1: stage-I MIL only; 2: + stage-II MIL
     spsd: bool = True  # SPSD regressors (off: bags are the raw neighbourhood samples)
@@ -93,8 +93,8 @@ class SSDDetConfig:
     trunk_dim: int = 256  # paper: 1024
     trunk_reduce: int = 32  # >0: 1x1 conv to this many channels before the trunk FCs (paper: 0)
     pool_sampling_ratio: int = 1  # RoIAlign samples per bin side for the refiner (paper: 2)
-    # True: the refiner's losses do not train the backbone/FPN. Default with ImageNet features: a step costs
-    # ~1.2x vanilla instead of ~1.9x. From scratch (--pretrained none) consider false (the released code's way).
+    # True: the refiner's losses do not train the backbone/FPN, which makes a step much cheaper (step times:
+    # docs/benchmarks.md). From scratch (--pretrained none) consider false (the released code's way).
     detach_features: bool = True
     bank: bool = True  # objects not refined this iteration reuse their last refined box (per annotation id)
     refiner_lr_mult: float = 5.0  # LR of the refiner's (randomly initialised) heads relative to the base LR
@@ -155,7 +155,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     clip_grad_norm: float = 10.0  # per parameter group (engine/train.py clip_per_group)
     # R-CNN box loss of vanilla and SSD-Det: torchvision's smooth L1 (beta 1/9), or "l1" as the released
-    # SSD-Det config (docs/method.md §5.8; measured on BCCD in benchmarks/results). OA-MIL: oamil.box_coder.
+    # SSD-Det config (docs/method.md §5.8; compared on BCCD in docs/benchmarks.md). OA-MIL: oamil.box_coder.
     box_loss: str = "smooth_l1"
     eval_every: int = 1
     seed: int = 0

@@ -1,12 +1,14 @@
 """How a run's Config is put together from outside: a config file (e.g. a run directory's config.json), the
-`ssddet train` flags that each set one config field, the `--refiner` preset and `--set SECTION.KEY=VALUE`
-overrides. The CLI (`tools/train.py`) and scripts (`benchmarks/`) both use these."""
+`ssddet train` flags that each set one config field, fields set by name, the `--refiner` preset and `--set
+SECTION.KEY=VALUE` overrides. `train_config` is the one path from those to a validated run config (resume,
+output naming, checks): `ssddet.train`, `ssddet.train_config` and `ssddet train` all go through it."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +42,8 @@ def train_flags() -> list[tuple[str, str, dict]]:
     return [
         ("--data", "data.data_dir", dict(metavar="DIR", group=data,
                                          help="dataset directory: DIR/annotations.json + images, `split` field")),
+        ("--ann", "data.train_ann", dict(metavar="JSON", group=data, help="one COCO file with every split (`split` "
+                                         "field per image): trains on its train split, validates on its val split")),
         ("--train-ann", "data.train_ann", dict(metavar="JSON", group=data, help="training annotations (COCO JSON)")),
         ("--val-ann", "data.val_ann", dict(metavar="JSON", group=data, help="validation annotations (COCO JSON)")),
         ("--images", "data.images", dict(metavar="DIR", group=data, help="image root that file_name is relative "
@@ -99,11 +103,6 @@ def get_field(cfg: Config, field: str):
     return getattr(getattr(cfg, section), key)
 
 
-def _set_field(cfg: Config, field: str, value) -> None:
-    section, key = field.split(".")
-    setattr(getattr(cfg, section), key, value)
-
-
 def _parse_value(v: str):
     try:
         return json.loads(v)
@@ -160,27 +159,85 @@ def apply_refiner_preset(cfg: Config, preset: str) -> None:
         setattr(cfg.ssddet, k, v if preset == "paper" else getattr(fast, k))
 
 
+def flag_fields(a: argparse.Namespace) -> dict[str, object]:
+    """The `train_flags` given on the command line -> {"section.key": value} (a flag not given is absent: the
+    parser's default is SUPPRESS)."""
+    return {field: getattr(a, _flag_dest(flag)) for flag, field, _ in train_flags() if hasattr(a, _flag_dest(flag))}
+
+
 def config_from_args(a: argparse.Namespace) -> Config:
-    """The run's Config from `ssddet train` arguments: the Config defaults, or the --config file, then the
-    train flags actually given, the --refiner preset, and --set overrides, in that order (later wins)."""
-    if a.resume and a.output and (Path(a.output) / "config.json").is_file():
-        # a resumed run continues with exactly the settings it started with
-        log.info("--resume: using %s/config.json (other training options on the command line are ignored)",
-                 a.output)
-        cfg = load_config_file(Path(a.output) / "config.json")
-        cfg.train.output = a.output  # where the run is now (it may have moved, or --output be relative)
+    """The run's Config from `ssddet train` arguments (`train_config` with the flags given, `--set`, `--refiner`,
+    `--out`, `--config` and `--resume`)."""
+    return train_config(a.config, fields=flag_fields(a), sets=a.set, refiner=a.refiner, output=a.out,
+                        resume=a.resume)
+
+
+def as_config(config) -> Config:
+    """A Config (used as given), a config dict, a config file path, or None (the defaults) -> Config."""
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config_file(config)
+    try:
+        return Config.from_dict(config)
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+
+
+def set_fields(cfg: Config, fields: dict) -> None:
+    """Set config fields named "section.key", or by a key that only one section has (e.g. noise, epochs; "data"
+    is data.data_dir, as the CLI's --data). Values are checked against the field's type."""
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for name, value in fields.items():
+        if "." in name:
+            section, key = name.split(".", 1)
+            owners = [section] if section in sections and key in sections[section].__dataclass_fields__ else []
+        else:
+            key = {"data": "data_dir"}.get(name, name)
+            owners = [s for s, sub in sections.items() if key in sub.__dataclass_fields__]
+        if len(owners) != 1:
+            what = "unknown" if not owners else f"ambiguous (in {', '.join(owners)}; write section.{key})"
+            raise UserError(f"config field {name!r} is {what}")
+        sub = sections[owners[0]]
+        if isinstance(value, os.PathLike):  # paths are stored as strings (config.json)
+            value = os.fspath(value)
+        setattr(sub, key, typed_value(f"config field {name!r}", getattr(sub, key), value))
+
+
+def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: str | None = None,
+                 output=None, resume: bool = False) -> Config:
+    """The validated Config of a training run.
+
+    config: a Config (used as given, its `train.output` kept unless `output` is given), a config dict, a config
+    file (e.g. a run's config.json) or None (the defaults). Then, later winning: `fields` ({"section.key" or a
+    unique key: value}), the `refiner` preset ("fast" | "paper"), the run directory, `sets` ("SECTION.KEY=VALUE"
+    strings, as --set). The run directory is `output`, else (unless `config` is a Config) a fresh
+    runs/<method>-<date>-<time>: re-running a run's config.json never overwrites that run.
+
+    resume: continue the run in `output`; its config.json, when there is one, is the config (the other settings
+    are ignored, with a log line naming them), so a resumed run goes on exactly as it started."""
+    fields = dict(fields or {})
+    if resume and output is not None and (Path(output) / "config.json").is_file():
+        ignored = [*fields, *sets] + ([f"--refiner {refiner}"] if refiner else []) + (
+            ["config"] if config is not None else [])
+        log.info("resume: using %s/config.json%s", output,
+                 f" (ignored: {', '.join(map(str, ignored))})" if ignored else "")
+        cfg = load_config_file(Path(output) / "config.json")
+        cfg.train.output = os.fspath(output)  # where the run is now (it may have moved, or be given relative)
+        validate(cfg, resume=True, output_given=True)
         return cfg
-    cfg = load_config_file(a.config) if a.config else Config()
-    for flag, field, _ in train_flags():
-        if hasattr(a, _flag_dest(flag)):  # given on the command line (the parser's default is SUPPRESS)
-            _set_field(cfg, field, getattr(a, _flag_dest(flag)))
-    if hasattr(a, "refiner"):
-        apply_refiner_preset(cfg, a.refiner)
-    # a fresh directory unless --output says otherwise, even with --config: re-running a run directory's
-    # config.json must not overwrite that run
-    cfg.train.output = a.output or f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    apply_overrides(cfg, a.set)
-    validate(cfg, resume=a.resume, output_given=bool(a.output))
+    cfg = as_config(config)
+    set_fields(cfg, fields)
+    if refiner:
+        apply_refiner_preset(cfg, refiner)
+    if output is not None:
+        cfg.train.output = os.fspath(output)
+    elif not isinstance(config, Config):
+        cfg.train.output = f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    apply_overrides(cfg, list(sets))
+    validate(cfg, resume=resume, output_given=output is not None or isinstance(config, Config))
     return cfg
 
 
@@ -193,6 +250,6 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     if resume and not output_given:
-        raise UserError("--resume needs --output DIR (the run directory to continue)")
+        raise UserError("--resume needs --out DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from .boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
 
@@ -126,7 +126,8 @@ def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[
             ious.append(float(aligned_iou_np(noisy, clean)))
     info = dict(out.get("info") or {}) if isinstance(out.get("info"), dict) else {}
     info["box_noise"] = {"level": level, "seed": seed, "generator": "OA-MIL (RandomState, 4 draws/box)",
-                         "ssddet_version": __version__, "boxes_perturbed": len(ious)}
+                         "ssddet_version": __version__, "boxes_perturbed": len(ious),
+                         "mean_iou": float(np.mean(ious)) if ious else None}
     out["info"] = info
     return out, np.asarray(ious)
 

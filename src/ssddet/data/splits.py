@@ -1,4 +1,4 @@
-"""Resolve the user's dataset arguments (--data DIR, --train-ann/--val-ann/--images, or the built-in
+"""Resolve the user's dataset arguments (--data DIR, --ann or --train-ann/--val-ann, --images, or the built-in
 synthetic set) into validated train/val records, injecting box noise into the training split on request."""
 from __future__ import annotations
 
@@ -66,6 +66,16 @@ def load_split(cfg: DataConfig, split: str) -> tuple[CocoData, list[ImageRecord]
     raw = read_json(src)
     data = parse_coco(raw, str(src), root)
     recs = _select(data, split, _uses_split(raw, by_split))
+    check_image_files(recs, str(src))
+    return data, recs
+
+
+def load_ann_split(ann: str | Path, images: str | Path | None, split: str) -> tuple[CocoData, list[ImageRecord]]:
+    """Clean records of one COCO file (`--ann`): its `split` images, or all of them when no image has a `split`
+    field."""
+    src = Path(ann)
+    data = parse_coco(read_json(src), str(src), Path(images) if images else src.parent)
+    recs = data.select(split if any(r.split is not None for r in data.records) else None)
     check_image_files(recs, str(src))
     return data, recs
 

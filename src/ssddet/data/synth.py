@@ -202,7 +202,7 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, 
 
 def _coco_skeleton(seed: int, params: dict, bg_names: list[str]) -> dict:
     """COCO dict with ``info`` and ``categories`` filled in, empty images/annotations."""
-    from ssddet import __version__
+    from .._version import __version__
 
     info = {
         "description": "ssddet synthetic digits-on-photos detection set",
@@ -244,7 +244,7 @@ def make_synth(
     fewer than ``min_objects`` objects (never fewer than one).
 
     The defaults are sized so a from-scratch mobilenet_v3 Faster R-CNN at 320 px learns the set within a few
-    CPU-minutes (measured: vanilla val AP50 0.58 after 400 iterations): 320 px images so nothing is resampled,
+    CPU-minutes (docs/benchmarks.md, the built-in set from scratch): 320 px images so nothing is resampled,
     several large digits per image so each of the 10 classes gets examples every step,
     ``background_contrast`` 0.4 to calm busy photos and ``class_hues`` (digit c is drawn in hue c/10 +- 0.02
     on a dimmed photo) so the class is learnable from colour and shape while the box still has to come from

@@ -26,10 +26,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..config import Config
 from ..data.splits import load_train_val
-from ..errors import UserError
+from ..errors import TrainingError, UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
 from .accel import Precision, maybe_sync_batchnorm, scaled_lr
@@ -41,10 +41,6 @@ from .log import Averager, RunLogger
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 20
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (e.g. a non-finite loss under nan_policy='stop')."""
 
 
 def seed_everything(seed: int) -> None:
@@ -367,9 +363,9 @@ def clip_per_group(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.T
     """Clip the gradient norm of each parameter group on its own; -> the total norm before clipping.
 
     One global norm would let the detector's gradient (its losses weigh 4x in SSD-Det, and a pretrained start
-    begins with norms in the hundreds) scale the refiner's randomly initialised heads, a separate group, down to
-    nothing: measured on the built-in set, the refiner then did not move the boxes in 400 iterations. With one
-    group (vanilla, OA-MIL) this is torch's clip_grad_norm_."""
+    begins with large norms) scale the refiner's randomly initialised heads, a separate group, down to nothing,
+    and the refiner would not move the boxes (benchmarks/results/lite0_tuning.md). With one group (vanilla,
+    OA-MIL) this is torch's clip_grad_norm_."""
     norms = [torch.nn.utils.clip_grad_norm_(g["params"], max_norm) for g in optimizer.param_groups if g["params"]]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 

@@ -14,8 +14,8 @@ Shapes (Lite0, input Tensor[B, 3, H, W], padded to a multiple of 32 by the detec
     FPN (256 channels) + max-pool level ->
         "0", "1", "2", "pool": Tensor[B, 256, H/8 .. H/64, ...]
 
-The stride-4 stage is left out of the FPN: with it a training step costs about 2x mobilenet_v3's, without it
-about 1.4x (measured on CPU), and the stride-8 level with 16 px anchors still covers small objects.
+The stride-4 stage is left out of the FPN: it makes a training step much slower on the CPU (step times:
+docs/benchmarks.md), and the stride-8 level with 16 px anchors still covers small objects.
 """
 from __future__ import annotations
 

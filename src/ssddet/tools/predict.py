@@ -1,44 +1,17 @@
-"""`ssddet predict`: run a trained detector on image files and folders -> a COCO results JSON (each detection
-keeps its image's file name) and one PNG per image, of the source size, with the boxes, class names and
-scores drawn. Images of any size and mode are read (grey, palette, RGBA, CMYK, 16-bit: `draw.read_rgb`);
-unreadable files are skipped with a counted warning."""
+"""`ssddet predict`: a trained detector on image files and folders -> a COCO results JSON and one PNG per image
+with the boxes drawn (the work: engine/predict.py)."""
 from __future__ import annotations
 
-import logging
-import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-from ..data.boxes import xyxy_to_xywh
-from ..errors import UserError
-from .draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, read_rgb, save_png
-
-log = logging.getLogger(__name__)
-RESULTS_NAME = "detections.json"
-
-
-@dataclass
-class PredictStats:
-    images: int = 0  # images run through the model
-    seconds: float = 0.0  # model time (reading, drawing and writing excluded)
-    skipped: Counter = field(default_factory=Counter)  # reason -> unreadable files
-    examples: dict = field(default_factory=dict)  # reason -> first file
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+from ..api import RESULTS_NAME
 
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="detect objects in image files/folders: COCO results JSON + one PNG per "
                        "image with the boxes drawn")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and folders (searched "
-                   f"recursively for {', '.join(IMAGE_SUFFIXES)})")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR", help="image files and folders (folders are searched "
+                   "recursively for image files)")
     p.add_argument("--checkpoint", required=True, metavar="PT", help="model_best.pt / model_final.pt / "
                    "checkpoint.pt of a run")
     p.add_argument("--out", required=True, metavar="DIR", help=f"output folder: {RESULTS_NAME} and one PNG per "
@@ -55,90 +28,3 @@ def cmd_predict(a) -> int:
     dets = predict(a.checkpoint, a.inputs, out=a.out, score=a.score, device=a.device, draw=not a.no_draw)
     print(f"{len(dets)} detections with score >= {a.score} -> {Path(a.out) / RESULTS_NAME}")
     return 0
-
-
-def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
-    """Image files and folders -> [(path, name)] in argument order, each folder's images sorted. `name` is the
-    path relative to its folder argument (a file argument: its file name); names that would write the same
-    PNG (a.jpg and a.png, or the same name from two folders) get a numeric suffix."""
-    items: list[tuple[Path, str]] = []
-    for arg in inputs:
-        p = Path(arg)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                log.warning("%s: no image files (%s) in this folder", p, ", ".join(IMAGE_SUFFIXES))
-            items += [(f, f.relative_to(p).as_posix()) for f in found]
-        elif p.is_file():
-            items.append((p, p.name))
-        else:
-            raise UserError(f"{p}: no such file or folder")
-    seen: Counter = Counter()
-    out = []
-    for path, name in items:
-        key = png_name(name)
-        seen[key] += 1
-        if seen[key] > 1:
-            stem = Path(name)
-            name = stem.with_name(f"{stem.stem}_{seen[key]}{stem.suffix}").as_posix()
-        out.append((path, name))
-    return out
-
-
-def png_name(name: str) -> str:
-    """The PNG `predict` writes for image `name` (relative to --out)."""
-    return Path(name).with_suffix(".png").as_posix()
-
-
-def detection_records(out: dict, image_id: int, file_name: str, score: float,
-                      label_to_cat: dict[int, int]) -> tuple[list[dict], torch.Tensor]:
-    """One image's detector output -> (COCO results records with file_name, Bool[N] kept mask)."""
-    keep = out["scores"] >= score
-    boxes = xyxy_to_xywh(out["boxes"][keep].float().cpu().numpy())
-    recs = [{"image_id": image_id, "file_name": file_name, "category_id": label_to_cat[int(lab)],
-             "bbox": [round(float(v), 3) for v in box], "score": round(float(s), 5)}
-            for box, s, lab in zip(boxes, out["scores"][keep].tolist(), out["labels"][keep].tolist())]
-    return recs, keep
-
-
-def draw_detections(image, out: dict, keep, names: dict[int, str]):
-    """uint8 Tensor[3, H, W] + detector output -> the image with the kept boxes, class names and scores."""
-    labels = out["labels"][keep].tolist()
-    text = [f"{names[lab]} {s:.2f}" for lab, s in zip(labels, out["scores"][keep].tolist())]
-    colours = [CLASS_COLOURS[(lab - 1) % len(CLASS_COLOURS)] for lab in labels]
-    return draw_boxes(image, out["boxes"][keep].cpu(), colours, text)
-
-
-@torch.no_grad()
-def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: torch.device, score: float,
-                   out_dir: Path | None = None, draw: bool = True,
-                   progress: bool = True) -> tuple[list[dict], PredictStats]:
-    """Run `detector` (eval mode, on `device`) over `items` from `collect_images` -> (COCO results records,
-    image ids 1..N in item order; stats). With `out_dir` and `draw`, writes out_dir/png_name(name)."""
-    from ..engine.inference import class_maps
-
-    names, label_to_cat = class_maps(meta)
-    detector.eval()
-    results: list[dict] = []
-    stats = PredictStats()
-    for image_id, (path, name) in enumerate(tqdm(items, desc="predict", disable=not progress), start=1):
-        try:
-            image = read_rgb(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises on bad files
-            reason = "unreadable" if path.suffix.lower() in IMAGE_SUFFIXES else "not an image"
-            stats.skipped[reason] += 1
-            stats.examples.setdefault(reason, f"{path} ({e})")
-            continue
-        t0 = time.perf_counter()
-        out = detector([image.to(device).float().div_(255)])[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stats.seconds += time.perf_counter() - t0
-        stats.images += 1
-        recs, keep = detection_records(out, image_id, name, score, label_to_cat)
-        results += recs
-        if out_dir is not None and draw:
-            save_png(draw_detections(image, out, keep, names), out_dir / png_name(name))
-    for reason, n in stats.skipped.items():
-        log.warning("skipped %d %s file(s), e.g. %s", n, reason, stats.examples[reason])
-    return results, stats

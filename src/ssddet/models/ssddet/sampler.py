@@ -115,7 +115,7 @@ def auto_window(history: Tensor, readings: int, auto_iters: int, warmup_frac: fl
             untrained in the first half). 0: decide once training `progress` reaches `warmup_frac` and at least
             H/2 readings exist, over the whole buffer (the last H iterations): a from-scratch regressor only
             learns to move boxes after a few epochs, so an early reading says "small" whatever the noise. Even
-            then the reading is small (BCCD, 40% noise: 0.001-0.005, benchmarks/results/bccd.md), so the
+            then the reading is small at any noise level (docs/benchmarks.md, BCCD from scratch), so the
             threshold is not a calibrated noise-level test.
     """
     n = history.numel()

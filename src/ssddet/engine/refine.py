@@ -1,0 +1,111 @@
+"""`ssddet refine`: run a trained SSD-Det refiner over a dataset split and export the refined boxes as COCO JSON
+(`bbox` = refined, `noisy_bbox` = the input box, `true_bbox` kept when present), ready for re-training a plain
+detector on them (`ssddet train --method vanilla --train-ann refined.json --val-ann DATA.json`, the paper's "+FR"
+rows). Only the refined split's images are written unless --all-splits: the other splits' boxes are clean, and a
+detector trained on the whole file would see the evaluation images."""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..config import Config
+from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
+from ..data.dataset import load_image, record_target
+from ..errors import UserError
+from ..models.detector import build_trained_detector
+from ..models.methods import build_method
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def load_refiner_method(path: str | Path, device: torch.device):
+    """A training checkpoint.pt of an SSD-Det run -> (SSDDetMethod in eval mode, its Config, its meta)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ck = load_checkpoint(path)
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt/foreign file: a user-level error
+        first = (str(e).splitlines() or [type(e).__name__])[0]  # not torch's multi-line weights_only advice
+        raise UserError(f"{path}: cannot load checkpoint ({first})") from None
+    if not isinstance(ck, dict) or "method" not in ck or "config" not in ck:
+        raise UserError(f"{path}: not a training checkpoint (use run/checkpoint.pt, which holds the refiner)")
+    try:
+        cfg = Config.from_dict(ck["config"], src=str(path))
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+    if cfg.train.method != "ssddet":
+        raise UserError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
+    num_classes = ck["meta"]["num_classes"]
+    method = build_method(cfg, build_trained_detector(cfg.model, num_classes), num_classes)
+    method.load_state_dict(ck["method"])
+    return method.to(device).eval(), cfg, ck["meta"]
+
+
+@torch.no_grad()
+def refine_chunks(method, records, device, chunk: int = 32):
+    """Run the refiner over every object of every record (eval mode, no per-image cap), `chunk` objects per
+    call so crowded images stay within memory.
+
+    Yields (record, slice of its objects, RefinerOutput of that chunk, back: Tensor[4]); multiplying a
+    refiner box (resized-image frame) by `back` gives the JSON's pixel frame."""
+    method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
+    for rec in tqdm(records, desc="refine", leave=False):
+        if len(rec.boxes) == 0:
+            continue
+        image, sx, sy = load_image(rec)
+        target = record_target(rec, sx, sy)
+        images, targets = method.detector.transform([image.to(device)], [{k: v.to(device) if torch.is_tensor(v)
+                                                                          else v for k, v in target.items()}])
+        features = method.detector.backbone(images.tensors)
+        boxes, labels = targets[0]["boxes"], targets[0]["labels"]
+        (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
+        back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
+        for s in range(0, len(boxes), chunk):
+            part = slice(s, s + chunk)
+            yield rec, part, method.refiner(features, images.image_sizes, [boxes[part]], [labels[part]]), back
+
+
+def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.ndarray]:
+    """-> {annotation id: refined xyxy box in the JSON's pixel frame} (see `refine_chunks`)."""
+    out: dict[int, np.ndarray] = {}
+    for rec, part, res, back in refine_chunks(method, records, device, chunk):
+        for aid, box in zip(rec.ann_ids[part].tolist(), (res.refined[0] * back).cpu().numpy()):
+            out[int(aid)] = box
+    return out
+
+
+def only_images(raw: dict, image_ids: set[int]) -> dict:
+    """The COCO dict restricted to the images `image_ids` and their annotations (categories, info kept)."""
+    return {**raw, "images": [im for im in raw["images"] if im.get("id") in image_ids],
+            "annotations": [a for a in raw["annotations"] if a.get("image_id") in image_ids]}
+
+
+def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict, dict]:
+    """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats."""
+    d = copy.deepcopy(raw)
+    noisy, ref, clean = [], [], []
+    for a in d["annotations"]:
+        box = refined.get(a.get("id"))
+        if box is None:
+            continue
+        xywh = [float(v) for v in xyxy_to_xywh(box)]
+        a["noisy_bbox"], a["bbox"], a["area"] = a["bbox"], xywh, xywh[2] * xywh[3]
+        if isinstance(a.get("true_bbox"), list) and len(a["true_bbox"]) == 4:
+            noisy.append(a["noisy_bbox"])
+            ref.append(xywh)
+            clean.append(a["true_bbox"])
+    d["info"] = {**(d.get("info") or {}), "ssddet_refine": info}
+    stats = {"refined_boxes": len(refined)}
+    if clean:
+        stats["iou_noisy"] = float(aligned_iou_np(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
+        stats["iou_refined"] = float(aligned_iou_np(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
+    return d, stats
+
+

@@ -1,0 +1,22 @@
+"""Options several commands share, so that one name means one thing in every command (docs/cli.md): the dataset
+(`--data`, `--ann`, `--images`) and the hidden earlier spellings of renamed options."""
+from __future__ import annotations
+
+import argparse
+
+DATA_HELP = "dataset directory: DIR/annotations.json, with the images under DIR"
+IMAGES_HELP = "image root that file_name is relative to (default: the JSON's folder, or --data)"
+
+
+def add_dataset_options(p: argparse.ArgumentParser, ann_help: str, required: bool = False) -> None:
+    """`--ann JSON` or `--data DIR` (one of them when `required`), and `--images DIR`."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--ann", metavar="JSON", help=ann_help)
+    g.add_argument("--data", metavar="DIR", help=DATA_HELP)
+    p.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
+
+
+def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
+    """An earlier spelling of an option: still accepted, left out of --help. Add it after the option it aliases
+    (whose default then stands)."""
+    p.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
