@@ -216,9 +216,36 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     return {"cell": cell.name, "noise": cell.noise, "method": cell.method, "seed": cell.seed, "spec": spec,
             "test": {k: test[k] for k in ("AP", "AP50", "AP75", "per_class")},
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
-            "iou_noisy": iou_noisy, "iou_refined": iou,
+            "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
             "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
             "commit": _commit()}
+
+
+TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
+         "iou_refined_large", "keep_rate", "iou_merged")
+
+
+def epoch_trace(epochs: list[dict]) -> list[dict]:
+    """Per epoch: what the refiner produced (`iou_refined`, by COCO size) beside what the detector trained on
+    (`iou_det_target`: refined, banked or noisy, blended), the keep-the-box rate, and val AP where evaluated."""
+    out = []
+    for e in epochs:
+        row = {"epoch": e["epoch"], **{k: e["train"][k] for k in TRACE if k in e.get("train", {})}}
+        if isinstance(e.get("val"), dict) and "AP" in e["val"]:
+            row["val_AP"] = e["val"]["AP"]
+        out.append(row)
+    return out
+
+
+def backfill_epochs(cell: dict, runs: Path, path: Path) -> dict:
+    """A cell recorded before it carried its epoch trace gets it from its run's log, where that still exists."""
+    log = runs / cell["cell"] / "log.jsonl"
+    if "epochs" in cell or not log.is_file():
+        return cell
+    epochs = [json.loads(x) for x in log.read_text().splitlines() if '"kind": "epoch"' in x]
+    cell["epochs"] = epoch_trace(epochs)
+    path.write_text(json.dumps(cell, indent=2) + "\n")
+    return cell
 
 
 def _commit() -> str:
@@ -451,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = {} if a.report_only else schedule(cells, a.jobs, work)
     for name, err in errors.items():
         print(f"[sweep] {name}: FAILED: {err}", file=sys.stderr)
-    found = [json.loads(cell_file(c).read_text()) for c in cells if cell_file(c).is_file()]
+    found = [backfill_epochs(json.loads(cell_file(c).read_text()), runs, cell_file(c))
+             for c in cells if cell_file(c).is_file()]
     import torch
 
     summary = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),

@@ -165,3 +165,21 @@ def test_fr_cell_is_stale_once_its_ssddet_run_is_retrained(sweep, tmp_path):
     adopted.write_text("x")
     a.adopt = {"n40_ssddet_s0": str(adopted.parent)}
     assert sweep.parent_checkpoint(fr, a, runs) == adopted and sweep.fr_stale(fr, a, runs, cell_json)
+
+
+def test_epoch_trace_records_what_the_detector_trained_on(sweep, tmp_path):
+    """Each SSD-Det cell keeps, per epoch, the refined IoU (by size) beside the detector's targets; a cell recorded
+    before this gets the trace from its run's log, and one whose run is gone is left as it is."""
+    epochs = [{"kind": "epoch", "epoch": 1, "train": {"iou_refined": 0.6, "iou_det_target": 0.55, "loss": 1.0,
+                                                      "iou_refined_small": 0.4}},
+              {"kind": "epoch", "epoch": 2, "train": {"iou_refined": 0.7, "iou_det_target": 0.69},
+               "val": {"AP": 0.3}}]
+    trace = sweep.epoch_trace(epochs)
+    assert trace == [{"epoch": 1, "iou_refined": 0.6, "iou_det_target": 0.55, "iou_refined_small": 0.4},
+                     {"epoch": 2, "iou_refined": 0.7, "iou_det_target": 0.69, "val_AP": 0.3}]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "log.jsonl").write_text("\n".join(json.dumps(e) for e in epochs) + "\n")
+    path = tmp_path / "c.json"
+    cell = sweep.backfill_epochs({"cell": "c"}, tmp_path, path)
+    assert cell["epochs"] == trace and json.loads(path.read_text())["epochs"] == trace
+    assert "epochs" not in sweep.backfill_epochs({"cell": "gone"}, tmp_path, tmp_path / "gone.json")
