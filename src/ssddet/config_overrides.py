@@ -10,7 +10,7 @@ import logging
 import time
 from pathlib import Path
 
-from .config import PAPER_REFINER, SAMPLERS, Config, SSDDetConfig, resolve_sampler
+from .config import ON_BAD_IMAGE, PAPER_REFINER, SAMPLERS, Config, SSDDetConfig, resolve_sampler
 from .errors import UserError
 
 log = logging.getLogger("ssddet")
@@ -25,6 +25,14 @@ def noise_level(s: str) -> float:
     if not (0.0 <= v < 1.0):
         raise argparse.ArgumentTypeError(f"noise level must be in [0, 1), got {s}")
     return v
+
+
+def add_on_bad_image_option(p: argparse.ArgumentParser, skipped: str) -> None:
+    """--on-bad-image of the commands that read a dataset's images besides `ssddet train` (whose flag sets
+    data.on_bad_image); `skipped` says what skipping means for the command."""
+    p.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="skip", help="an image file that cannot be "
+                   f"decoded: skip it with a counted warning ({skipped}), or stop with a one-line error "
+                   "(default: skip)")
 
 
 def train_flags() -> list[tuple[str, str, dict]]:
@@ -80,6 +88,9 @@ def train_flags() -> list[tuple[str, str, dict]]:
                                             "frozen, nothing to convert")),
         ("--aspect-groups", "data.aspect_groups", dict(type=int, help="batch images of similar aspect ratio: "
                                                        "2k+2 buckets (torchvision's group factor k); -1: off")),
+        ("--on-bad-image", "data.on_bad_image", dict(choices=ON_BAD_IMAGE, help="on an image file that cannot "
+                                                      "be decoded: skip it with a counted warning, or stop with a "
+                                                      "one-line error")),
         ("--nan-policy", "train.nan_policy", dict(choices=("stop", "skip"), help="on a non-finite loss: stop "
                                                   "with a message, or skip the step (counted)")),
         ("--backbone-weights", "model.backbone_weights", dict(metavar="FILE", help="local ImageNet weights for "
@@ -190,6 +201,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     if cfg.ssddet.sampler not in SAMPLERS:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
+    if cfg.data.on_bad_image not in ON_BAD_IMAGE:
+        raise UserError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {cfg.data.on_bad_image!r}")
     if resume and not output_given:
         raise UserError("--resume needs --output DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
