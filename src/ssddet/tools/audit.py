@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config_overrides import add_on_bad_image_option
 from ..data.boxes import aligned_iou_np, xyxy_to_xywh
 from .draw import CLEAN, NOISY, REFINED, draw_boxes, read_rgb, thumbnail
 
@@ -57,13 +58,14 @@ def add_audit_parser(sub) -> None:
                    "thumbnails")
     p.add_argument("--html-top", type=int, default=200, help="rows in the HTML page (default: 200)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_on_bad_image_option(p, "its annotations are left out of the ranking")
 
 
 def cmd_audit(a) -> int:
     from ..api import audit
 
     rep = audit(a.checkpoint, a.ann, images=a.images, split=a.split, out=a.out, html=a.html,
-                html_top=a.html_top, device=a.device)
+                html_top=a.html_top, device=a.device, on_bad_image=a.on_bad_image)
     print(format_summary(rep.summary) + f"\nwrote {a.out}" + (f" and {a.html}" if a.html else ""))
     return 0
 
@@ -88,14 +90,15 @@ def wrong_score(iou: np.ndarray) -> np.ndarray:
     return 1.0 - iou
 
 
-def refine_with_confidence(method, records, device) -> dict[int, tuple[np.ndarray, float]]:
+def refine_with_confidence(method, records, device, bad=None) -> dict[int, tuple[np.ndarray, float]]:
     """-> {annotation id: (refined xyxy box in the JSON's pixel frame, confidence)}. Objects the refiner
-    skips (degenerate boxes) keep their box with confidence 0."""
+    skips (degenerate boxes) keep their box with confidence 0; unreadable images (`bad`: a data.images.BadImages)
+    have no entries."""
     from .refine import refine_chunks
 
     top_k = method.refiner.cfg.top_k
     out: dict[int, tuple[np.ndarray, float]] = {}
-    for rec, part, res, back in refine_chunks(method, records, device):
+    for rec, part, res, back in refine_chunks(method, records, device, bad=bad):
         sel = res.selected[0].cpu()
         conf = torch.zeros(len(sel))
         if sel.any():
@@ -170,6 +173,8 @@ def format_summary(s: dict) -> str:
                      f"({lift:.2f}x); ranking by (1 - IoU) x confidence instead: {s['precision_weighted']:.3f}")
         lines.append(f"mean IoU with the clean boxes: given {s['iou_given_clean']:.3f}, refined "
                      f"{s['iou_refined_clean']:.3f}")
+    if s.get("skipped_images"):
+        lines.append(f"skipped {s['skipped_images']} unreadable image(s): their annotations are not ranked")
     return "\n".join(lines)
 
 

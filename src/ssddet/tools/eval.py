@@ -5,6 +5,8 @@ import argparse
 import json
 import logging
 
+from ..config_overrides import add_on_bad_image_option
+
 log = logging.getLogger("ssddet")
 
 
@@ -25,13 +27,15 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per forward")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_on_bad_image_option(p, "left out of the evaluation")
 
 
 def cmd_eval(a) -> int:
     from ..api import _evaluate
     from ..engine.evaluate import format_metrics
 
-    metrics, n = _evaluate(a.checkpoint, a.results, a.data, a.train_ann, a.val_ann, a.images, a.split,
-                           a.save_results, a.device, a.batch_size, a.workers)
-    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({n} images): {format_metrics(metrics)}")
+    metrics, n, skipped = _evaluate(a.checkpoint, a.results, a.data, a.train_ann, a.val_ann, a.images, a.split,
+                                    a.save_results, a.device, a.batch_size, a.workers, a.on_bad_image)
+    left_out = f", {skipped} unreadable left out" if skipped else ""
+    print(json.dumps(metrics, indent=2) if a.json else f"{a.split} ({n} images{left_out}): {format_metrics(metrics)}")
     return 0
