@@ -37,6 +37,13 @@ def truncate(path: Path, keep: float = 0.6) -> Path:
     return path
 
 
+def subprocess_env() -> dict:
+    """The environment of an `ssddet` subprocess: this checkout's package, one thread per process."""
+    src = str(Path(ssddet.__file__).parents[1])
+    path = os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def run(argv, capsys) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -116,10 +123,9 @@ def truncated_run(tmp_path_factory):
     truncate(data / "images/a.jpg")
     # a subprocess: the user's view (all that reaches stderr, the log included), with a worker process whose
     # failure must not print a traceback
-    src = str(Path(ssddet.__file__).parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "ssddet.cli", "train", "--data", str(data), "--workers", "1",
-                           "--output", str(root / "run"), *TINY_TRAIN], capture_output=True, text=True, env=env)
+                           "--output", str(root / "run"), *TINY_TRAIN], capture_output=True, text=True,
+                          env=subprocess_env())
     return data, root / "run", proc.returncode, proc.stderr
 
 
@@ -134,6 +140,26 @@ def test_training_skips_a_truncated_jpeg_and_counts_it(truncated_run):
     assert [r["skipped_images"] for r in epochs] == [1] and epochs[0]["iteration"] == 1  # the step still ran
     assert json.loads((out / "metrics.json").read_text())["skipped_images"] == 1
     assert torch.load(out / "checkpoint.pt", weights_only=True)["skipped_images"] == 1
+
+
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_ddp_skips_a_batch_of_only_unreadable_images_on_every_rank(tmp_path):
+    """2 processes, batch 1, one of the 2 training images unreadable: the rank that drew it has an empty batch, so
+    both ranks skip the step (a rank that stepped alone would wait for the other's gradients forever), and the
+    epoch record sums the ranks' skips."""
+    data = tmp_path / "data"
+    write_coco(data, tiny_coco_dict())
+    truncate(data / "images/a.jpg")
+    out = tmp_path / "run"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "ssddet.cli", "train", "--data", str(data),
+           "--workers", "0", "--device", "cpu", "--output", str(out), *TINY_TRAIN, "--batch-size", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    epochs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"kind": "epoch"' in x]
+    assert [(e["skipped_images"], e["iteration"]) for e in epochs] == [(1, 0)]
 
 
 def test_on_bad_image_stop_is_one_line_from_a_worker(tiny_coco, tmp_path, capsys, one_torch_thread):
