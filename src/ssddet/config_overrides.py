@@ -201,8 +201,9 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     if cfg.ssddet.sampler not in SAMPLERS:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
-    if cfg.data.on_bad_image not in ON_BAD_IMAGE:
-        raise UserError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {cfg.data.on_bad_image!r}")
+    from .data.images import check_policy
+
+    check_policy(cfg.data.on_bad_image)
     if resume and not output_given:
         raise UserError("--resume needs --output DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:

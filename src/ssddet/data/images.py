@@ -116,14 +116,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise UnreadableImage(path, reason=str(e) or type(e).__name__) from None
 
 
+def check_policy(policy: str) -> str:
+    """`policy` if it is one of ON_BAD_IMAGE, else a UserError."""
+    if policy not in ON_BAD_IMAGE:
+        raise UserError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {policy!r}")
+    return policy
+
+
 class BadImages:
     """A command's unreadable images under `data.on_bad_image`: "stop" raises a one-line UserError; "skip" logs a
     warning once per file and counts every skip (`count`; a file met every epoch counts every epoch)."""
 
     def __init__(self, policy: str = "skip"):
-        if policy not in ON_BAD_IMAGE:
-            raise UserError(f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {policy!r}")
-        self.policy = policy
+        self.policy = check_policy(policy)
         self.count = 0
         self.files: dict[str, str] = {}  # path -> why it cannot be read, in the order met
 

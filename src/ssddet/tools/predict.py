@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..config_overrides import add_on_bad_image_option
 from ..data.boxes import xyxy_to_xywh
-from ..data.images import STOP_HINT, UnreadableImage, read_rgb
+from ..data.images import STOP_HINT, UnreadableImage, check_policy, read_rgb
 from ..errors import UserError
 from .draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, save_png
 
@@ -121,6 +121,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
     cannot be decoded is skipped and counted (on_bad_image "skip") or stops the run ("stop")."""
     from ..engine.inference import class_maps
 
+    check_policy(on_bad_image)
     names, label_to_cat = class_maps(meta)
     detector.eval()
     results: list[dict] = []
