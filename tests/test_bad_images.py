@@ -113,6 +113,25 @@ def test_bad_images_policy():
         BadImages("ignore")
 
 
+def test_a_batch_carries_its_unreadable_images_through_pickling_and_pinning(monkeypatch):
+    """A worker pickles the Batch to the main process, and pin_memory (CUDA runs) rebuilds it: `bad` survives."""
+    import pickle
+
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from ssddet.data.dataset import Batch, collate
+
+    err = UnreadableImage("x/a.jpg", 7, "image file is truncated")
+    batch = pickle.loads(pickle.dumps(collate([(torch.zeros(3, 2, 2), {"boxes": torch.zeros(1, 4)}), err])))
+    images, targets = batch
+    assert len(images) == 1 and [e.image_id for e in batch.bad] == [7] and str(batch.bad[0]) == str(err)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a: self.clone())  # no CUDA needed
+    pinned = pin_memory(batch)
+    assert isinstance(pinned, Batch) and pinned.bad == batch.bad and torch.equal(pinned[0][0], images[0])
+    empty = collate([err])
+    assert tuple(empty) == ((), ()) and len(empty.bad) == 1  # a batch of unreadable images only
+
+
 @pytest.fixture(scope="module")
 def truncated_run(tmp_path_factory):
     """A 1-epoch SSD-Det run (1 loader worker) on the tiny set whose training image a.jpg (2 boxes) is cut short;
