@@ -6,6 +6,7 @@ is sane.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from ssddet.cli import main
 from ssddet.config import ModelConfig
 from ssddet.data.coco import load_coco
 from ssddet.data.dataset import CocoDetection, training_records
+from ssddet.data.images import UnreadableImage
 from ssddet.errors import UserError
 
 
@@ -148,16 +150,19 @@ def test_image_file_missing(tiny_coco, capsys):
 
 
 def test_image_file_not_an_image(tiny_coco, capsys):
+    """Not an image: listed with its annotations; usable (training skips it), but --strict fails."""
     root, ann, _ = tiny_coco
     (root / "images/a.jpg").write_text("this is not a JPEG")
     rc, out, err = run(["check", "--ann", ann], capsys)
-    assert rc == 2 and "Traceback" not in err
-    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert errors == ["error: 1 image(s): image file unreadable / not an image, e.g. "
-                      f"{root / 'images/a.jpg'} (image 1)"]
+    assert rc == 0 and "Traceback" not in err and not [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert f"  {root / 'images/a.jpg'} (image 1, annotations [11, 12]): cannot identify image file" in out
+    assert out.splitlines()[-1].startswith("OK, except 1 image(s) that cannot be decoded")
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 1 and out.splitlines()[-1] == "FAILED --strict: 1 image(s) cannot be decoded"
     rec = load_coco(ann).records[0]
-    with pytest.raises(UserError, match=r"images/a\.jpg: cannot read image \(image id 1\)"):
-        CocoDetection([rec])[0]
+    item = CocoDetection([rec])[0]  # returned, not raised: it must cross a DataLoader worker as a value
+    assert isinstance(item, UnreadableImage) and isinstance(item, UserError) and item.image_id == 1
+    assert re.search(r"images/a\.jpg: cannot read image \(image id 1\): cannot identify image file", str(item))
 
 
 def test_no_usable_box_at_all(tmp_path, capsys):

@@ -58,3 +58,22 @@ def test_resume_on_cuda(shapes, tmp_path, monkeypatch):
         for k, v in a["method"].items():
             if torch.is_tensor(v) and v.is_floating_point():
                 torch.testing.assert_close(v, b["method"][k], rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_pinned_batches_keep_their_unreadable_images(tmp_path):
+    """DataLoader(pin_memory=True) (every CUDA run) rebuilds batches: a Batch pins itself and keeps `bad`."""
+    from helpers import tiny_coco_dict, write_coco
+    from torch.utils.data import DataLoader
+
+    from ssddet.data.coco import load_coco
+    from ssddet.data.dataset import CocoDetection, collate
+
+    ann = write_coco(tmp_path / "d", tiny_coco_dict())
+    (tmp_path / "d/images/a.jpg").write_bytes(b"not a jpeg")
+    loader = DataLoader(CocoDetection(load_coco(ann).records[:2]), batch_size=2, num_workers=1, collate_fn=collate,
+                        pin_memory=True)
+    batches = list(loader)
+    assert len(batches) == 1
+    images, targets = batches[0]
+    assert [e.image_id for e in batches[0].bad] == [1] and len(images) == 1 and images[0].is_pinned()
+    assert targets[0]["boxes"].is_pinned()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import tiny_coco_dict, write_coco
@@ -59,6 +60,31 @@ def test_refine_exports_refined_boxes(tiny_ssddet_run, tmp_path, capsys):
     assert d["info"]["ssddet_refine"]["noise"] == 0.3 and d["info"]["ssddet_refine"]["all_splits"] is False
     out = capsys.readouterr().out
     assert "mean IoU with true_bbox" in out and "wrote split 'train' only (3 of 5 images" in out
+
+
+def test_refine_export_passes_check_strict(tiny_ssddet_run, tmp_path, capsys):
+    """Our own output passes our own check: refined boxes are clipped to their image."""
+    data, run = tiny_ssddet_run
+    dst = tmp_path / "refined.json"
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(dst)]) == 0
+    assert "clipped to their image:" in capsys.readouterr().out
+    assert main(["check", "--ann", str(dst), "--images", str(data), "--strict"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "OK"
+
+
+def test_export_clips_refined_boxes_to_their_image():
+    from ssddet.engine.refine import export
+
+    raw = tiny_coco_dict()
+    refined = {11: np.array([-5.0, 2.0, 50.0, 70.0]),  # image 1 is 80 x 64: x1 and y2 reach outside
+               12: np.array([90.0, 70.0, 120.0, 90.0]),  # nothing inside: keeps its input box
+               21: np.array([5.0, 5.0, 45.0, 45.0])}
+    d, stats = export(raw, refined, {}, sizes={1: (80, 64), 2: (96, 72)})
+    anns = {a["id"]: a for a in d["annotations"]}
+    assert anns[11]["bbox"] == [0.0, 2.0, 50.0, 62.0] and anns[11]["noisy_bbox"] == [10.0, 10.0, 30.0, 20.0]
+    assert anns[12]["bbox"] == [40.0, 20.0, 20.0, 30.0] and "noisy_bbox" not in anns[12]
+    assert anns[21]["bbox"] == [5.0, 5.0, 40.0, 40.0]
+    assert stats == {"refined_boxes": 2, "clipped_boxes": 1, "kept_input_boxes": 1}
 
 
 def test_refine_all_splits_keeps_the_other_splits_unchanged(tiny_ssddet_run, tmp_path):

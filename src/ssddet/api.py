@@ -18,9 +18,11 @@ RESULTS_NAME = "detections.json"  # what `predict` writes into its `out` folder
 
 class Metrics(dict):
     """What `evaluate` returns: the COCO metrics {AP, AP50, ..., per_class} (equal to the same metrics as a plain
-    dict, e.g. a run's val metrics), and `images`, how many images were evaluated."""
+    dict, e.g. a run's val metrics), `images`, how many images were evaluated, and `skipped_images`, how many
+    unreadable ones were left out (data.on_bad_image "skip")."""
 
     images: int = 0
+    skipped_images: int = 0
 
 
 def load_detector(checkpoint: str | Path):
@@ -81,40 +83,44 @@ def format_metrics(metrics: dict) -> str:
 
 def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=None, val_ann=None, images=None,
              split: str = "val", save_results=None, device: str = "auto", batch_size: int = 2,
-             workers: int = 2) -> Metrics:
+             workers: int = 2, on_bad_image: str = "skip") -> Metrics:
     """COCO AP of a checkpoint (or of a COCO results file) on a split -> Metrics {AP, AP50, ..., per_class}
-    (`.images`: how many were evaluated).
+    (`.images`: how many were evaluated; `.skipped_images`: how many unreadable ones were left out).
 
     The dataset as for `train` (`data`, or `train_ann` / `val_ann`, or the built-in set), or `ann`: one COCO file,
-    its `split` images (all of them when it has no `split` field)."""
+    its `split` images (all of them when it has no `split` field). Unreadable images are left out of the
+    predictions and the ground truth with a counted warning (on_bad_image "skip") or stop it ("stop")."""
     from .config import DataConfig
+    from .data.images import BadImages
     from .data.splits import load_ann_split, load_split
-    from .engine.evaluate import coco_evaluate, load_results
+    from .engine.evaluate import coco_evaluate, load_results, readable
     from .errors import UserError
 
     if not checkpoint and not results:
         raise UserError("give --checkpoint (a trained model) or --results (a COCO results file)")
+    bad = BadImages(on_bad_image)
     if ann:
         dset, records = load_ann_split(ann, images, split)
     else:
         dcfg = DataConfig(data_dir=data, train_ann=train_ann, val_ann=val_ann, images=images, num_workers=workers)
         dset, records = load_split(dcfg, split)
-    gt = dset.gt_dict(records)
     if results:
-        dets = load_results(results, gt)
+        dets = load_results(results, dset.gt_dict(records))
     else:
-        dets = _predict_records(checkpoint, dset, records, device, batch_size, workers)
+        dets = _predict_records(checkpoint, dset, records, device, batch_size, workers, bad)
+        records = readable(records, bad.files)
         if save_results:
             import json
 
             Path(save_results).write_text(json.dumps(dets))
             log.info("wrote %d detections to %s", len(dets), save_results)
-    metrics = Metrics(coco_evaluate(gt, dets))
-    metrics.images = len(records)
+    metrics = Metrics(coco_evaluate(dset.gt_dict(records), dets))
+    metrics.images, metrics.skipped_images = len(records), len(bad.files)
     return metrics
 
 
-def _predict_records(checkpoint, data, records, device: str, batch_size: int, workers: int) -> list[dict]:
+def _predict_records(checkpoint, data, records, device: str, batch_size: int, workers: int,
+                     bad=None) -> list[dict]:
     from torch.utils.data import DataLoader
 
     from .data.dataset import CocoDetection, collate
@@ -130,16 +136,19 @@ def _predict_records(checkpoint, data, records, device: str, batch_size: int, wo
                         f"has {[c['id'] for c in data.categories]}")
     dev = resolve_device(device)
     loader = DataLoader(CocoDetection(records), batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    return _predict(detector.to(dev), loader, dev, data.label_to_cat)
+    return _predict(detector.to(dev), loader, dev, data.label_to_cat, bad=bad)
 
 
 def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str | None = None,
-           all_splits: bool = False, device: str = "auto", train_ann=None) -> dict:
-    """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined, `noisy_bbox` the input box,
-    `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out` if given. Without `data` /
-    `ann` the run's own dataset and on-the-fly noise are used (`train_ann` is the earlier name of `ann`)."""
+           all_splits: bool = False, device: str = "auto", train_ann=None, on_bad_image: str = "skip") -> dict:
+    """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined and clipped to its image,
+    `noisy_bbox` the input box, `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out`
+    if given. Without `data` / `ann` the run's own dataset and on-the-fly noise are used (`train_ann` is the
+    earlier name of `ann`). The boxes of an unreadable image keep their input box (on_bad_image "skip",
+    counted) or stop the export ("stop")."""
     import json
 
+    from .data.images import BadImages
     from .data.splits import training_split_json
     from .engine.device import resolve_device
     from .engine.refine import export, load_refiner_method, only_images, refine_records
@@ -159,14 +168,18 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     if split:
         cfg.data.train_split = split
     raw, _, records = training_split_json(cfg.data)
-    refined = refine_records(method, records, dev)
+    bad = BadImages(on_bad_image)
+    refined = refine_records(method, records, dev, bad=bad)
     n_all = len(raw["images"])
     if not all_splits:
         raw = only_images(raw, {r.image_id for r in records})
     d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
                                      "all_splits": all_splits, "noise": cfg.data.noise,
-                                     "noise_seed": cfg.data.noise_seed})
-    d["info"]["ssddet_refine"].update(stats=stats, images_refined=len(records), images_in_source=n_all)
+                                     "noise_seed": cfg.data.noise_seed},
+                      sizes={r.image_id: (r.width, r.height) for r in records})
+    stats["skipped_images"] = len(bad.files)
+    d["info"]["ssddet_refine"].update(stats=stats, images_refined=len(records) - len(bad.files),
+                                      images_in_source=n_all)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(d))
@@ -198,24 +211,25 @@ def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str
     return noisy
 
 
-def check(ann=None, *, data=None, images=None, open_images: bool = True, strict: bool = False) -> tuple[str, int]:
+def check(ann=None, *, data=None, images=None, open_images: bool = True, strict: bool = False,
+          workers: int | None = None) -> tuple[str, int]:
     """Validate a COCO dataset, `ann` or `data`/annotations.json -> (summary text, exit status: 0 OK, 1 `strict`
-    findings, 2 not usable)."""
-    from collections import Counter
-
+    findings, 2 not usable). Every image is decoded in full (unless not `open_images`), in `workers` threads
+    (default: min(8, CPUs)); undecodable ones are listed."""
     from .data.check import check_images, summarise
     from .data.coco import load_coco
 
     src, root = _dataset_ann(ann, data, images)
     dataset = load_coco(src, root)
-    return summarise(dataset, check_images(dataset.records) if open_images else Counter(), strict=strict)
+    return summarise(dataset, check_images(dataset.records, workers) if open_images else None, strict=strict)
 
 
 def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "auto",
-            draw: bool = True, progress: bool = True) -> list[dict]:
+            draw: bool = True, progress: bool = True, on_bad_image: str = "skip") -> list[dict]:
     """Detect objects in image files / folders -> COCO results records (image_id 1..N in input order,
     file_name, category_id, bbox [x, y, w, h], score >= `score`). With `out`: out/detections.json and (with
-    `draw`) one PNG per image. `checkpoint` may also be a `load_detector` result."""
+    `draw`) one PNG per image. `checkpoint` may also be a `load_detector` result. Unreadable files are skipped
+    with a counted warning (on_bad_image "skip") or stop it ("stop")."""
     import json
 
     from .engine.device import resolve_device
@@ -230,7 +244,7 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
         raise UserError("no image files found in " + ", ".join(str(i) for i in images))
     dev = resolve_device(device)
     out_dir = Path(out) if out else None
-    dets, stats = predict_images(detector.to(dev), items, meta, dev, score, out_dir, draw, progress)
+    dets, stats = predict_images(detector.to(dev), items, meta, dev, score, out_dir, draw, progress, on_bad_image)
     log.info("predicted %d image(s) in %.1f s of model time (%.2f images/s on %s)%s", stats.images,
              stats.seconds, stats.images_per_second, dev,
              f"; skipped {sum(stats.skipped.values())} unreadable file(s)" if stats.skipped else "")
@@ -241,10 +255,12 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
 
 
 def show(ann=None, *, data=None, images=None, compare=(), out, ids=None, n: int = 16, split: str | None = None,
-         score: float = 0.5) -> list[Path]:
+         score: float = 0.5, on_bad_image: str = "skip") -> list[Path]:
     """Draw clean / noisy / refined (and `compare`) boxes of the same images of `ann` (or `data`/annotations.json)
-    -> [per-image PNGs..., contact sheet]."""
+    -> [per-image PNGs..., contact sheet]. Unreadable images are skipped with a counted warning (on_bad_image
+    "skip") or stop it ("stop")."""
     from .data.coco import load_coco, read_json
+    from .data.images import BadImages
     from .viz.show import read_any_json, show_images
 
     src, root = _dataset_ann(ann, data, images)
@@ -252,7 +268,8 @@ def show(ann=None, *, data=None, images=None, compare=(), out, ids=None, n: int 
     dataset = load_coco(src, root)
     compare = [compare] if isinstance(compare, (str, Path)) else compare
     comp = [(Path(c), read_any_json(Path(c))) for c in compare]
-    return show_images(dataset, raw, comp, Path(out), ids=ids, n=n, split=split, score=score)
+    return show_images(dataset, raw, comp, Path(out), ids=ids, n=n, split=split, score=score,
+                       bad=BadImages(on_bad_image))
 
 
 def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
@@ -267,13 +284,16 @@ def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
 
 
 def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = None, out=None, html=None,
-          html_top: int = 200, device: str = "auto"):
+          html_top: int = 200, device: str = "auto", on_bad_image: str = "skip"):
     """Rank every annotation of `ann` (or `data`/annotations.json) by how likely its box is wrong (engine/audit.py
     explains the score) -> AuditReport (rows worst first, summary with the ranking precision when `true_bbox` is
-    known; str() is what `ssddet audit` prints); CSV to `out`, HTML to `html` if given."""
+    known; str() is what `ssddet audit` prints); CSV to `out`, HTML to `html` if given. The annotations of an
+    unreadable image are left out with a counted warning (on_bad_image "skip") or stop it ("stop")."""
     from .data.coco import load_coco
+    from .data.images import BadImages
     from .engine.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
     from .engine.device import resolve_device
+    from .engine.evaluate import readable
     from .engine.refine import load_refiner_method
     from .errors import UserError
 
@@ -286,8 +306,10 @@ def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = N
         raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but {src} has "
                         f"{[c['id'] for c in dataset.categories]}")
     records = [r for r in dataset.select(split) if len(r.boxes)]
-    rows = rank_annotations(records, refine_with_confidence(method, records, dev), dataset.class_names)
-    rep = AuditReport(rows, summarise(rows))
+    bad = BadImages(on_bad_image)
+    refined = refine_with_confidence(method, records, dev, bad)
+    rows = rank_annotations(readable(records, bad.files), refined, dataset.class_names)
+    rep = AuditReport(rows, {**summarise(rows), "skipped_images": len(bad.files)})
     if out:
         write_csv(rows, out)
     if html:

@@ -1,8 +1,10 @@
 """`ssddet` command line. Each command lives in its `tools/` module as `add_<name>_parser(sub)` (its options)
-and `cmd_<name>(args)` (its handler); this module only registers them and turns user errors into exit code 2."""
+and `cmd_<name>(args)` (its handler); this module only registers them and turns user errors (and a full disk)
+into exit code 2."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -19,6 +21,8 @@ from .tools.predict import add_predict_parser, cmd_predict
 from .tools.refine import add_refine_parser, cmd_refine
 from .tools.show import add_show_parser, cmd_show
 from .tools.train import add_train_parser, cmd_train
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space left / disk quota exceeded
 
 # command -> (adds its sub-parser, runs it), in --help order
 COMMANDS = {
@@ -57,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.cmd][1](args)
     except (UserError, TrainingError, FileExistsError) as e:
         print(f"ssddet {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        # a full disk or quota while writing any output (log.jsonl, metrics, exports): checkpoints say so
+        # themselves (engine/checkpoint.py atomic_save), this catches every other write
+        print(f"ssddet {args.cmd}: error: {e.filename or 'writing output'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

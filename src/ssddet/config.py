@@ -19,6 +19,9 @@ class DataConfig:
     keep_empty: bool = False  # keep training images with no boxes (negatives only)
     flip: float = 0.5  # horizontal-flip probability for training
     num_workers: int = 2
+    # an image file that cannot be decoded (cut short, not an image, deleted mid-run): "skip" drops it from its
+    # batch with a warning, counted in log.jsonl (skipped_images); "stop" ends the run with a one-line error
+    on_bad_image: str = "skip"
     # batches of images with similar width/height: 2k+2 aspect buckets (torchvision's
     # --aspect-ratio-group-factor k); -1: off (data/batching.py)
     aspect_groups: int = 3
@@ -100,6 +103,7 @@ class SSDDetConfig:
     refiner_lr_mult: float = 5.0  # LR of the refiner's (randomly initialised) heads relative to the base LR
 
 
+ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image
 SAMPLERS = ("large", "small", "auto", "by-noise")
 SELECTIONS = ("oldest", "random")
 LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)

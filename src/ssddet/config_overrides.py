@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import PAPER_REFINER, SAMPLERS, SELECTIONS, Config, SSDDetConfig, resolve_sampler
+from .config import ON_BAD_IMAGE, PAPER_REFINER, SAMPLERS, SELECTIONS, Config, SSDDetConfig, resolve_sampler
 from .errors import UserError
 
 log = logging.getLogger("ssddet")
@@ -84,6 +84,9 @@ def train_flags() -> list[tuple[str, str, dict]]:
                                             "frozen, nothing to convert")),
         ("--aspect-groups", "data.aspect_groups", dict(type=int, help="batch images of similar aspect ratio: "
                                                        "2k+2 buckets (torchvision's group factor k); -1: off")),
+        ("--on-bad-image", "data.on_bad_image", dict(choices=ON_BAD_IMAGE, help="on an image file that cannot "
+                                                      "be decoded: skip it with a counted warning, or stop with a "
+                                                      "one-line error")),
         ("--nan-policy", "train.nan_policy", dict(choices=("stop", "skip"), help="on a non-finite loss: stop "
                                                   "with a message, or skip the step (counted)")),
         ("--backbone-weights", "model.backbone_weights", dict(metavar="FILE", help="local ImageNet weights for "
@@ -249,6 +252,9 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     if cfg.ssddet.selection not in SELECTIONS:
         raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
+    from .data.images import check_policy
+
+    check_policy(cfg.data.on_bad_image)
     if resume and not output_given:
         raise UserError("--resume needs --out DIR (the run directory to continue)")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:

@@ -9,6 +9,8 @@ What torchvision lacks lives here:
 - `box_wh`: the (w, h) sides; `box_area_nonneg`: area with an inverted box counted as empty.
 - `clip_boxes`: clip to one image size, or to a size per object (a batch of objects from several images).
 - `replace_degenerate`: boxes with a non-finite coordinate or a side under a minimum replaced by fallbacks.
+- `clip_to_image`: one box (numpy) clipped to its image, for the JSON files the tools write (so that they pass
+  `ssddet check --strict`).
 - `aligned_iou`: the element-wise IoU (box i of a against box i of b, with broadcasting), defined for every
   input (empty boxes give 0, never NaN); used by every method, statistic and data tool.
 """
@@ -32,6 +34,14 @@ def xyxy_to_xywh(b) -> np.ndarray:
     """array[..., 4] xyxy -> float64 array[..., 4] xywh."""
     b = np.asarray(b, dtype=np.float64)
     return np.concatenate([b[..., :2], b[..., 2:4] - b[..., :2]], axis=-1)
+
+
+def clip_to_image(box, width: float, height: float, min_side: float = 0.0) -> np.ndarray | None:
+    """One xyxy box (array-like [4]) -> float64[4] clipped to [0, width] x [0, height], or None when a side under
+    `min_side` (or none at all) is left inside."""
+    clipped = np.clip(np.asarray(box, dtype=np.float64), 0.0, [width, height, width, height])
+    side = clipped[2:] - clipped[:2]
+    return None if (side <= 0).any() or (side < min_side).any() else clipped
 
 
 def box_wh(boxes: Tensor) -> Tensor:

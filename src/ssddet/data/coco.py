@@ -152,12 +152,13 @@ def _parse_categories(d: dict, src: str) -> list[dict]:
 
 
 def image_size_from_file(path: Path) -> tuple[int, int] | None:
-    from PIL import Image
+    """(width, height) from the file's header, EXIF orientation applied (as every command sees the image); None
+    if it cannot be read."""
+    from .images import UnreadableImage, image_size
 
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError):
+        return image_size(path)
+    except UnreadableImage:
         return None
 
 

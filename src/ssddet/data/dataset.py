@@ -3,38 +3,31 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .coco import ImageRecord
+from .images import UnreadableImage, read_rgb
 from .transforms import RandomHorizontalFlip
 
 log = logging.getLogger(__name__)
 
 
 def load_image(rec: ImageRecord) -> tuple[torch.Tensor, float, float]:
-    """Read an image as float Tensor[3, H, W] in [0, 1] (grey/RGBA/palette converted to RGB).
+    """Read an image as float Tensor[3, H, W] in [0, 1] (decoded in full, EXIF-rotated, any mode as RGB:
+    `images.read_rgb`). Raises UnreadableImage.
 
     Returns the x and y factors that map the JSON's pixel frame onto the file's, so a file whose size
     differs from the JSON's width/height still gets correctly placed boxes.
     """
-    try:
-        with Image.open(rec.path) as im:
-            im = im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise UserError(f"{rec.path}: image file not found (image id {rec.image_id})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{rec.path}: cannot read image (image id {rec.image_id}): {e}") from None
-    h, w = arr.shape[:2]
+    image = read_rgb(rec.path, rec.image_id)
+    h, w = image.shape[-2:]
     sx, sy = w / rec.width, h / rec.height
     if (w, h) != (rec.width, rec.height):
-        log.warning("%s: file is %dx%d but the JSON says %dx%d; boxes rescaled", rec.path, w, h,
-                    rec.width, rec.height)
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255), sx, sy
+        log.warning("%s: file is %dx%d (EXIF orientation applied) but the JSON says %dx%d; boxes rescaled",
+                    rec.path, w, h, rec.width, rec.height)
+    return image.float().div_(255), sx, sy
 
 
 def record_target(rec: ImageRecord, sx: float = 1.0, sy: float = 1.0) -> dict:
@@ -62,16 +55,43 @@ class CocoDetection(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int):
+        """-> (image, target), or the UnreadableImage of an unreadable file (returned, not raised: `collate`)."""
         rec = self.records[i]
-        image, sx, sy = load_image(rec)
+        try:
+            image, sx, sy = load_image(rec)
+        except UnreadableImage as e:
+            return e
         target = record_target(rec, sx, sy)
         if self.flip is not None:
             image, target = self.flip(image, target)
         return image, target
 
 
-def collate(batch):
-    return tuple(zip(*batch))
+class Batch(tuple):
+    """A collated batch: the pair (images, targets) of its readable images, which it unpacks as, plus `bad`, the
+    UnreadableImage of each dropped one (for `images.BadImages.take` in the main process)."""
+
+    def __new__(cls, pair, bad=()):
+        self = super().__new__(cls, pair)
+        self.bad = tuple(bad)
+        return self
+
+    def pin_memory(self) -> Batch:
+        """What DataLoader(pin_memory=True) calls (its default would rebuild a plain tuple and lose `bad`)."""
+        def pin(v):
+            return v.pin_memory() if torch.is_tensor(v) else v
+
+        images, targets = self
+        return Batch((tuple(pin(im) for im in images), tuple({k: pin(v) for k, v in t.items()} for t in targets)),
+                     self.bad)
+
+
+def collate(items) -> Batch:
+    """Dataset items -> Batch((images tuple, targets tuple), bad). Unreadable images are dropped here, in the
+    worker; a batch of only unreadable images is ((), ())."""
+    bad = [x for x in items if isinstance(x, UnreadableImage)]
+    good = [x for x in items if not isinstance(x, UnreadableImage)]
+    return Batch((tuple(x[0] for x in good), tuple(x[1] for x in good)), bad)
 
 
 def training_records(records: list[ImageRecord], keep_empty: bool, src: str) -> list[ImageRecord]:

@@ -1,7 +1,8 @@
 """Convert a Pascal VOC tree (XML annotations + ImageSets/Main split lists) to COCO JSON.
 
 Boxes are converted as ``[xmin, ymin, xmax - xmin, ymax - ymin]`` with no +-1
-pixel shift.  ``difficult`` objects become ``iscrowd: 1`` so that training
+pixel shift, clipped to the image (counted), so that the output passes
+``ssddet check --strict``.  ``difficult`` objects become ``iscrowd: 1`` so that training
 ignores them, as in VOC practice.  Every image gets a ``"split"`` key taken
 from ``ImageSets/Main/<split>.txt``.
 """
@@ -14,7 +15,10 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .boxes import xyxy_to_xywh
+import numpy as np
+
+from .boxes import clip_to_image, xyxy_to_xywh
+from .coco import MIN_BOX_SIDE
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,8 @@ def _number(elem, tag: str, where: str, rel: str) -> float:
 
 
 def _image_size(root, img_path: Path, rel: str) -> tuple[int, int]:
-    """``(width, height)`` from ``<size>``, falling back to reading the image with PIL."""
+    """``(width, height)`` from ``<size>``, falling back to the image's header (EXIF orientation applied, as
+    every command reads the image)."""
     size = root.find("size")
     if size is not None:
         try:
@@ -69,13 +74,12 @@ def _image_size(root, img_path: Path, rel: str) -> tuple[int, int]:
             raise ValueError(f"{rel}: <size> has a non-numeric width/height") from None
         if w > 0 and h > 0:
             return w, h
-    from PIL import Image
+    from .images import UnreadableImage, image_size
 
     try:
-        with Image.open(img_path) as im:
-            return im.size
-    except OSError as exc:
-        raise ValueError(f"{rel}: no usable <size> and cannot read image {img_path}: {exc}") from None
+        return image_size(img_path)
+    except UnreadableImage as exc:
+        raise ValueError(f"{rel}: no usable <size> and cannot read image {img_path}: {exc.reason}") from None
 
 
 def _parse_objects(root, rel: str) -> list[dict]:
@@ -164,7 +168,7 @@ def _assemble(xmls, parsed, owner, cats, base: Path) -> dict:
     """Build the COCO images/annotations lists, counting and logging dropped objects."""
     cat_id = {c["name"]: c["id"] for c in cats}
     images, anns = [], []
-    degenerate, unknown = 0, 0
+    degenerate, unknown, clipped = 0, 0, 0
     for xml_path, p in zip(xmls, parsed):
         image_id = len(images) + 1
         rel = Path(os.path.relpath(p["file"].resolve(), base)).as_posix()
@@ -175,13 +179,22 @@ def _assemble(xmls, parsed, owner, cats, base: Path) -> dict:
             if bbox[2] <= 0 or bbox[3] <= 0:
                 degenerate += 1
                 continue
+            inside = clip_to_image(o["box"], p["width"], p["height"], MIN_BOX_SIDE)
+            if inside is None:
+                degenerate += 1
+                continue
+            if not np.array_equal(inside, np.asarray(o["box"], dtype=np.float64)):
+                clipped += 1
+                bbox = [float(v) for v in xyxy_to_xywh(inside)]
             if o["name"] not in cat_id:
                 unknown += 1
                 continue
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cat_id[o["name"]],
                          "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 1 if o["difficult"] else 0})
     if degenerate:
-        logger.warning("dropped %d degenerate box(es) with w <= 0 or h <= 0", degenerate)
+        logger.warning("dropped %d degenerate box(es) with w <= 0 or h <= 0 (or nothing inside the image)", degenerate)
+    if clipped:
+        logger.warning("clipped %d box(es) reaching outside their image", clipped)
     if unknown:
         logger.warning("dropped %d object(s) whose class is not in class_names", unknown)
     return {"images": images, "annotations": anns, "categories": cats}

@@ -11,7 +11,8 @@ Class names come from the dataset YAML's `names` (a list, or a {index: name} map
 Boxes: COCO [x, y, w, h] = [(cx - w/2) W, (cy - h/2) H, w W, h H] in pixels, not rounded. After conversion
 every box is converted back and compared with its source line (`max_roundtrip_error` in the stats).
 Malformed lines, unknown classes and empty boxes are skipped and counted; unreadable images are skipped and
-counted; boxes reaching outside the image are kept as written (the COCO loader clips them, with a count).
+counted; boxes reaching outside the image are clipped to it (counted: `clipped`), so that the output passes
+`ssddet check --strict`; the round-trip check compares the boxes before clipping.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .coco import image_size_from_file
+from .boxes import clip_to_image, xywh_to_xyxy, xyxy_to_xywh
+from .coco import MIN_BOX_SIDE, image_size_from_file
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -152,7 +154,7 @@ def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict
     """{split: image paths} + class names -> COCO dict (file_name relative to `base`; the counts and the
     round-trip check in info.ssddet_yolo2coco)."""
     images, anns, skipped, examples = [], [], Counter(), {}
-    outside, errors = 0, []
+    clipped, errors = 0, []
 
     def skip(reason: str, where: str) -> None:
         skipped[reason] += 1
@@ -181,15 +183,21 @@ def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict
                     skip(f"class index outside the {len(names)} names", f"{lab}:{n}")
                     continue
                 bbox = to_coco_box(box, w, h)
-                outside += bool(bbox[0] < 0 or bbox[1] < 0 or bbox[0] + bbox[2] > w or bbox[1] + bbox[3] > h)
                 errors.append(float(np.abs(to_yolo_box(bbox, w, h) - box).max()))
+                inside = clip_to_image(xywh_to_xyxy(bbox), w, h, MIN_BOX_SIDE)
+                if inside is None:
+                    skip("box outside its image", f"{lab}:{n}")
+                    continue
+                if not np.array_equal(inside, xywh_to_xyxy(bbox)):
+                    clipped += 1
+                    bbox = xyxy_to_xywh(inside).tolist()
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "bbox": bbox,
                              "area": bbox[2] * bbox[3], "iscrowd": 0})
     for reason, k in skipped.items():
         log.warning("skipped %d: %s (e.g. %s)", k, reason, examples[reason])
-    if outside:
-        log.warning("%d box(es) reach outside their image (kept; the COCO loader clips them)", outside)
-    stats = {"images": len(images), "boxes": len(anns), "skipped": dict(skipped), "outside": outside,
+    if clipped:
+        log.warning("%d box(es) reaching outside their image clipped to it", clipped)
+    stats = {"images": len(images), "boxes": len(anns), "skipped": dict(skipped), "clipped": clipped,
              "max_roundtrip_error": max(errors, default=0.0)}
     if stats["max_roundtrip_error"] > 1e-9:  # float64 arithmetic: anything larger is a conversion bug
         raise UserError(f"converted boxes differ from their label lines by up to {stats['max_roundtrip_error']:.3g}")

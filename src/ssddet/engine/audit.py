@@ -68,14 +68,15 @@ def wrong_score(iou: np.ndarray) -> np.ndarray:
     return 1.0 - iou
 
 
-def refine_with_confidence(method, records, device) -> dict[int, tuple[np.ndarray, float]]:
+def refine_with_confidence(method, records, device, bad=None) -> dict[int, tuple[np.ndarray, float]]:
     """-> {annotation id: (refined xyxy box in the JSON's pixel frame, confidence)}. Objects the refiner
-    skips (degenerate boxes) keep their box with confidence 0."""
+    skips (degenerate boxes) keep their box with confidence 0; unreadable images (`bad`: a data.images.BadImages)
+    have no entries."""
     from .refine import refine_chunks
 
     top_k = method.refiner.cfg.top_k
     out: dict[int, tuple[np.ndarray, float]] = {}
-    for rec, part, res, back in refine_chunks(method, records, device):
+    for rec, part, res, back in refine_chunks(method, records, device, bad=bad):
         sel = res.selected[0].cpu()
         conf = torch.zeros(len(sel))
         if sel.any():
@@ -150,6 +151,8 @@ def format_summary(s: dict) -> str:
                      f"({lift:.2f}x); ranking by (1 - IoU) x confidence instead: {s['precision_weighted']:.3f}")
         lines.append(f"mean IoU with the clean boxes: given {s['iou_given_clean']:.3f}, refined "
                      f"{s['iou_refined_clean']:.3f}")
+    if s.get("skipped_images"):
+        lines.append(f"skipped {s['skipped_images']} unreadable image(s): their annotations are not ranked")
     return "\n".join(lines)
 
 

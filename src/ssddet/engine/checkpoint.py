@@ -9,18 +9,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 
 def atomic_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: a crash never leaves half a file."""
+    """Write to a temp file in the same directory, fsync, then rename: a crash never leaves half a file, and a
+    failed write (a full disk) leaves the previous file as it was and raises a one-line UserError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"could not write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise UserError(f"could not write {path}{kept}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -36,6 +36,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True if `flag` is set on any rank (so that all ranks take the same branch under DDP)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def gather_objects(obj) -> list:
     """Every process's `obj` (picklable), in rank order, on every process; [obj] without a process group."""
     if not dist.is_initialized():

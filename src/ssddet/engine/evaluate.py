@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
+from ..data.images import BadImages
 from ..errors import UserError
 from .distributed import broadcast_from_main, gather_to_main
 
@@ -26,30 +27,47 @@ STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 @torch.no_grad()
 def predict(detector, loader: DataLoader, device: torch.device, label_to_cat: dict[int, int],
-            progress: bool = True) -> list[dict]:
-    """Run the detector over a loader -> COCO results list [{image_id, category_id, bbox xywh, score}]."""
+            progress: bool = True, bad: BadImages | None = None) -> list[dict]:
+    """Run the detector over a loader -> COCO results list [{image_id, category_id, bbox xywh, score}].
+    Unreadable images are handled by `bad` (default: skipped with a warning; its `files` lists them)."""
     detector.eval()
+    bad = bad if bad is not None else BadImages()
     results = []
-    for images, targets in tqdm(loader, desc="eval", leave=False, disable=not progress):
-        outputs = detector([img.to(device, non_blocking=True) for img in images])
-        for out, tgt in zip(outputs, targets):
-            boxes = xyxy_to_xywh(out["boxes"].float().cpu().numpy())
-            for box, score, lab in zip(boxes, out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
-                results.append({"image_id": int(tgt["image_id"]), "category_id": label_to_cat[int(lab)],
-                                "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
+    with tqdm(loader, desc="eval", leave=False, disable=not progress) as bar:  # closed on errors too
+        for batch in bar:
+            images, targets = bad.take(batch)
+            if not images:
+                continue
+            outputs = detector([img.to(device, non_blocking=True) for img in images])
+            for out, tgt in zip(outputs, targets):
+                boxes = xyxy_to_xywh(out["boxes"].float().cpu().numpy())
+                for box, score, lab in zip(boxes, out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
+                    results.append({"image_id": int(tgt["image_id"]), "category_id": label_to_cat[int(lab)],
+                                    "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
     return results
 
 
 def evaluate_sharded(detector, loader: DataLoader, device: torch.device, data, records: list,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, bad: BadImages | None = None) -> dict:
     """COCO metrics of `records` (of CocoData `data`) when each process predicts its share of them (`loader`
     over a ShardedBatchSampler): no rank idles in a barrier through a long validation, which NCCL would time out.
-    Rank 0 scores the gathered detections and shares the metrics; one process is the plain case."""
-    parts = gather_to_main(predict(detector, loader, device, data.label_to_cat, progress=progress))
+    Rank 0 scores the gathered detections and shares the metrics; one process is the plain case. Images that
+    could not be read (skipped under `bad`) are left out of the ground truth too (`readable`)."""
+    bad = bad if bad is not None else BadImages()
+    dets = predict(detector, loader, device, data.label_to_cat, progress=progress, bad=bad)
+    parts = gather_to_main((dets, list(bad.files)))
     metrics = None
     if parts is not None:
-        metrics = coco_evaluate(data.gt_dict(records), merge_rank_results(parts, [r.image_id for r in records]))
+        kept = readable(records, {f for _, files in parts for f in files})
+        metrics = coco_evaluate(data.gt_dict(kept), merge_rank_results([d for d, _ in parts],
+                                                                       [r.image_id for r in kept]))
     return broadcast_from_main(metrics)
+
+
+def readable(records: list, unreadable) -> list:
+    """`records` without those whose file is in `unreadable` (paths as strings): an image the model never saw
+    is not scored as missed objects."""
+    return [r for r in records if str(r.path) not in unreadable]
 
 
 def merge_rank_results(parts: list[list[dict]], image_order: list[int]) -> list[dict]:

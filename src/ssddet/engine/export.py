@@ -122,7 +122,7 @@ def check(detector, path: str | Path, images: list[torch.Tensor], box_atol: floa
 def check_images(image: str | Path | None) -> list[torch.Tensor]:
     """The check images: the given file (or scikit-image's bundled 'coffee' photo) and its transposed copy,
     float Tensor[3, H, W] in [0, 1]."""
-    from ..viz.draw import read_rgb
+    from ..data.images import UnreadableImage, read_rgb
 
     if image is None:
         from skimage import data
@@ -131,8 +131,8 @@ def check_images(image: str | Path | None) -> list[torch.Tensor]:
     else:
         try:
             x = read_rgb(image)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{image}: cannot read the check image ({e})") from None
+        except UnreadableImage as e:
+            raise UserError(f"{image}: cannot read the check image ({e.reason})") from None
     x = x.float().div(255)
     return [x, x.transpose(1, 2).contiguous()]
 

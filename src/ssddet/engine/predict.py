@@ -1,7 +1,7 @@
 """`ssddet predict`: run a trained detector on image files and folders -> a COCO results JSON (each detection
 keeps its image's file name) and one PNG per image, of the source size, with the boxes, class names and
-scores drawn. Images of any size and mode are read (grey, palette, RGBA, CMYK, 16-bit: `draw.read_rgb`);
-unreadable files are skipped with a counted warning."""
+scores drawn. Images of any size and mode are read (grey, palette, RGBA, CMYK, 16-bit; EXIF-rotated:
+`data.images.read_rgb`); unreadable files are skipped with a counted warning (--on-bad-image stop: an error)."""
 from __future__ import annotations
 
 import logging
@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
+from ..data.images import STOP_HINT, UnreadableImage, check_policy, read_rgb
 from ..errors import UserError
-from ..viz.draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, read_rgb, save_png
+from ..viz.draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, save_png
 
 log = logging.getLogger(__name__)
 
@@ -87,34 +87,39 @@ def draw_detections(image, out: dict, keep, names: dict[int, str]):
 
 @torch.no_grad()
 def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: torch.device, score: float,
-                   out_dir: Path | None = None, draw: bool = True,
-                   progress: bool = True) -> tuple[list[dict], PredictStats]:
+                   out_dir: Path | None = None, draw: bool = True, progress: bool = True,
+                   on_bad_image: str = "skip") -> tuple[list[dict], PredictStats]:
     """Run `detector` (eval mode, on `device`) over `items` from `collect_images` -> (COCO results records,
-    image ids 1..N in item order; stats). With `out_dir` and `draw`, writes out_dir/png_name(name)."""
+    image ids 1..N in item order; stats). With `out_dir` and `draw`, writes out_dir/png_name(name). A file that
+    cannot be decoded is skipped and counted (on_bad_image "skip") or stops the run ("stop")."""
     from .inference import class_maps
 
+    check_policy(on_bad_image)
     names, label_to_cat = class_maps(meta)
     detector.eval()
     results: list[dict] = []
     stats = PredictStats()
-    for image_id, (path, name) in enumerate(tqdm(items, desc="predict", disable=not progress), start=1):
-        try:
-            image = read_rgb(path)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # what PIL raises on bad files
-            reason = "unreadable" if path.suffix.lower() in IMAGE_SUFFIXES else "not an image"
-            stats.skipped[reason] += 1
-            stats.examples.setdefault(reason, f"{path} ({e})")
-            continue
-        t0 = time.perf_counter()
-        out = detector([image.to(device).float().div_(255)])[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        stats.seconds += time.perf_counter() - t0
-        stats.images += 1
-        recs, keep = detection_records(out, image_id, name, score, label_to_cat)
-        results += recs
-        if out_dir is not None and draw:
-            save_png(draw_detections(image, out, keep, names), out_dir / png_name(name))
+    with tqdm(items, desc="predict", disable=not progress) as bar:  # closed on errors too
+        for image_id, (path, name) in enumerate(bar, start=1):
+            try:
+                image = read_rgb(path)
+            except UnreadableImage as e:
+                if on_bad_image == "stop":
+                    raise UserError(f"{e} ({STOP_HINT})") from None
+                reason = "unreadable" if path.suffix.lower() in IMAGE_SUFFIXES else "not an image"
+                stats.skipped[reason] += 1
+                stats.examples.setdefault(reason, f"{path} ({e.reason})")
+                continue
+            t0 = time.perf_counter()
+            out = detector([image.to(device).float().div_(255)])[0]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            stats.seconds += time.perf_counter() - t0
+            stats.images += 1
+            recs, keep = detection_records(out, image_id, name, score, label_to_cat)
+            results += recs
+            if out_dir is not None and draw:
+                save_png(draw_detections(image, out, keep, names), out_dir / png_name(name))
     for reason, n in stats.skipped.items():
         log.warning("skipped %d %s file(s), e.g. %s", n, reason, stats.examples[reason])
     return results, stats

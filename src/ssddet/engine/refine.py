@@ -14,8 +14,10 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
+from ..data.boxes import aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xywh
+from ..data.coco import MIN_BOX_SIDE
 from ..data.dataset import load_image, record_target
+from ..data.images import BadImages, UnreadableImage
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
@@ -49,33 +51,41 @@ def load_refiner_method(path: str | Path, device: torch.device):
 
 
 @torch.no_grad()
-def refine_chunks(method, records, device, chunk: int = 32):
+def refine_chunks(method, records, device, chunk: int = 32, bad: BadImages | None = None):
     """Run the refiner over every object of every record (eval mode, no per-image cap), `chunk` objects per
-    call so crowded images stay within memory.
+    call so crowded images stay within memory. Unreadable images are handled by `bad` (default: skipped with a
+    warning; its `files` lists them).
 
     Yields (record, slice of its objects, RefinerOutput of that chunk, back: Tensor[4]); multiplying a
     refiner box (resized-image frame) by `back` gives the JSON's pixel frame."""
     method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
-    for rec in tqdm(records, desc="refine", leave=False):
-        if len(rec.boxes) == 0:
-            continue
-        image, sx, sy = load_image(rec)
-        target = record_target(rec, sx, sy)
-        images, targets = method.detector.transform([image.to(device)], [{k: v.to(device) if torch.is_tensor(v)
-                                                                          else v for k, v in target.items()}])
-        features = method.detector.backbone(images.tensors)
-        boxes, labels = targets[0]["boxes"], targets[0]["labels"]
-        (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
-        back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
-        for s in range(0, len(boxes), chunk):
-            part = slice(s, s + chunk)
-            yield rec, part, method.refiner(features, images.image_sizes, [boxes[part]], [labels[part]]), back
+    bad = bad if bad is not None else BadImages()
+    with tqdm(records, desc="refine", leave=False) as bar:  # closed on errors too
+        for rec in bar:
+            if len(rec.boxes) == 0:
+                continue
+            try:
+                image, sx, sy = load_image(rec)
+            except UnreadableImage as e:
+                bad.add(e)
+                continue
+            target = record_target(rec, sx, sy)
+            images, targets = method.detector.transform([image.to(device)], [{k: v.to(device) if torch.is_tensor(v)
+                                                                              else v for k, v in target.items()}])
+            features = method.detector.backbone(images.tensors)
+            boxes, labels = targets[0]["boxes"], targets[0]["labels"]
+            (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
+            back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
+            for s in range(0, len(boxes), chunk):
+                part = slice(s, s + chunk)
+                yield rec, part, method.refiner(features, images.image_sizes, [boxes[part]], [labels[part]]), back
 
 
-def refine_records(method, records, device, chunk: int = 32) -> dict[int, np.ndarray]:
-    """-> {annotation id: refined xyxy box in the JSON's pixel frame} (see `refine_chunks`)."""
+def refine_records(method, records, device, chunk: int = 32, bad: BadImages | None = None) -> dict[int, np.ndarray]:
+    """-> {annotation id: refined xyxy box in the JSON's pixel frame} (see `refine_chunks`; the boxes of an
+    unreadable image are not in it)."""
     out: dict[int, np.ndarray] = {}
-    for rec, part, res, back in refine_chunks(method, records, device, chunk):
+    for rec, part, res, back in refine_chunks(method, records, device, chunk, bad):
         for aid, box in zip(rec.ann_ids[part].tolist(), (res.refined[0] * back).cpu().numpy()):
             out[int(aid)] = box
     return out
@@ -87,14 +97,27 @@ def only_images(raw: dict, image_ids: set[int]) -> dict:
             "annotations": [a for a in raw["annotations"] if a.get("image_id") in image_ids]}
 
 
-def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict, dict]:
-    """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats."""
+def export(raw: dict, refined: dict[int, np.ndarray], info: dict,
+           sizes: dict[int, tuple[int, int]] | None = None) -> tuple[dict, dict]:
+    """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats.
+
+    The refiner's boxes are not bounded by the image: with `sizes` ({image id: (width, height)}, the JSON's
+    pixel frame) each is clipped to its image, so the export passes `ssddet check --strict` (a box with nothing
+    left inside keeps its input box); stats count both."""
     d = copy.deepcopy(raw)
     noisy, ref, clean = [], [], []
+    clipped, kept_input = 0, 0
     for a in d["annotations"]:
         box = refined.get(a.get("id"))
         if box is None:
             continue
+        if sizes is not None and a.get("image_id") in sizes:
+            inside = clip_to_image(box, *sizes[a["image_id"]], MIN_BOX_SIDE)
+            if inside is None:
+                kept_input += 1
+                continue
+            clipped += not np.array_equal(inside, np.asarray(box, np.float64))
+            box = inside
         xywh = [float(v) for v in xyxy_to_xywh(box)]
         a["noisy_bbox"], a["bbox"], a["area"] = a["bbox"], xywh, xywh[2] * xywh[3]
         if isinstance(a.get("true_bbox"), list) and len(a["true_bbox"]) == 4:
@@ -102,10 +125,8 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict) -> tuple[dict,
             ref.append(xywh)
             clean.append(a["true_bbox"])
     d["info"] = {**(d.get("info") or {}), "ssddet_refine": info}
-    stats = {"refined_boxes": len(refined)}
+    stats = {"refined_boxes": len(refined) - kept_input, "clipped_boxes": clipped, "kept_input_boxes": kept_input}
     if clean:
         stats["iou_noisy"] = float(aligned_iou_np(xywh_to_xyxy(noisy), xywh_to_xyxy(clean)).mean())
         stats["iou_refined"] = float(aligned_iou_np(xywh_to_xyxy(ref), xywh_to_xyxy(clean)).mean())
     return d, stats
-
-

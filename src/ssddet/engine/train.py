@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 from .._version import __version__
 from ..config import Config
+from ..data.images import BadImages
 from ..data.splits import load_train_val
 from ..errors import TrainingError, UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
 from .accel import Precision, maybe_sync_batchnorm, scaled_lr
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
-from .distributed import barrier, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
+from .distributed import any_rank, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
 from .evaluate import evaluate_sharded, format_metrics
 from .loaders import epoch_seed, make_loaders
 from .log import Averager, RunLogger
@@ -75,21 +76,12 @@ def _to_device(images, targets, device):
     return images, targets
 
 
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True if `flag` is set on any rank (so that all ranks take the same branch under DDP)."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def _check_finite(losses: dict, it: int, policy: str, device: torch.device | None = None) -> bool:
     """True if all finite. Otherwise stop with a message naming the term, or report a skip.
     Under DDP the decision is collective: a step skipped on one rank is skipped on all (a rank that skipped
     its backward alone would leave the others waiting in the gradient all-reduce)."""
     bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
-    if dist.is_initialized() and _any_rank(bool(bad), device or torch.device("cpu")) and not bad:
+    if dist.is_initialized() and any_rank(bool(bad), device or torch.device("cpu")) and not bad:
         bad = {"(on another rank)": float("nan")}
     if not bad:
         return True
@@ -132,6 +124,8 @@ class Trainer:
             self.optimizer, lambda it: lr_factor(it, self.total_iters, cfg.train))
         self.precision = Precision(cfg.train, self.device, self.main)
         self.epoch, self.iteration, self.best, self.skipped = 0, 0, -1.0, 0
+        # unreadable images: reads skipped over the run (all processes), under data.on_bad_image
+        self.bad_images, self.skipped_images = BadImages(cfg.data.on_bad_image), 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.deadline: float | None = None
         self.out_of_time = False
@@ -158,7 +152,8 @@ class Trainer:
         return {"method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.precision.scaler.state_dict(),
                 "epoch": self.epoch, "iteration": self.iteration, "best": self.best, "skipped": self.skipped,
-                "rng": rngs[0], "rng_ranks": rngs, "config": self.cfg.to_dict(), "ssddet_version": __version__,
+                "skipped_images": self.skipped_images, "rng": rngs[0], "rng_ranks": rngs,
+                "config": self.cfg.to_dict(), "ssddet_version": __version__,
                 "meta": model_meta(self.cfg, self.data)}
 
     def _resume(self) -> bool:
@@ -195,6 +190,7 @@ class Trainer:
         self.precision.load_scaler(ck["scaler"])
         self.epoch, self.iteration = ck["epoch"], ck["iteration"]
         self.best, self.skipped = ck["best"], ck.get("skipped", 0)
+        self.skipped_images = ck.get("skipped_images", 0)
         self._restore_rng(ck.get("rng_ranks") or [ck["rng"]])
         log.info("resumed from %s at epoch %d (iteration %d)", path, self.epoch, self.iteration)
         return True
@@ -227,8 +223,8 @@ class Trainer:
         atomic_save(deployable(self.method.detector, {**meta, "epoch": self.epoch}),
                     self.out / "model_final.pt")
         if final and metrics:
-            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best},
-                                                              indent=2))
+            (self.out / "metrics.json").write_text(json.dumps({"val": metrics, "best_AP": self.best,
+                                                               "skipped_images": self.skipped_images}, indent=2))
         atomic_save(self._state(rngs), self.out / "checkpoint.pt")
 
     # ---------------------------------------------------------------- loop
@@ -238,25 +234,28 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
         self.loader_gen.manual_seed(epoch_seed(self.cfg.train.seed, self.epoch, self.rank))
         avg = Averager()
-        bar = tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
-                   disable=not self.main, leave=False, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        for i, (images, targets) in enumerate(self.train_loader):
-            if i >= self.iters_per_epoch:
-                break
-            losses, stats = self.step(images, targets)
-            avg.add({**losses, **stats})
-            if self.main and self.iteration % LOG_EVERY == 0:
-                self.logger.write({"epoch": self.epoch + 1, "iteration": self.iteration,
-                                   "lr": self.last_lr, **losses, **stats},
-                                  self.iteration, "train")
-            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}",
-                            lr=f"{self.last_lr:.4f}")
-            bar.update()
-            if self.deadline is not None and _any_rank(time.time() > self.deadline, self.device):
-                self.out_of_time = True
-                break
-        bar.close()
+        with tqdm(total=self.iters_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                  disable=not self.main, leave=False, dynamic_ncols=True,
+                  mininterval=1.0 if sys.stderr.isatty() else 30.0) as bar:  # closed on errors too
+            for i, batch in enumerate(self.train_loader):
+                if i >= self.iters_per_epoch:
+                    break
+                images, targets = self.bad_images.take(batch)  # unreadable images: dropped, or stop (on_bad_image)
+                # a batch of unreadable images only: no step, on every rank (DDP's all-reduce needs all of them)
+                if any_rank(not images, self.device):
+                    continue
+                losses, stats = self.step(images, targets)
+                avg.add({**losses, **stats})
+                if self.main and self.iteration % LOG_EVERY == 0:
+                    self.logger.write({"epoch": self.epoch + 1, "iteration": self.iteration,
+                                       "lr": self.last_lr, **losses, **stats},
+                                      self.iteration, "train")
+                bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}",
+                                lr=f"{self.last_lr:.4f}")
+                bar.update()
+                if self.deadline is not None and any_rank(time.time() > self.deadline, self.device):
+                    self.out_of_time = True
+                    break
         return mean_across_ranks(avg.sums, avg.counts)
 
     def step(self, images, targets) -> tuple[dict, dict]:
@@ -312,7 +311,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """COCO metrics on the val split, on every process (each predicts its share of the batches)."""
         return evaluate_sharded(self.method.detector, self.val_loader, self.device, self.splits.val,
-                                self.splits.val_records, progress=self.main)
+                                self.splits.val_records, progress=self.main, bad=self.bad_images)
 
     def run(self) -> dict:
         try:
@@ -331,7 +330,7 @@ class Trainer:
                      len(self.train_loader.dataset), self.iters_per_epoch, len(self.splits.val_records),
                      self.out)
         while self.epoch < cfg.epochs:
-            t0 = time.time()
+            t0, bad_before = time.time(), self.bad_images.count
             train_means = self.train_epoch()
             self.epoch += 1
             metrics = {}
@@ -343,19 +342,27 @@ class Trainer:
                 metrics = self.evaluate()
                 if self.main:
                     log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
-            barrier()
+            # reads of unreadable images skipped this epoch (training and validation), summed over the processes;
+            # a collective, so it also stands where the barrier before rank 0's files was
+            skipped_images = sum(gather_objects(self.bad_images.count - bad_before))
+            self.skipped_images += skipped_images
             if self.main:
                 # logged before the checkpoint: a crash in between re-runs the epoch, and the resumed run
                 # drops this record (iteration > the checkpoint's); the other order would lose it for good
                 self.logger.write({"epoch": self.epoch, "iteration": self.iteration,
                                    "seconds": time.time() - t0,
-                                   "skipped_steps": self.skipped, "train": train_means, "val": metrics,
+                                   "skipped_steps": self.skipped, "skipped_images": skipped_images,
+                                   "train": train_means, "val": metrics,
                                    **({"stopped": "time budget"} if stop else {})},
                                   self.epoch, "epoch")
                 _log_epoch_stats(self.epoch, train_means)
             self._save(metrics or None, final=stop or self.epoch == cfg.epochs)
             if stop:
                 break
+        if self.main and self.skipped_images:  # the run's summary (per epoch: log.jsonl's skipped_images)
+            example = self.bad_images.example()
+            log.warning("%d unreadable image read(s) skipped over the run%s; `ssddet check` lists every unreadable "
+                        "file", self.skipped_images, f", e.g. {example}" if example else "")
         return metrics
 
 

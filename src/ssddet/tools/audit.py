@@ -1,7 +1,7 @@
 """`ssddet audit`: every annotation ranked by how likely its box is wrong (the work: engine/audit.py)."""
 from __future__ import annotations
 
-from .options import add_dataset_options
+from .options import add_dataset_options, add_on_bad_image_option
 
 
 def add_audit_parser(sub) -> None:
@@ -16,12 +16,13 @@ def add_audit_parser(sub) -> None:
                    "thumbnails")
     p.add_argument("--html-top", type=int, default=200, help="rows in the HTML page (default: 200)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_on_bad_image_option(p, "its annotations are left out of the ranking")
 
 
 def cmd_audit(a) -> int:
     from ..api import audit
 
     rep = audit(a.checkpoint, a.ann, data=a.data, images=a.images, split=a.split, out=a.out, html=a.html,
-                html_top=a.html_top, device=a.device)
+                html_top=a.html_top, device=a.device, on_bad_image=a.on_bad_image)
     print(f"{rep}\nwrote {a.out}" + (f" and {a.html}" if a.html else ""))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import DATA_HELP, IMAGES_HELP
+from .options import DATA_HELP, IMAGES_HELP, add_on_bad_image_option
 
 
 def add_eval_parser(sub) -> None:
@@ -25,6 +25,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per forward")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_on_bad_image_option(p, "left out of the evaluation")
 
 
 def cmd_eval(a) -> int:
@@ -32,6 +33,7 @@ def cmd_eval(a) -> int:
 
     m = evaluate(a.checkpoint, results=a.results, data=a.data, ann=a.ann, train_ann=a.train_ann, val_ann=a.val_ann,
                  images=a.images, split=a.split, save_results=a.save_results, device=a.device,
-                 batch_size=a.batch_size, workers=a.workers)
-    print(json.dumps(m, indent=2) if a.json else f"{a.split} ({m.images} images): {format_metrics(m)}")
+                 batch_size=a.batch_size, workers=a.workers, on_bad_image=a.on_bad_image)
+    left_out = f", {m.skipped_images} unreadable left out" if m.skipped_images else ""
+    print(json.dumps(m, indent=2) if a.json else f"{a.split} ({m.images} images{left_out}): {format_metrics(m)}")
     return 0

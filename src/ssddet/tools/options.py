@@ -1,8 +1,11 @@
 """Options several commands share, so that one name means one thing in every command (docs/cli.md): the dataset
-(`--data`, `--ann`, `--images`) and the hidden earlier spellings of renamed options."""
+(`--data`, `--ann`, `--images`), what to do with an image file that cannot be decoded (`--on-bad-image`) and the
+hidden earlier spellings of renamed options."""
 from __future__ import annotations
 
 import argparse
+
+from ..config import ON_BAD_IMAGE
 
 DATA_HELP = "dataset directory: DIR/annotations.json, with the images under DIR"
 IMAGES_HELP = "image root that file_name is relative to (default: the JSON's folder, or --data)"
@@ -14,6 +17,14 @@ def add_dataset_options(p: argparse.ArgumentParser, ann_help: str, required: boo
     g.add_argument("--ann", metavar="JSON", help=ann_help)
     g.add_argument("--data", metavar="DIR", help=DATA_HELP)
     p.add_argument("--images", metavar="DIR", help=IMAGES_HELP)
+
+
+def add_on_bad_image_option(p: argparse.ArgumentParser, skipped: str) -> None:
+    """--on-bad-image of the commands that read a dataset's images besides `ssddet train` (whose flag sets
+    data.on_bad_image, config_overrides.train_flags); `skipped` says what skipping means for the command."""
+    p.add_argument("--on-bad-image", choices=ON_BAD_IMAGE, default="skip", help="an image file that cannot be "
+                   f"decoded: skip it with a counted warning ({skipped}), or stop with a one-line error "
+                   "(default: %(default)s)")
 
 
 def add_hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:

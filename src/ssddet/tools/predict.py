@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..api import RESULTS_NAME
+from .options import add_on_bad_image_option
 
 
 def add_predict_parser(sub) -> None:
@@ -20,11 +21,13 @@ def add_predict_parser(sub) -> None:
                    "0 keeps all the model returns, e.g. for COCO evaluation (default: 0.5)")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_on_bad_image_option(p, "no detections, no PNG")
 
 
 def cmd_predict(a) -> int:
     from ..api import predict
 
-    dets = predict(a.checkpoint, a.inputs, out=a.out, score=a.score, device=a.device, draw=not a.no_draw)
+    dets = predict(a.checkpoint, a.inputs, out=a.out, score=a.score, device=a.device, draw=not a.no_draw,
+                   on_bad_image=a.on_bad_image)
     print(f"{len(dets)} detections with score >= {a.score} -> {Path(a.out) / RESULTS_NAME}")
     return 0

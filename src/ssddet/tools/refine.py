@@ -1,8 +1,8 @@
 """`ssddet refine`: an SSD-Det run's refined boxes as COCO JSON, ready for re-training a plain detector on them
-(the papers' "+FR"; the work: engine/refine.py)."""
+(the papers' "+FR"; the work: engine/refine.py), clipped to their image (counted)."""
 from __future__ import annotations
 
-from .options import DATA_HELP, IMAGES_HELP, add_hidden_alias
+from .options import DATA_HELP, IMAGES_HELP, add_hidden_alias, add_on_bad_image_option
 
 
 def add_refine_parser(sub) -> None:
@@ -19,16 +19,22 @@ def add_refine_parser(sub) -> None:
                    "(default: only the refined split, so that training on the export never sees evaluation "
                    "images)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_on_bad_image_option(p, "their boxes keep the input box")
 
 
 def cmd_refine(a) -> int:
     from ..api import refine
 
     d = refine(a.checkpoint, out=a.out, data=a.data, ann=a.ann, images=a.images, split=a.split,
-               all_splits=a.all_splits, device=a.device)
+               all_splits=a.all_splits, device=a.device, on_bad_image=a.on_bad_image)
     info = d["info"]["ssddet_refine"]
     stats = info["stats"]
     msg = f"refined {stats['refined_boxes']} boxes of {info['images_refined']} images -> {a.out}"
+    msg += f"\nclipped to their image: {stats['clipped_boxes']} refined box(es)"
+    if stats["kept_input_boxes"]:
+        msg += f"; {stats['kept_input_boxes']} outside it kept their input box"
+    if stats["skipped_images"]:
+        msg += f"\nskipped {stats['skipped_images']} unreadable image(s): their boxes keep the input box"
     if "iou_refined" in stats:
         msg += f"\nmean IoU with true_bbox: input {stats['iou_noisy']:.4f} -> refined {stats['iou_refined']:.4f}"
     if len(d["images"]) < info["images_in_source"]:

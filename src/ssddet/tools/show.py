@@ -2,7 +2,7 @@
 per image plus a contact sheet (the drawing: viz/show.py)."""
 from __future__ import annotations
 
-from .options import add_dataset_options
+from .options import add_dataset_options, add_on_bad_image_option
 
 
 def add_show_parser(sub) -> None:
@@ -18,12 +18,13 @@ def add_show_parser(sub) -> None:
     p.add_argument("--split", help="only images of this split")
     p.add_argument("--score", type=float, default=0.5, help="lowest score drawn from a results list "
                    "(default: 0.5)")
+    add_on_bad_image_option(p, "not drawn")
 
 
 def cmd_show(a) -> int:
     from ..api import show
 
     paths = show(a.ann, data=a.data, images=a.images, compare=a.compare, out=a.out, ids=a.ids, n=a.n,
-                 split=a.split, score=a.score)
+                 split=a.split, score=a.score, on_bad_image=a.on_bad_image)
     print(f"wrote {len(paths) - 1} image(s) and {paths[-1]}")
     return 0

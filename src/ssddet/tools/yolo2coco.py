@@ -24,5 +24,6 @@ def cmd_yolo2coco(a) -> int:
     skipped = sum(st["skipped"].values())
     print(f"wrote {a.out}: {st['images']} images, {st['boxes']} boxes, {len(coco['categories'])} categories"
           + (f", {skipped} line(s)/image(s) skipped" if skipped else "")
+          + (f", {st['clipped']} box(es) clipped to their image" if st["clipped"] else "")
           + f"; boxes checked against their label lines: max error {st['max_roundtrip_error']:.1e}")
     return 0

@@ -1,6 +1,7 @@
-"""Drawing shared by `predict`, `show` and `audit`: read any image as 8-bit RGB, draw labelled boxes
-(`torchvision.utils.draw_bounding_boxes`), add a legend strip, tile a contact sheet (`torchvision.utils.make_grid`),
-write PNGs. Images are uint8 Tensor[3, H, W] throughout; boxes are xyxy in that image's pixels."""
+"""Drawing shared by `predict`, `show` and `audit`: read any image as 8-bit RGB (`data.images.read_rgb`), draw
+labelled boxes (`torchvision.utils.draw_bounding_boxes`), add a legend strip, tile a contact sheet
+(`torchvision.utils.make_grid`), write PNGs. Images are uint8 Tensor[3, H, W] throughout; boxes are xyxy in that
+image's pixels."""
 from __future__ import annotations
 
 import inspect
@@ -14,6 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+# reading images is data/images.py's (the same decoding and EXIF rotation as training); drawing code imports it here
+from ..data.images import read_rgb, to_rgb8  # noqa: F401
+
 # what `show`/`audit` draw, in these colours everywhere (colour-blind safe trio: green / vermillion / blue)
 CLEAN, NOISY, REFINED = (0, 170, 60), (230, 60, 20), (30, 110, 255)
 EXTRA_COLOURS = [(255, 170, 0), (200, 40, 200), (0, 190, 200), (140, 90, 30), (120, 120, 120)]
@@ -21,7 +25,6 @@ EXTRA_COLOURS = [(255, 170, 0), (200, 40, 200), (0, 190, 200), (140, 90, 30), (1
 CLASS_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
-HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # white label text on a box-coloured patch, readable on any background (torchvision >= 0.20; older: plain text)
 LABEL_STYLE = ({"fill_labels": True, "label_colors": "white"}
                if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters else {})
@@ -39,44 +42,6 @@ def font_path() -> str:
 def font_size(width: int, height: int) -> int:
     """Label text size that stays readable from thumbnails to 4k images."""
     return max(10, min(width, height) // 40)
-
-
-def _to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
-    """Single-channel 16-bit / 32-bit / float pixels -> uint8. 16-bit modes are divided by 257 (65535 -> 255,
-    so brightness matches an 8-bit export of the same picture), and so is 32-bit integer data above 255 (how
-    some Pillow versions open 16-bit PNGs); float data in [0, 1] is scaled by 255; anything else outside
-    [0, 255] is min-max stretched (the only mapping that shows it at all)."""
-    a = a.astype(np.float64)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if mode.startswith("I;16") or (mode == "I" and 255.0 < hi <= 65535.0 and lo >= 0.0):
-        out = a / 257.0
-    elif mode == "F" and 0.0 <= lo and hi <= 1.0:
-        out = a * 255.0
-    elif 0.0 <= lo and hi <= 255.0:
-        out = a
-    else:
-        out = (a - lo) / max(hi - lo, 1e-12) * 255.0
-    return np.clip(np.nan_to_num(out), 0, 255).round().astype(np.uint8)
-
-
-def to_rgb8(im: Image.Image) -> np.ndarray:
-    """A PIL image of any mode -> uint8[H, W, 3]. Transparent pixels are composited onto white (dropping the
-    alpha channel would show whatever colour the transparent pixels happen to store)."""
-    if im.mode in HIGH_DEPTH_MODES:
-        return np.repeat(_to_8bit(np.asarray(im), im.mode)[..., None], 3, axis=2)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
-def read_rgb(path: str | Path) -> Tensor:
-    """uint8 Tensor[3, H, W] of any image file Pillow reads (grey, palette, RGBA, CMYK, 16-bit, float TIFF).
-    Raises OSError / ValueError (PIL.UnidentifiedImageError is an OSError) for unreadable files."""
-    with Image.open(path) as im:
-        im.load()
-        arr = to_rgb8(im)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
 def save_png(image: Tensor, path: str | Path) -> Path:

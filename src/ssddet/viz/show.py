@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy
+from ..data.images import BadImages, UnreadableImage, read_rgb
 from ..errors import UserError
-from .draw import CLEAN, EXTRA_COLOURS, NOISY, REFINED, contact_sheet, draw_boxes, read_rgb, save_png, with_legend
+from .draw import CLEAN, EXTRA_COLOURS, NOISY, REFINED, contact_sheet, draw_boxes, save_png, with_legend
 
 log = logging.getLogger(__name__)
 SHEET_NAME = "contact_sheet.png"
@@ -148,11 +149,9 @@ def legend(layers: list[Layer], ann_ids) -> list[tuple[str, tuple]]:
 
 
 def draw_record(rec, layers: list[Layer], names: dict[int, str]):
-    """One image with every layer drawn (the first layer labelled with class names) -> uint8 Tensor[3, H, W]."""
-    try:
-        image = read_rgb(rec.path)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{rec.path}: cannot read image {rec.image_id} ({e}); is --images the right folder?") from None
+    """One image with every layer drawn (the first layer labelled with class names) -> uint8 Tensor[3, H, W].
+    Raises UnreadableImage."""
+    image = read_rgb(rec.path, rec.image_id)
     h, w = image.shape[-2:]
     scale = np.array([w / rec.width, h / rec.height] * 2)  # JSON frame -> file frame (as data/dataset.py)
     for k, la in enumerate(layers):
@@ -164,8 +163,10 @@ def draw_record(rec, layers: list[Layer], names: dict[int, str]):
 
 
 def show_images(data, raw: dict, compare: list[tuple[Path, object]], out: Path, ids=None, n: int = 16,
-                split: str | None = None, score: float = 0.5) -> list[Path]:
-    """Draw the picked images -> [per-image PNG paths..., contact sheet path]."""
+                split: str | None = None, score: float = 0.5, bad: BadImages | None = None) -> list[Path]:
+    """Draw the picked images -> [per-image PNG paths..., contact sheet path]. Unreadable images are handled by
+    `bad` (default: skipped with a warning)."""
+    bad = bad if bad is not None else BadImages()
     layers = annotation_layers(raw)
     for k, (path, craw) in enumerate(compare):
         colour = REFINED if k == 0 and not any(la.name == "refined" for la in layers) else EXTRA_COLOURS[
@@ -176,11 +177,20 @@ def show_images(data, raw: dict, compare: list[tuple[Path, object]], out: Path, 
     names = dict(enumerate(data.class_names, start=1))
     paths, drawn = [], []
     for rec in picked:
-        image = draw_record(rec, layers, names)
+        try:
+            image = draw_record(rec, layers, names)
+        except UnreadableImage as e:
+            bad.add(e)
+            continue
         drawn.append(image)
         paths.append(save_png(with_legend(image, legend(layers, rec.ann_ids.tolist())),
                               out / f"{rec.image_id}_{rec.path.stem}.png"))
-    all_ids = [a for r in picked for a in r.ann_ids.tolist()]
+    if not drawn:
+        raise UserError(f"none of the {len(picked)} picked image(s) could be read; is --images the right folder? "
+                        f"(e.g. {next(iter(bad.files))})")
+    all_ids = [a for r in picked if str(r.path) not in bad.files for a in r.ann_ids.tolist()]
     paths.append(save_png(with_legend(contact_sheet(drawn), legend(layers, all_ids)), out / SHEET_NAME))
-    log.info("drew %d image(s), layers: %s", len(picked), ", ".join(la.name for la in layers))
+    log.info("drew %d image(s), layers: %s", len(drawn), ", ".join(la.name for la in layers))
+    if bad.files:
+        log.warning("skipped %d unreadable image(s) of the %d picked", len(bad.files), len(picked))
     return paths
