@@ -8,7 +8,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.ops import MultiScaleRoIAlign
 
 from ...config import SSDDetConfig
-from ...data.boxes import aligned_iou
+from ...data.boxes import aligned_iou, box_area_nonneg
 from ..ssddet import SSDDetRefiner
 from ..ssddet.bank import BoxBank, from_unit, to_unit
 from .base import DetectionMethod
@@ -117,7 +117,7 @@ def iou_by_size(refined: list, true: list, selected: list, resize: list[float]) 
     for r, c, sel, f in zip(refined, true, selected, resize):
         c = c.to(r)[sel]
         iou.append(aligned_iou(r[sel], c))
-        area.append((c[:, 2] - c[:, 0]).clamp(min=0) * (c[:, 3] - c[:, 1]).clamp(min=0) / float(f) ** 2)
+        area.append(box_area_nonneg(c) / float(f) ** 2)
     iou, area = torch.cat(iou), torch.cat(area)
     out = {}
     for name, lo, hi in SIZE_BINS:

@@ -63,9 +63,14 @@ class BoxBank(nn.Module):
         return torch.tensor([self.when.get(i, -1) for i in ann_ids.tolist()], dtype=torch.int64)
 
     def update(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
-        for i, b in zip(ann_ids.tolist(), unit_boxes.detach().float().cpu().tolist()):
-            self.boxes[int(i)] = tuple(b)
-            self.when[int(i)] = self.step
+        self._write([(ann_ids.tolist(), unit_boxes.detach().float().cpu().tolist())])
+
+    def _write(self, updates: list[tuple[list[int], list[list[float]]]]) -> None:
+        """Write (ids, unit boxes) pairs in order, all stamped with this step; then the step advances."""
+        for ids, boxes in updates:
+            for i, b in zip(ids, boxes):
+                self.boxes[int(i)] = tuple(b)
+                self.when[int(i)] = self.step
         self.step += 1
 
     def update_all_ranks(self, ann_ids: Tensor, unit_boxes: Tensor) -> None:
@@ -79,11 +84,7 @@ class BoxBank(nn.Module):
             dist.all_gather_object(updates, update)
         else:
             updates = [update]
-        for ids, boxes in updates:
-            for i, b in zip(ids, boxes):
-                self.boxes[int(i)] = tuple(b)
-                self.when[int(i)] = self.step
-        self.step += 1
+        self._write(updates)
 
     def get_extra_state(self) -> dict:
         ids = torch.tensor(list(self.boxes), dtype=torch.int64)
