@@ -39,6 +39,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssddet.models.ssddet.keep import PROBE_THRESHOLDS
+
 METHODS = ("vanilla", "oamil", "ssddet", "ssddet+fr")
 PRESETS = {
     # 2-core CPU: pretrained Lite0 at 320 px, 6 epochs (~20 min a cell at 1 thread with two cells side by side).
@@ -222,7 +224,8 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
-         "iou_refined_large", "keep_rate", "iou_merged")
+         "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "loss_spsd1",
+         *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")))
 
 
 def epoch_trace(epochs: list[dict]) -> list[dict]:
@@ -355,7 +358,8 @@ def ssddet_settings(cells: list[dict]) -> str:
         s = {**PREDATED, **c.get("spec", {}).get("ssddet", {})}
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
-            f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`")
+            f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`"
+            + (f", `keep_iou={s.get('keep_iou', 0.75):g}`" if s["keep_given"] else ""))
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
 
 

@@ -103,9 +103,10 @@ def test_help_shows_the_config_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     d = Config()
     for flag, value in (("--epochs EPOCHS", d.train.epochs), ("--lr LR", d.train.lr),
-                        ("--backbone", d.model.backbone), ("--noise NOISE", d.data.noise),
+                        ("--backbone", d.model.backbone), ("--noise-seed", d.data.noise_seed),
                         ("--amp, --no-amp", d.train.amp)):
         assert flag in text and f"(default: {value})" in text, flag
+    assert d.data.noise is None and "--noise NOISE" in text and "(default: none, the boxes as given)" in text
 
 
 def test_resume_continues_the_run_where_output_says_even_if_it_moved(tmp_path):

@@ -162,7 +162,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
         if train_ann and cfg.data.noise and _holds_true_boxes(train_ann):
             log.info("%s already holds noisy boxes (it has true_bbox): the run's noise %.2f is not applied "
                      "again", train_ann, cfg.data.noise)
-            cfg.data.noise = 0.0
+            cfg.data.noise = None
     elif images:
         cfg.data.images = images
     if split:

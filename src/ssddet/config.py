@@ -14,7 +14,10 @@ class DataConfig:
     images: str | None = None  # image root; file_name is resolved relative to it
     train_split: str = "train"
     val_split: str = "val"
-    noise: float = 0.0  # OA-MIL box-noise level injected on the fly into the training split
+    # OA-MIL box-noise level injected on the fly into the training split; the clean boxes are kept for statistics
+    # only (IoU of the noisy / refined boxes with them). 0: the given boxes unchanged but taken as clean, so a
+    # clean-data run logs the same statistics; None: the boxes as given, nothing known about their quality
+    noise: float | None = None
     noise_seed: int = 45
     keep_empty: bool = False  # keep training images with no boxes (negatives only)
     flip: float = 0.5  # horizontal-flip probability for training

@@ -50,7 +50,8 @@ def train_flags() -> list[tuple[str, str, dict]]:
                                          "to (default: the directory of the JSON / --data)")),
         ("--method", "train.method", dict(choices=METHODS, help="training method")),
         ("--noise", "data.noise", dict(type=noise_level, help="inject OA-MIL box noise of this level into "
-                                       "the training split (clean boxes are logged)")),
+                                       "the training split; the clean boxes are kept for the IoU statistics, so 0 logs "
+                                       "them for clean data (default: none, the boxes as given)")),
         ("--noise-seed", "data.noise_seed", dict(type=int, help="seed of the box-noise generator")),
         ("--device", "train.device", dict(help="auto | cpu | cuda | cuda:N")),
         ("--backbone", "model.backbone", dict(choices=BACKBONES, help="detector backbone")),

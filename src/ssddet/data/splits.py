@@ -84,7 +84,7 @@ def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -
     """-> (training JSON with the run's noise applied, select its training split by the `split` field)."""
     raw = read_json(train_path)
     by_split = _uses_split(raw, by_split)
-    if cfg.noise > 0:
+    if cfg.noise is not None:
         raw = _noisy(raw, cfg, str(train_path), root, by_split)
     return raw, by_split
 
@@ -103,7 +103,7 @@ def load_train_val(cfg: DataConfig) -> Splits:
     train_path, val_path, root, by_split = _sources(cfg)
     train_raw, train_by_split = _train_json(cfg, train_path, root, by_split)
     train = parse_coco(train_raw, str(train_path), root)
-    if val_path == train_path and cfg.noise == 0:
+    if val_path == train_path and cfg.noise is None:
         val, val_by_split = train, train_by_split
     else:
         val_raw = read_json(val_path)
@@ -120,6 +120,9 @@ def load_train_val(cfg: DataConfig) -> Splits:
 def _noisy(raw: dict, cfg: DataConfig, src: str, root: Path, by_split: bool) -> dict:
     """Noise the training images only (the evaluation split always stays clean)."""
     noisy, ious = noisy_copy(raw, cfg.noise, cfg.noise_seed, root, cfg.train_split if by_split else None, src)
-    log.info("box noise %.2f (seed %d) on %d training boxes: mean IoU with clean %.3f", cfg.noise,
-             cfg.noise_seed, len(ious), float(ious.mean()) if len(ious) else float("nan"))
+    if cfg.noise == 0:
+        log.info("box noise 0: the given training boxes are taken as clean (statistics only)")
+    else:
+        log.info("box noise %.2f (seed %d) on %d training boxes: mean IoU with clean %.3f", cfg.noise,
+                 cfg.noise_seed, len(ious), float(ious.mean()) if len(ious) else float("nan"))
     return noisy

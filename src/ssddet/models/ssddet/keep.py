@@ -13,6 +13,11 @@ from torch import Tensor
 
 from ...data.boxes import aligned_iou
 
+# IoU-arm thresholds whose outcome is logged beside the one in use (with clean boxes: `iou_keep_tXX`, the mean IoU
+# with the clean box had b* been kept wherever IoU(b*, b̃) >= 0.XX, and `keep_tXX`, the share kept), so one run
+# shows what every threshold would have given at its noise level (docs/method.md 3.1 step 8)
+PROBE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
 
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
@@ -24,11 +29,12 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         cls: Tensor[M, 2] stage-II class scores sigma(cls1) of the GT class.
         iou: Tensor[M, 2] SISD's IoU estimates (IoU units), or None without SISD (then 1).
         keep_iou: b* is also kept where IoU(b*, b̃) >= keep_iou (<= 0: that arm is off).
-        clean: optional Tensor[M, 2] clean boxes: adds what other rules would have given (statistics only).
+        clean: optional Tensor[M, 4] clean boxes: adds what other rules would have given (statistics only).
 
     Returns:
         (Tensor[M, 4] the kept boxes, stats: keep_rate, iou_given_merged and with `clean` iou_merged,
-        iou_keep_oracle, iou_keep_cls, iou_keep_sisd as 0-dim Tensors).
+        iou_keep_oracle, iou_keep_cls, iou_keep_sisd and per PROBE_THRESHOLDS iou_keep_tXX, keep_tXX as 0-dim
+        Tensors).
     """
     u = iou.clamp(0, 1) if iou is not None else torch.ones_like(cls)
     score = cls * u
@@ -43,4 +49,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         stats.update(iou_merged=q[:, 1].mean(), iou_keep_oracle=q.max(dim=1).values.mean(),
                      iou_keep_cls=q[ar, (cls[:, 0] < cls[:, 1]).long()].mean(),
                      iou_keep_sisd=q[ar, (u[:, 0] < u[:, 1]).long()].mean())
+        for t in PROBE_THRESHOLDS:
+            k = agree >= t
+            stats[f"iou_keep_t{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
+            stats[f"keep_t{round(t * 100)}"] = k.float().mean()
     return torch.where(keep[:, None], cand[:, 0], cand[:, 1]), stats
