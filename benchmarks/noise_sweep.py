@@ -8,8 +8,11 @@ Cells are (noise level, method, training seed). Methods: `vanilla` (Faster R-CNN
 `ssddet` (end to end) and `ssddet+fr` (SSD-Det's refined training boxes, exported with `ssddet refine`, re-trained
 with vanilla). Noise is the OA-MIL simulator on the training split (noise seed 45); the clean val split is used for
 nothing but the per-epoch log; the reported figures are the final model's (no choosing the best epoch) on the clean
-test split. The 0 % row is each method's clean reference. Seeds: every cell of the highest noise level and the 0 %
-vanilla cell run with every `--seeds` entry; the other cells with the first seed only (`--all-seeds` runs all).
+test split. The 0 % row is each method's clean reference. Every cell runs with every `--seeds` entry. Two more
+rows at the highest noise level: the user path (`ssddet noise --split train` writes the noisy boxes once, then
+`ssddet train --train-ann` trains SSD-Det on them without `--noise`, as a user with their own boxes does) and a
+longer schedule (`--long-epochs`, 12: vanilla, OA-MIL and SSD-Det), so the table shows whether the preset's gaps
+are a schedule limit. `--plot` (default with `--readme`: docs/images/sweep.png) draws test AP against noise.
 
 Resumable: each finished cell writes RESULTS/cells/CELL.json (kept in git) and a re-run skips it when its recorded
 spec (the run's full resolved config minus paths and worker counts) still matches (and, for a `ssddet+fr`
@@ -59,27 +62,43 @@ class Cell:
     noise: float
     method: str
     seed: int
+    # "": the preset; "user": trained on a noisy JSON written by `ssddet noise`, without --noise; "eN": N epochs
+    variant: str = ""
 
     @property
     def name(self) -> str:
-        return f"n{round(self.noise * 100):02d}_{self.method.replace('+', '-')}_s{self.seed}"
+        v = f"-{self.variant}" if self.variant else ""
+        return f"n{round(self.noise * 100):02d}_{self.method.replace('+', '-')}{v}_s{self.seed}"
+
+    @property
+    def epochs(self) -> int | None:
+        """The schedule of an "eN" cell (None: the preset's)."""
+        return int(self.variant[1:]) if self.variant.startswith("e") else None
 
     @property
     def parent(self) -> Cell | None:
         """The SSD-Det cell whose refined boxes a `ssddet+fr` cell re-trains on."""
-        return Cell(self.noise, "ssddet", self.seed) if self.method == "ssddet+fr" else None
+        return Cell(self.noise, "ssddet", self.seed, self.variant) if self.method == "ssddet+fr" else None
 
 
-def plan(noises: list[float], seeds: list[int], all_seeds: bool = False) -> list[Cell]:
-    """Cells of the sweep: the full seed list at the top noise level and for 0 % vanilla, seed[0] elsewhere.
+LONG_METHODS = ("vanilla", "oamil", "ssddet")  # the longer-schedule row
 
-    The top noise level comes first and 0 % next, so that a partial sweep has the rows that matter most."""
+
+def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epochs: int = 12) -> list[Cell]:
+    """Cells of the sweep: every (noise, method) with every seed; at the top noise level also the user path
+    (SSD-Det) and the `long_epochs` schedule (LONG_METHODS, and clean vanilla as its reference; 0: none).
+
+    The top noise level comes first and 0 % next, so that a partial sweep has the rows that matter most; the
+    extra rows come last."""
     top = max(noises)
-    cells = []
-    for noise in sorted(noises, key=lambda n: (n != top, n != 0, n)):
-        for method in METHODS:
-            spread = all_seeds or noise == top or (noise == 0 and method == "vanilla")
-            cells += [Cell(noise, method, s) for s in (seeds if spread else seeds[:1])]
+    cells = [Cell(noise, m, s) for noise in sorted(noises, key=lambda n: (n != top, n != 0, n))
+             for m in METHODS for s in seeds]
+    if user_path and top > 0:
+        cells += [Cell(top, "ssddet", s, "user") for s in seeds]
+    if long_epochs:  # with its own clean reference, so its gap recovered compares like with like
+        long = f"e{long_epochs}"
+        cells += [Cell(top, m, s, long) for m in LONG_METHODS for s in seeds]
+        cells += [Cell(0.0, "vanilla", s, long) for s in seeds if 0.0 in noises and top > 0]
     return cells
 
 
@@ -100,10 +119,24 @@ def _ssddet(args: list[str], threads: int, log: Path) -> str:
     return res.stdout
 
 
+def user_boxes(cell: Cell, a, runs: Path, threads: int) -> Path:
+    """The user path's training JSON: `ssddet noise` on the training split at the cell's level, written once
+    (the same generator and seed as `--noise`, so the boxes are the noise row's)."""
+    path = runs / f"n{round(cell.noise * 100):02d}_noisy_train.json"
+    if not path.is_file():
+        runs.mkdir(parents=True, exist_ok=True)
+        _ssddet(["noise", "--data", a.data, "--split", "train", "--noise", str(cell.noise), "--noise-seed", "45",
+                 "--out", str(path)], threads, runs / f"{cell.name}.log")
+    return path
+
+
 def train_args(cell: Cell, a, out: Path) -> list[str]:
     method = "vanilla" if cell.method == "ssddet+fr" else cell.method
     args = ["train", "--method", method, "--seed", str(cell.seed), "--out", str(out), *PRESETS[a.preset],
-            *a.extra.split()]
+            *a.extra.split(), *(["--epochs", str(cell.epochs)] if cell.epochs else [])]
+    if cell.variant == "user":  # no --noise: the boxes come from the file, as a user's own do
+        return args + ["--train-ann", str(out.parent / f"n{round(cell.noise * 100):02d}_noisy_train.json"),
+                       "--val-ann", str(Path(a.data) / "annotations.json"), "--images", a.data]
     if cell.method == "ssddet+fr":
         # The export holds the training split only; val (for the log) comes from the original file.
         return args + ["--train-ann", str(out.parent / f"{cell.name}.refined.json"),
@@ -119,6 +152,8 @@ def spec_of(config: dict) -> dict:
 
 def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:
     """The spec `ssddet train` resolves for this cell (asked of the CLI itself with --print-config)."""
+    if cell.variant == "user":
+        user_boxes(cell, a, runs, threads)
     args = train_args(cell, a, runs / cell.name)
     out = subprocess.run([sys.executable, "-m", "ssddet.cli", *args, "--print-config"], check=True,
                          capture_output=True, text=True, env=_env(threads)).stdout
@@ -215,7 +250,8 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     wall = run / "wall_seconds.txt"
     if not wall.is_file():  # a run trained while no sweep process waited on it: its epochs' own seconds
         wall.write_text(f"{sum(e.get('seconds', 0.0) for e in epochs):.0f}\n")
-    return {"cell": cell.name, "noise": cell.noise, "method": cell.method, "seed": cell.seed, "spec": spec,
+    return {"cell": cell.name, "noise": cell.noise, "method": cell.method, "seed": cell.seed,
+            **({"variant": cell.variant} if cell.variant else {}), "spec": spec,
             "test": {k: test[k] for k in ("AP", "AP50", "AP75", "per_class")},
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
             "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
@@ -286,14 +322,25 @@ def _mean_sd(values: list[float]) -> tuple[float, float, int]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), len(values)
 
 
+def variant_label(variant: str) -> str:
+    """How a row's variant reads in the tables: "" (the preset), "user path", "12 epochs"."""
+    return "" if not variant else "user path" if variant == "user" else f"{variant[1:]} epochs"
+
+
+def _variant_rank(variant: str) -> tuple:
+    return (variant != "", variant != "user", variant)
+
+
 def aggregate(cells: list[dict]) -> list[dict]:
-    """One row per (noise, method): mean, sample SD and n over seeds, and the gap recovered on test AP."""
+    """One row per (noise, method, variant): mean, sample SD and n over seeds, and the gap recovered on test AP
+    against the clean and noisy vanilla rows of the same schedule (the user path: the preset's)."""
     groups: dict[tuple, list[dict]] = {}
     for c in cells:
-        groups.setdefault((c["noise"], c["method"]), []).append(c)
+        groups.setdefault((c["noise"], c["method"], c.get("variant", "")), []).append(c)
     rows = []
-    for (noise, method), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
-        row = {"noise": noise, "method": method, "seeds": sorted(c["seed"] for c in cs)}
+    for (noise, method, variant), cs in sorted(groups.items(), key=lambda kv: (kv[0][0], _variant_rank(kv[0][2]),
+                                                                              METHODS.index(kv[0][1]))):
+        row = {"noise": noise, "method": method, "variant": variant, "seeds": sorted(c["seed"] for c in cs)}
         for k in ("AP", "AP50", "AP75"):
             row[k] = _mean_sd([c["test"][k] for c in cs])
         classes = cs[0]["test"].get("per_class") or {}
@@ -304,34 +351,48 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["iou_noisy"] = statistics.fmean(noisy) if noisy else None
         row["minutes"] = statistics.fmean((c["wall_s"] or 0) / 60 for c in cs)
         rows.append(row)
-    clean = next((r["AP"][0] for r in rows if r["noise"] == 0 and r["method"] == "vanilla"), None)
+
+    def vanilla(noise: float, variant: str) -> float | None:
+        ref = "" if variant == "user" else variant
+        return next((r["AP"][0] for r in rows if r["noise"] == noise and r["method"] == "vanilla"
+                     and r["variant"] == ref), None)
+
     for r in rows:
-        noisy = next((x["AP"][0] for x in rows if x["noise"] == r["noise"] and x["method"] == "vanilla"), None)
+        clean, noisy = vanilla(0.0, r["variant"]), vanilla(r["noise"], r["variant"])
         gap = None if clean is None or noisy is None else clean - noisy
         r["gap_recovered"] = (r["AP"][0] - noisy) / gap if gap and r["noise"] > 0 else None
     return rows
 
 
+def _versus(head: str, a: dict, b: dict) -> str:
+    """One comparison line: the test-AP difference a - b against the larger of the two seed SDs."""
+    diff, spread, seeds = a["AP"][0] - b["AP"][0], max(a["AP"][1], b["AP"][1]), min(a["AP"][2], b["AP"][2])
+    head = f"{head} = {diff:+.3f} test AP"
+    if seeds < 2:
+        return f"{head}: seed spread not measured (1 seed)."
+    verdict = "beyond the seed spread" if abs(diff) > spread else "within the seed spread"
+    return f"{head} (largest seed SD {spread:.3f}, seeds: {seeds}): {verdict}."
+
+
 def comparisons(rows: list[dict]) -> list[str]:
-    """Per noise level > 0: SSD-Det's test-AP margin over noisy vanilla and OA-MIL against the seed spread."""
+    """Per noise level > 0 and schedule: SSD-Det's test-AP margin over noisy vanilla and OA-MIL against the seed
+    spread; and the user path against the `--noise` row."""
     lines = []
-    for noise in sorted({r["noise"] for r in rows if r["noise"] > 0}):
-        by = {r["method"]: r for r in rows if r["noise"] == noise}
+    keys = sorted({(r["noise"], r["variant"]) for r in rows if r["noise"] > 0}, key=lambda k: (k[0], _variant_rank(k[1])))
+    for noise, variant in keys:
+        by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
+        label = variant_label(variant)
+        where = f"- {noise:.0%} noise" + (f", {label}" if label else "")
+        if variant == "user":
+            ref = next((r for r in rows if r["noise"] == noise and r["variant"] == "" and r["method"] == "ssddet"),
+                       None)
+            if "ssddet" in by and ref is not None:
+                lines.append(_versus(f"{where}: SSD-Det (no --noise) − SSD-Det (--noise)", by["ssddet"], ref))
+            continue
         if "ssddet" not in by:
             continue
-        s = by["ssddet"]
-        for other in ("vanilla", "oamil"):
-            if other not in by:
-                continue
-            o = by[other]
-            diff, spread = s["AP"][0] - o["AP"][0], max(s["AP"][1], o["AP"][1])
-            seeds = min(s["AP"][2], o["AP"][2])
-            head = f"- {noise:.0%} noise: SSD-Det − {other} = {diff:+.3f} test AP"
-            if seeds < 2:
-                lines.append(f"{head}: seed spread not measured (1 seed).")
-                continue
-            verdict = "beyond the seed spread" if abs(diff) > spread else "within the seed spread"
-            lines.append(f"{head} (largest seed SD {spread:.3f}, seeds: {seeds}): {verdict}.")
+        lines += [_versus(f"{where}: SSD-Det − {other}", by["ssddet"], by[other])
+                  for other in ("vanilla", "oamil") if other in by]
     return lines
 
 
@@ -384,7 +445,9 @@ def markdown(summary: dict) -> str:
     out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     for r in rows:
         iou = f"{_f(r['iou_noisy'])} → {_f(r['iou_refined'])}"
-        out.append("| " + " | ".join([f"{r['noise']:.0%}", r["method"], ",".join(map(str, r["seeds"])),
+        label = variant_label(r.get("variant", ""))
+        method = r["method"] + (f" ({label})" if label else "")
+        out.append("| " + " | ".join([f"{r['noise']:.0%}", method, ",".join(map(str, r["seeds"])),
                                       _ms(r["AP"]), _ms(r["AP50"]), _ms(r["AP75"]),
                                       *(_f(r["per_class"][c]) for c in classes), _f(r["gap_recovered"], True),
                                       iou, f"{r['minutes']:.0f}"]) + " |")
@@ -406,12 +469,13 @@ def headline(summary: dict) -> str:
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     head = ["box noise", *(f"{HEADLINE_METHODS[m]} test AP" for m in methods), "SSD-Det boxes: IoU noisy → refined"]
     out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
-    for noise in sorted({r["noise"] for r in rows}):
-        by = {r["method"]: r for r in rows if r["noise"] == noise}
+    for noise, variant in sorted({(r["noise"], r["variant"]) for r in rows}, key=lambda k: (k[0], _variant_rank(k[1]))):
+        by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
         ssd = by.get("ssddet")
         iou = f"{_f(ssd['iou_noisy'])} → {_f(ssd['iou_refined'])}" if ssd and noise > 0 else "–"
-        out.append("| " + " | ".join([f"{noise:.0%}", *(_ms(by[m]["AP"]) if m in by else "–" for m in methods),
-                                      iou]) + " |")
+        label = variant_label(variant)
+        out.append("| " + " | ".join([f"{noise:.0%}" + (f" ({label})" if label else ""),
+                                      *(_ms(by[m]["AP"]) if m in by else "–" for m in methods), iou]) + " |")
     settings = ssddet_settings(summary.get("cells", []))
     preset = f"`{summary['preset']}` (`{' '.join(summary['preset_args'])}`)"
     out += ["", f"Test AP on the clean test split, mean ± SD over the seeds run ({summary['n_cells']} of "
@@ -421,6 +485,39 @@ def headline(summary: dict) -> str:
             "side); every cell, per-class AP and the seed spread: "
             "[docs/benchmarks.md](docs/benchmarks.md#the-noise-sweep)."]
     return "\n".join(out)
+
+
+def plot(summary: dict, path: Path) -> None:
+    """docs/images/sweep.png: test AP against box noise, one line per method (the preset's schedule) with the seed
+    SD as error bars; the user path (star) and the longer schedule (open squares) as points beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, m in enumerate(METHODS):
+        rs = sorted((r for r in summary["rows"] if r["method"] == m), key=lambda r: r["noise"])
+        line = [r for r in rs if not r["variant"]]
+        if line:
+            ax.errorbar([100 * r["noise"] for r in line], [r["AP"][0] for r in line], [r["AP"][1] for r in line],
+                        marker="o", capsize=3, color=f"C{i}", label=HEADLINE_METHODS[m])
+        for r in rs:
+            if r["variant"]:
+                user = r["variant"] == "user"
+                ax.errorbar([100 * r["noise"] + (1.2 if user else 2.4)], [r["AP"][0]], [r["AP"][1]], capsize=3,
+                            marker="*" if user else "s", markersize=11 if user else 6, color=f"C{i}",
+                            mfc=f"C{i}" if user else "none", linestyle="none",
+                            label=f"{HEADLINE_METHODS[m]}, {variant_label(r['variant'])}")
+    ax.set_xlabel("box noise of the training boxes (%)")
+    ax.set_ylabel("test AP (clean test split)")
+    ax.set_title(f"Noise sweep, preset {summary['preset']}: mean ± SD over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write_block(path: Path, md: str, name: str = "sweep") -> None:
@@ -444,7 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default="../shared/data/bccd", help="COCO dataset dir with train/val/test splits")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.2, 0.4])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--all-seeds", action="store_true", help="every cell with every seed")
+    ap.add_argument("--no-user-path", dest="user_path", action="store_false",
+                    help="leave out the user-path row (SSD-Det on `ssddet noise` boxes, without --noise)")
+    ap.add_argument("--long-epochs", type=int, default=12,
+                    help="the longer-schedule row at the top noise level (vanilla at 0 %% too); 0: none")
+    ap.add_argument("--plot", help="write the sweep picture here (default with --readme: docs/images/sweep.png)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--extra", default="", help="extra `ssddet train` arguments for every cell")
@@ -463,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     results, runs = Path(a.results), Path(a.runs)
     (results / "cells").mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in plan(a.noise, a.seeds, a.all_seeds) if c.method in a.methods]
+    cells = [c for c in plan(a.noise, a.seeds, a.user_path, a.long_epochs) if c.method in a.methods]
 
     def cell_file(c: Cell) -> Path:
         return results / "cells" / f"{c.name}.json"
@@ -501,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(summary)
     Path(f"{results}.md").write_text(md + "\n")
     print(md)
+    picture = a.plot or (Path(a.readme).parent / "docs" / "images" / "sweep.png" if a.readme else None)
+    if picture and summary["rows"]:
+        plot(summary, Path(picture))
     if a.readme:
         write_block(Path(a.readme), headline(summary), "sweep")
         docs = Path(a.docs) if a.docs else Path(a.readme).parent / "docs" / "benchmarks.md"

@@ -25,13 +25,28 @@ def sweep():
 def test_plan_seeds_and_order(sweep):
     cells = sweep.plan([0.0, 0.2, 0.4], [0, 1])
     names = [c.name for c in cells]
-    # 40 % row: 4 methods x 2 seeds; 0 %: vanilla x 2 + 3 others; 20 %: 4 methods x 1 seed.
-    assert len(cells) == 8 + 5 + 4
+    # 3 levels x 4 methods x 2 seeds, then the user path (2) and the 12-epoch row (3 methods + clean vanilla) x 2
+    assert len(cells) == 24 + 2 + 8 and len(set(names)) == len(names)
     assert names[:2] == ["n40_vanilla_s0", "n40_vanilla_s1"]
-    assert {c.noise for c in cells[:8]} == {0.4} and {c.noise for c in cells[8:13]} == {0.0}
-    assert "n20_ssddet_s1" not in names and "n00_vanilla_s1" in names and "n00_oamil_s1" not in names
+    assert {c.noise for c in cells[:8]} == {0.4} and {c.noise for c in cells[8:16]} == {0.0}
+    assert names[24:] == ["n40_ssddet-user_s0", "n40_ssddet-user_s1", "n40_vanilla-e12_s0", "n40_vanilla-e12_s1",
+                          "n40_oamil-e12_s0", "n40_oamil-e12_s1", "n40_ssddet-e12_s0", "n40_ssddet-e12_s1",
+                          "n00_vanilla-e12_s0", "n00_vanilla-e12_s1"]
+    assert cells[-1].epochs == 12 and cells[0].epochs is None and cells[24].epochs is None
     assert sweep.Cell(0.2, "ssddet+fr", 3).parent == sweep.Cell(0.2, "ssddet", 3)
-    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], all_seeds=True)) == 2 * 4 * 3
+    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0)) == 2 * 4 * 3
+
+
+def test_user_path_and_long_cells_train_as_a_user_would(sweep, tmp_path):
+    from types import SimpleNamespace
+
+    a = SimpleNamespace(preset="cpu", extra="", data="data/bccd")
+    user = sweep.train_args(sweep.Cell(0.4, "ssddet", 1, "user"), a, tmp_path / "n40_ssddet-user_s1")
+    assert "--noise" not in user and user[user.index("--train-ann") + 1] == str(tmp_path / "n40_noisy_train.json")
+    plain = sweep.train_args(sweep.Cell(0.4, "ssddet", 1), a, tmp_path / "n40_ssddet_s1")
+    assert plain[plain.index("--noise") + 1] == "0.4" and "--train-ann" not in plain
+    long = sweep.train_args(sweep.Cell(0.4, "oamil", 0, "e12"), a, tmp_path / "x")
+    assert long[len(long) - 1 - long[::-1].index("--epochs") + 1] == "12"  # the last --epochs wins
 
 
 def test_schedule_runs_fr_after_its_ssddet_cell_and_skips_after_failure(sweep):
@@ -183,3 +198,29 @@ def test_epoch_trace_records_what_the_detector_trained_on(sweep, tmp_path):
     cell = sweep.backfill_epochs({"cell": "c"}, tmp_path, path)
     assert cell["epochs"] == trace and json.loads(path.read_text())["epochs"] == trace
     assert "epochs" not in sweep.backfill_epochs({"cell": "gone"}, tmp_path, tmp_path / "gone.json")
+
+
+def test_variant_rows_compare_like_with_like_and_the_picture_is_drawn(sweep, tmp_path):
+    def cell(noise, method, seed, ap, variant=""):
+        return {**_cell(noise, method, seed, ap), **({"variant": variant} if variant else {})}
+
+    cells = [cell(0.0, "vanilla", 0, 0.50), cell(0.0, "vanilla", 1, 0.52), cell(0.4, "vanilla", 0, 0.10),
+             cell(0.4, "vanilla", 1, 0.12), cell(0.4, "ssddet", 0, 0.30), cell(0.4, "ssddet", 1, 0.32),
+             cell(0.4, "ssddet", 0, 0.29, "user"), cell(0.4, "ssddet", 1, 0.33, "user"),
+             cell(0.0, "vanilla", 0, 0.60, "e12"), cell(0.4, "vanilla", 0, 0.20, "e12"),
+             cell(0.4, "ssddet", 0, 0.50, "e12")]
+    rows = sweep.aggregate(cells)
+    by = {(r["noise"], r["method"], r["variant"]): r for r in rows}
+    assert by[(0.4, "ssddet", "user")]["gap_recovered"] == pytest.approx((0.31 - 0.11) / (0.51 - 0.11))
+    assert by[(0.4, "ssddet", "e12")]["gap_recovered"] == pytest.approx((0.50 - 0.20) / (0.60 - 0.20))
+    lines = sweep.comparisons(rows)
+    assert ("- 40% noise, user path: SSD-Det (no --noise) − SSD-Det (--noise) = +0.000 test AP (largest seed SD "
+            "0.028, seeds: 2): within the seed spread.") in lines
+    assert "- 40% noise, 12 epochs: SSD-Det − vanilla = +0.300 test AP: seed spread not measured (1 seed)." in lines
+    summary = _summary(sweep, cells)
+    head = sweep.headline(summary).splitlines()
+    assert "| 40% (user path) | – | 0.310 ± 0.028 | 0.500 → – |" in head
+    assert "| 40% (12 epochs) | 0.200 | 0.500 | 0.500 → – |" in head
+    assert "| 40% | ssddet (user path) | 0,1 |" in sweep.markdown(summary)
+    sweep.plot(summary, tmp_path / "images" / "sweep.png")
+    assert (tmp_path / "images" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
