@@ -177,6 +177,7 @@ def test_audit_ranks_a_hand_corrupted_box_first(run, tmp_path, monkeypatch, caps
     assert [float(rows[0][k]) for k in ("refined_x", "refined_y", "refined_w", "refined_h")] == [40, 4, 18, 18]
     text = capsys.readouterr().out
     assert "ranking precision: 1.000 of the top 10% (1 boxes)" in text and "base rate of 0.167 (6.00x)" in text
+    assert "16.7% flagged (IoU < 0.5 with it)" in text  # the one moved box, of 6
     assert html.read_text().count("<img src=\"data:image/png;base64,") == 6
 
 

@@ -129,6 +129,7 @@ def summarise(rows: list[dict]) -> dict:
     if not rows:
         return s
     s["mean_confidence"] = float(np.mean([r["confidence"] for r in rows]))
+    s.update(box_quality(np.array([r["iou_given_refined"] for r in rows])))
     known = [r for r in rows if r["iou_given_clean"] is not None]
     if known:
         clean = np.array([r["iou_given_clean"] for r in known])
@@ -141,9 +142,19 @@ def summarise(rows: list[dict]) -> dict:
     return s
 
 
+def box_quality(iou_given_refined: np.ndarray) -> dict:
+    """How good the dataset's boxes look to the refiner, from Tensor[N] IoU(given, b̃): their mean, and the share
+    of boxes flagged, i.e. moved so far that the given box has IoU < WRONG_IOU with its refinement."""
+    return {"iou_given_refined": float(iou_given_refined.mean()),
+            "flagged": float((iou_given_refined < WRONG_IOU).mean())}
+
+
 def format_summary(s: dict) -> str:
     lines = [f"audited {s['annotations']} annotations" + (f" (mean refiner confidence {s['mean_confidence']:.3f})"
                                                          if "mean_confidence" in s else "")]
+    if "iou_given_refined" in s:
+        lines.append(f"box quality: the given boxes have mean IoU {s['iou_given_refined']:.3f} with their "
+                     f"refinement; {s['flagged']:.1%} flagged (IoU < {WRONG_IOU} with it)")
     if "precision" in s:
         lift = s["precision"] / s["base_rate"] if s["base_rate"] > 0 else float("inf")
         lines.append(f"ranking precision: {s['precision']:.3f} of the top {TOP_FRACTION:.0%} ({s['top']} boxes) have "

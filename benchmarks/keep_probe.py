@@ -1,0 +1,127 @@
+"""What a trained SSD-Det refiner would do to every training box, for choosing the keep-the-box rule offline.
+
+    python benchmarks/keep_probe.py runs/sweep/n00_ssddet_s0 runs/sweep/n40_ssddet_s0 [--out DIR]
+
+For each run, every object of its training split (with the run's own box noise) goes through the refiner twice,
+on the image and on its mirror image, and this records per object, in the JSON's pixel frame: the given box b*,
+SPSD-I's regression of b* itself (proposal 0 of bag B1), the stage-I box b̂, the merged box b̃ (before the keep
+step), the keep step's scores of (b*, b̃) (stage-II class probability and SISD IoU), b̃ of the mirror pass, and
+the clean box. Saves OUT/RUN.npz; `--report` prints, per run, the mean IoU with the clean box of every candidate
+and of the keep rules (per-box IoU arm at several thresholds), and the dataset-level signals a rule can use
+without the clean boxes.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ssddet.models.ssddet.refiner as refiner_mod
+from ssddet.data.boxes import aligned_iou_np
+from ssddet.data.dataset import load_image, record_target
+from ssddet.data.splits import training_split_json
+from ssddet.engine.refine import load_refiner_method
+
+KEYS = ("given", "spsd1", "stage1", "merged", "merged_flip", "clean", "cls", "sisd", "label", "image_id")
+
+
+def _flip(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+@torch.no_grad()
+def probe(run: Path, limit: int = 0) -> dict[str, np.ndarray]:
+    method, cfg, _ = load_refiner_method(run / "checkpoint.pt", torch.device("cpu"))
+    method.refiner.cfg.max_objects_per_image = 0
+    _, _, records = training_split_json(cfg.data)
+    records = records[:limit] if limit else records
+    seen: dict = {}
+    real = refiner_mod.keep_the_box
+
+    def spy(cand, cls, iou, keep_iou, clean=None):
+        seen.update(cand=cand.clone(), cls=cls.clone(), iou=None if iou is None else iou.clone())
+        return real(cand, cls, iou, keep_iou, clean)
+
+    refiner_mod.keep_the_box = spy
+    rows: dict[str, list] = {k: [] for k in KEYS}
+    try:
+        for rec in records:
+            if len(rec.boxes) == 0 or rec.true_boxes is None:
+                continue
+            image, sx, sy = load_image(rec)
+            target = record_target(rec, sx, sy)
+            out = {}
+            for flip in (False, True):
+                img, t = image, dict(target)
+                if flip:
+                    img, t["boxes"] = image.flip(-1), _flip(target["boxes"], image.shape[-1])
+                images, targets = method.detector.transform([img], [t])
+                feats = method.detector.backbone(images.tensors)
+                res = method.refiner(feats, images.image_sizes, [targets[0]["boxes"]], [targets[0]["labels"]])
+                (h1, w1), (h0, w0) = images.image_sizes[0], img.shape[-2:]
+                back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy] * 2)
+
+                def json_frame(b: torch.Tensor) -> np.ndarray:
+                    b = b.float().cpu()
+                    return ((_flip(b, w1) if flip else b) * back).numpy()
+
+                out[flip] = {"merged": json_frame(seen["cand"][:, 1]), "spsd1": json_frame(res.bags["bag1"][:, 0]),
+                             "stage1": json_frame(res.stage1[0]), "cls": seen["cls"].cpu().numpy(),
+                             "sisd": (seen["iou"].cpu().numpy() if seen["iou"] is not None
+                                      else np.ones_like(seen["cls"].cpu().numpy()))}
+            n = len(rec.boxes)
+            rows["given"].append(rec.boxes.astype(np.float64))
+            rows["clean"].append(rec.true_boxes.astype(np.float64))
+            for k in ("spsd1", "stage1", "merged", "cls", "sisd"):
+                rows[k].append(out[False][k])
+            rows["merged_flip"].append(out[True]["merged"])
+            rows["label"].append(rec.labels)
+            rows["image_id"].append(np.full(n, rec.image_id))
+    finally:
+        refiner_mod.keep_the_box = real
+    return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def report(name: str, d: dict[str, np.ndarray]) -> None:
+    def iou(a, b):
+        return aligned_iou_np(d[a], d[b])
+
+    q = {k: iou(k, "clean") for k in ("given", "spsd1", "stage1", "merged", "merged_flip")}
+    agree = iou("given", "merged")
+    print(f"## {name}: {len(agree)} objects")
+    print("IoU with clean: " + ", ".join(f"{k} {v.mean():.3f}" for k, v in q.items()))
+    print("signals (no clean box): " + ", ".join(f"{k} {v:.3f}" for k, v in {
+        "IoU(given, merged)": agree.mean(), "median": np.median(agree),
+        "IoU(given, spsd1)": iou("given", "spsd1").mean(), "IoU(given, stage1)": iou("given", "stage1").mean(),
+        "IoU(merged, mirror merged)": iou("merged", "merged_flip").mean(),
+        "IoU(given, mirror merged)": iou("given", "merged_flip").mean(),
+        "cls(given) - cls(merged)": (d["cls"][:, 0] - d["cls"][:, 1]).mean(),
+        "sisd(given) - sisd(merged)": (d["sisd"][:, 0] - d["sisd"][:, 1]).mean()}.items()))
+    for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.9):
+        keep = agree >= t
+        print(f"  keep b* where IoU(b*, b̃) >= {t:.2f}: kept {keep.mean():.1%}, IoU with clean "
+              f"{np.where(keep, q['given'], q['merged']).mean():.3f}")
+    avg = (d["merged"] + d["merged_flip"]) / 2
+    print(f"  mirror-averaged b̃: {aligned_iou_np(avg, d['clean']).mean():.3f}; oracle(b*, b̃) "
+          f"{np.maximum(q['given'], q['merged']).mean():.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/keep_probe"))
+    ap.add_argument("--limit", type=int, default=0, help="only the first N training images (a smoke test)")
+    a = ap.parse_args(argv)
+    a.out.mkdir(parents=True, exist_ok=True)
+    for run in a.runs:
+        path = a.out / f"{run.name}.npz"
+        if not path.is_file():
+            np.savez_compressed(path, **probe(run, a.limit))
+        report(run.name, dict(np.load(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
