@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import ssddet.models.ssddet.refiner as refiner_mod
+import ssddet.models.ssddet.keep as keep_mod
 from ssddet.data.boxes import aligned_iou_np
 from ssddet.data.dataset import load_image, record_target
 from ssddet.data.splits import training_split_json
@@ -38,13 +38,13 @@ def probe(run: Path, limit: int = 0) -> dict[str, np.ndarray]:
     _, _, records = training_split_json(cfg.data)
     records = records[:limit] if limit else records
     seen: dict = {}
-    real = refiner_mod.keep_the_box
+    real = keep_mod.keep_the_box
 
-    def spy(cand, cls, iou, keep_iou, clean=None):
+    def spy(cand, cls, iou, keep_iou, clean=None, keep_all=False):
         seen.update(cand=cand.clone(), cls=cls.clone(), iou=None if iou is None else iou.clone())
-        return real(cand, cls, iou, keep_iou, clean)
+        return real(cand, cls, iou, keep_iou, clean, keep_all)
 
-    refiner_mod.keep_the_box = spy
+    keep_mod.keep_the_box = spy
     rows: dict[str, list] = {k: [] for k in KEYS}
     try:
         for rec in records:
@@ -80,7 +80,7 @@ def probe(run: Path, limit: int = 0) -> dict[str, np.ndarray]:
             rows["label"].append(rec.labels)
             rows["image_id"].append(np.full(n, rec.image_id))
     finally:
-        refiner_mod.keep_the_box = real
+        keep_mod.keep_the_box = real
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 

@@ -260,7 +260,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
-         "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "loss_spsd1",
+         "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "agreement", "given_trusted", "loss_spsd1",
          *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")))
 
 

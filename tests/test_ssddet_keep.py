@@ -2,6 +2,7 @@
 cannot improve comes back exactly) and the cap's "oldest first" selection (every object is refined before any
 is refined twice, so the detector's banked targets stay close to the refiner's current output)."""
 
+import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 
@@ -115,3 +116,31 @@ def test_oldest_first_refines_every_object_before_any_twice():
         bank.update(ids[sel], torch.rand(int(sel.sum()), 4))
         seen += ids[sel].tolist()
     assert sorted(seen) == [7, 8, 9]
+
+
+def test_a_dataset_the_refiner_agrees_with_keeps_every_given_box():
+    """trust_agreement: once the running mean IoU(b*, b̃) reaches it (after the warm-up), every box comes back
+    exactly; below it the per-box rule acts; the running mean is saved and restored with the refiner."""
+    ref = _refiner(keep_iou=0.0, trust_agreement=0.01, warmup_frac=0.5)
+    out = ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN, progress=0.2)  # warm-up: only feeds the mean
+    first = float(ref.keep.agreement)
+    assert 0.01 < first < 1 and out.stats["given_trusted"] == 0.0
+    assert not torch.equal(torch.cat(out.refined), torch.cat(BOXES))
+    out = ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN, progress=0.6)
+    assert out.stats["given_trusted"] == 1.0 and torch.equal(torch.cat(out.refined), torch.cat(BOXES))
+    assert float(ref.keep.agreement) == first  # the same boxes again: the same mean
+    ref.keep.update(torch.tensor([0.0, 0.0]))  # a step where the refiner moved every box off: momentum 0.98
+    assert float(ref.keep.agreement) == pytest.approx(0.98 * first)
+    ref.keep.agreement.fill_(first)
+    ref.cfg.trust_agreement = 0.999  # above anything seen: the per-box rule again
+    assert not torch.equal(_refine(ref), torch.cat(BOXES))
+    state = ref.state_dict()
+    assert "keep.agreement" in state
+    ref.cfg.trust_agreement = 0.01
+    fresh = _refiner(keep_iou=0.0, trust_agreement=0.01).eval()
+    fresh.load_state_dict(state)
+    assert fresh.keep.agreement == ref.keep.agreement
+    assert torch.equal(torch.cat(fresh(_features(), SIZES, BOXES, LABELS).refined), torch.cat(BOXES))  # eval: trusted
+    del state["keep.agreement"]  # a checkpoint from before the running mean: nothing known, nothing trusted
+    fresh.load_state_dict(state)
+    assert torch.isnan(fresh.keep.agreement) and not fresh.keep.trusted(None)

@@ -85,6 +85,9 @@ class SSDDetConfig:
     # ... and b* is also kept where IoU(b*, b̃) >= keep_iou: a correction smaller than the refiner's own error
     # (0: off). Measured on BCCD in docs/benchmarks.md.
     keep_iou: float = 0.75
+    # ... and every b* is kept while the running mean IoU(b*, b̃) over training is at least trust_agreement: the
+    # refiner agrees with the dataset's boxes as a whole about as well as it does with exact boxes (0: off)
+    trust_agreement: float = 0.0
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25

@@ -5,11 +5,18 @@ Shapes: M objects; candidates Tensor[M, 2, 4] = (b*, b̃) xyxy.
 Without this step a correct box survives the refiner only if the whole bag collapses onto it, so exact boxes come
 back moved by the refiner's own error. Two arms keep b*: the refiner's scores prefer it (ties included), or b̃ is
 within `keep_iou` of it, i.e. the proposed move is no larger than what the refiner does to exact boxes.
+
+A per-box rule cannot keep all of a clean dataset's boxes: the refiner moves exact boxes by its own error, about
+as far as it moves a noisy box. The dataset as a whole tells them apart: `KeepTheBox` keeps the running mean of
+IoU(b*, b̃) over training (`agreement`), and while it is at least `trust_agreement` the given boxes are trusted and
+every one is kept (docs/method.md 3.1 step 8).
 """
 from __future__ import annotations
 
+import math
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...data.boxes import aligned_iou
 
@@ -21,7 +28,7 @@ PROBE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
-                 clean: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 clean: Tensor | None = None, keep_all: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
     """Choose b* or b̃ for every object.
 
     Args:
@@ -30,6 +37,7 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         iou: Tensor[M, 2] SISD's IoU estimates (IoU units), or None without SISD (then 1).
         keep_iou: b* is also kept where IoU(b*, b̃) >= keep_iou (<= 0: that arm is off).
         clean: optional Tensor[M, 4] clean boxes: adds what other rules would have given (statistics only).
+        keep_all: keep every b* (the dataset's boxes are trusted).
 
     Returns:
         (Tensor[M, 4] the kept boxes, stats: keep_rate, iou_given_merged and with `clean` iou_merged,
@@ -42,6 +50,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
     keep = score[:, 0] >= score[:, 1]
     if keep_iou > 0:
         keep |= agree >= keep_iou
+    if keep_all:
+        keep = torch.ones_like(keep)
     stats = {"keep_rate": keep.float().mean(), "iou_given_merged": agree.mean()}
     if clean is not None:
         ar = torch.arange(cand.shape[0], device=cand.device)
@@ -54,3 +64,50 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
             stats[f"iou_keep_t{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
             stats[f"keep_t{round(t * 100)}"] = k.float().mean()
     return torch.where(keep[:, None], cand[:, 0], cand[:, 1]), stats
+
+
+class KeepTheBox(nn.Module):
+    """Step 8 with a memory of the dataset: `agreement` (a buffer, saved with the model) is the running mean of
+    IoU(b*, b̃) over the training steps (momentum `momentum` per step), and while it is >= cfg.trust_agreement
+    (> 0) every given box is kept. During the warm-up (cfg.warmup_frac of the schedule, while the refiner is
+    still worse than any box) the steps only feed the mean. In eval mode (`ssddet refine`, `audit`) the mean of
+    the end of training decides."""
+
+    def __init__(self, cfg, momentum: float = 0.98):
+        super().__init__()
+        self.cfg, self.momentum = cfg, float(momentum)  # cfg: SSDDetConfig (keep_iou, trust_agreement, warmup_frac)
+        self.register_buffer("agreement", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the step had a memory: nothing known yet
+        state_dict.setdefault(prefix + "agreement", torch.tensor(float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def update(self, agree: Tensor) -> None:
+        """Fold one step's Tensor[M] IoU(b*, b̃) into the running mean."""
+        if agree.numel() == 0:
+            return
+        m, a = self.agreement, agree.float().mean().to(self.agreement)
+        self.agreement.copy_(a if torch.isnan(m) else self.momentum * m + (1 - self.momentum) * a)
+
+    def trusted(self, progress: float | None) -> bool:
+        """Whether the given boxes are trusted now (training: after the warm-up)."""
+        thresh = float(self.cfg.trust_agreement)
+        if thresh <= 0 or math.isnan(float(self.agreement)):
+            return False
+        if self.training and progress is not None and progress < float(self.cfg.warmup_frac):
+            return False
+        return float(self.agreement) >= thresh
+
+    @torch.no_grad()
+    def forward(self, cand: Tensor, cls: Tensor, iou: Tensor | None, clean: Tensor | None = None,
+                progress: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`keep_the_box` on Tensor[M, 2, 4] (b*, b̃) with the dataset's trust; stats add `agreement` and
+        `given_trusted`."""
+        if self.training:
+            self.update(aligned_iou(cand[:, 0], cand[:, 1]))
+        trusted = self.trusted(progress)
+        box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, keep_all=trusted)
+        stats.update(agreement=self.agreement.clone(), given_trusted=torch.tensor(float(trusted)))
+        return box, stats

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
 from ...data.boxes import box_wh, clip_boxes, replace_degenerate
-from .keep import keep_the_box
+from .keep import KeepTheBox
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import draw_negatives
@@ -68,10 +68,10 @@ class SSDDetRefiner(nn.Module):
         trunk: shared TwoMLPHead C*R*R -> D -> D for SPSD-I and both MIL stages.
         reg_ori: SPSD-I regressor (if cfg.spsd). cls0/ins0: D -> K+1 (stage I).
         reg0: SPSD-II regressor (if cfg.spsd and num_stages == 2). cls1/ins1: D -> K (if num_stages == 2).
-        sisd: separate trunk + iou head (if cfg.sisd and num_stages == 2).
+        sisd: separate trunk + iou head (if cfg.sisd and num_stages == 2). keep: step 8 (if num_stages == 2).
 
-    Buffers (saved in state_dict): sampler_state (-1 undecided "auto", 0 large, 1 small), auto_iter,
-    auto_hist.
+    Buffers (saved in state_dict): sampler_state (-1 undecided "auto", 0 large, 1 small), auto_iter, auto_hist;
+    keep.agreement (the running mean IoU(b*, b̃), keep.py).
 
     Randomness (object cap subset, negatives) comes from `generator` (forward argument), else `self.generator`
     (set with `manual_seed`), else torch's global RNG.
@@ -82,8 +82,7 @@ class SSDDetRefiner(nn.Module):
         super().__init__()
         if cfg.num_stages not in (1, 2):
             raise ValueError(f"num_stages must be 1 or 2, got {cfg.num_stages}")
-        # "by-noise" is resolved when a run starts (config_overrides.validate); a refiner built from a bare
-        # config knows no noise level and takes the small bag
+        # "by-noise" is resolved when a run starts (config_overrides.validate); a bare config: the small bag
         if cfg.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
         sampler = resolve_sampler(cfg.sampler, None)
@@ -103,6 +102,7 @@ class SSDDetRefiner(nn.Module):
         self.ins1 = nn.Linear(d, k) if two else None
         self.sisd = (SISDHead(in_features, d, ore=cfg.ore, trunk=build_trunk(in_channels, resolution, d, red))
                      if (cfg.sisd and two) else None)
+        self.keep = KeepTheBox(cfg) if two else None  # step 8 (used while cfg.keep_given)
         state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[sampler]
         self.register_buffer("sampler_state", torch.tensor(state, dtype=torch.long))
         self.register_buffer("auto_iter", torch.zeros((), dtype=torch.long))
@@ -254,7 +254,7 @@ class SSDDetRefiner(nn.Module):
             u, ctx, losses["loss_sisd"] = self._sisd(obj, st2.pooled, b2, st1.box)  # step 6 (with ORE)
             b_fin, n_bad2 = replace_degenerate(self._final_merge(obj, b2, st2, u), obj.gt, MIN_BOX_SIZE)  # step 7
             if self.cfg.keep_given:
-                b_fin = self._keep_given(obj, b_fin, ctx, stats)  # step 8
+                b_fin = self._keep_given(obj, b_fin, ctx, stats, progress)  # step 8
             n_bad, bag_fin = n_bad + n_bad2, b2
             bags.update(bag2=b2.detach(), cls2=st2.cls, **({"sisd": u.detach()} if u is not None else {}))
 
@@ -364,9 +364,10 @@ class SSDDetRefiner(nn.Module):
         return clip_boxes(topk_merge(b2, st2.score, self.cfg.top_k)[0], obj.hw)
 
     @torch.no_grad()
-    def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor]) -> Tensor:
+    def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor],
+                    progress: float | None) -> Tensor:
         """Step 8, keep the box (`keep.py`): b* and b̃ pooled (2M RoIs) and scored like the bag's proposals,
-        sigma(cls1) x IoU from SISD with the bag's ORE context. -> Tensor[M, 4]."""
+        sigma(cls1) x IoU from SISD with the bag's ORE context; the dataset's trust. -> Tensor[M, 4]."""
         m, ar = obj.m, torch.arange(obj.m, device=b_fin.device)
         cand = torch.stack([obj.gt, b_fin.to(obj.gt)], dim=1)  # [M, 2, 4]: b*, b̃
         pooled, f = self._pool_embed(obj, [c.reshape(-1, 4) for c in cand.split(obj.counts)])
@@ -374,15 +375,14 @@ class SSDDetRefiner(nn.Module):
         cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
         iou = self.sisd.predict(self.sisd.embed(pooled, m), ctx).float() * 0.5 + 0.5 if self.sisd else None
         obj.rois_sisd += 2 * m if self.sisd else 0
-        box, keep_stats = keep_the_box(cand, cls, iou, self.cfg.keep_iou, obj.clean)
+        box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress)
         stats.update(keep_stats)
         return box.to(b_fin)
 
     def _fill_losses(self, losses: dict[str, Tensor | None]) -> dict[str, Tensor]:
         """All LOSS_NAMES, in that order: a term that did not run is a zero connected to every parameter, so
         backward() and DDP see the same graph on every batch (abs: avoid printing -0.0)."""
-        zero = None
-        out = {}
+        zero, out = None, {}
         for name in LOSS_NAMES:
             if losses.get(name) is None:
                 zero = (sum(p.sum() for p in self.parameters()) * 0.0).abs() if zero is None else zero
