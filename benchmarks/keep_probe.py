@@ -63,7 +63,7 @@ def probe(run: Path, limit: int = 0) -> dict[str, np.ndarray]:
                 (h1, w1), (h0, w0) = images.image_sizes[0], img.shape[-2:]
                 back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy] * 2)
 
-                def json_frame(b: torch.Tensor) -> np.ndarray:
+                def json_frame(b: torch.Tensor, w1=w1, flip=flip, back=back) -> np.ndarray:
                     b = b.float().cpu()
                     return ((_flip(b, w1) if flip else b) * back).numpy()
 

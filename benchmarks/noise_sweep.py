@@ -260,7 +260,8 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
-         "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "agreement", "given_trusted", "loss_spsd1",
+         "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "agreement", "given_trusted",
+         "loss_spsd1",
          *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")))
 
 
@@ -378,7 +379,8 @@ def comparisons(rows: list[dict]) -> list[str]:
     """Per noise level > 0 and schedule: SSD-Det's test-AP margin over noisy vanilla and OA-MIL against the seed
     spread; and the user path against the `--noise` row."""
     lines = []
-    keys = sorted({(r["noise"], r["variant"]) for r in rows if r["noise"] > 0}, key=lambda k: (k[0], _variant_rank(k[1])))
+    keys = sorted({(r["noise"], r["variant"]) for r in rows if r["noise"] > 0},
+                  key=lambda k: (k[0], _variant_rank(k[1])))
     for noise, variant in keys:
         by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
         label = variant_label(variant)
