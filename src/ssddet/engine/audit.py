@@ -1,7 +1,7 @@
 """`ssddet audit`'s work: rank every annotation of a dataset by how likely its box is wrong, using a trained SSD-Det
 refiner, worst first, as CSV (and HTML with thumbnails).
 
-Score: the refiner refines each given box (every object, no per-image cap) into b̃, and
+Score: the refiner refines each given box (every object, no per-image cap, no keep-the-box step) into b̃, and
     wrong = 1 - IoU(given, b̃),
 the further the refiner moves a box, the more likely it is wrong. The refiner's confidence c in b̃ is reported
 beside it (CSV column `confidence`: the mean, over the top-k proposals merged into b̃, of the score the final
@@ -75,6 +75,9 @@ def refine_with_confidence(method, records, device, bad=None) -> dict[int, tuple
     from .refine import refine_chunks
 
     top_k = method.refiner.cfg.top_k
+    # the merged box b̃ itself: the keep-the-box step would hand back the given box wherever it is close to b̃ (or
+    # every given box of a dataset it trusts), and the audit asks how far the refiner would move each box
+    method.refiner.cfg.keep_given = False
     out: dict[int, tuple[np.ndarray, float]] = {}
     for rec, part, res, back in refine_chunks(method, records, device, bad=bad):
         sel = res.selected[0].cpu()
