@@ -245,3 +245,16 @@ def test_api_check_and_evaluate(tiny_coco):
     m = ssddet.evaluate(results=root / "res.json", ann=root / "nosplit.json", split="val")
     assert m.images == 5 and m["AP"] < 1.0  # the other images' boxes were not detected
     assert ssddet.check(data=root) == (text, status)
+
+
+def test_box_quality_estimate_is_the_calibration_line():
+    """The estimate passes through both calibration points, is linear between them and stays in [0, 1]."""
+    from ssddet.engine.audit import CALIBRATION, box_quality, estimate_box_iou
+
+    (a0, q0), (a1, q1) = CALIBRATION
+    assert estimate_box_iou(a0) == pytest.approx(q0) and estimate_box_iou(a1) == pytest.approx(q1)
+    assert estimate_box_iou((a0 + a1) / 2) == pytest.approx((q0 + q1) / 2)
+    assert estimate_box_iou(0.0) == 0.0 and estimate_box_iou(1.0) == 1.0
+    q = box_quality(np.array([0.2, 0.9, 1.0, 0.4]))
+    assert q["iou_given_refined"] == pytest.approx(0.625) and q["flagged"] == 0.5
+    assert q["iou_estimate"] == pytest.approx(estimate_box_iou(0.625))
