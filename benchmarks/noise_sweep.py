@@ -436,6 +436,26 @@ def _footer(summary: dict) -> str:
             "machine shared).")
 
 
+def audit_lines(path: Path) -> list[str]:
+    """What `ssddet audit` tells of the training boxes at each noise level (benchmarks/audit_calibration.py's
+    JSON, one entry per audited SSD-Det cell): its estimate of their mean IoU with the true boxes against the
+    truth, and the share it flags; mean over the audited seeds."""
+    if not path.is_file():
+        return []
+    by: dict[float, list[dict]] = {}
+    for r in json.loads(path.read_text()).values():
+        by.setdefault(r["noise"], []).append(r)
+    out = ["| noise | audited cells | true mean IoU of the training boxes | `ssddet audit` estimate | flagged |",
+           "|---|---|---|---|---|"]
+    for noise, rs in sorted(by.items()):
+        est = [r["iou_estimate"] for r in rs if r.get("iou_estimate") is not None]
+        out.append(f"| {noise:.0%} | {len(rs)} | {statistics.fmean(r['iou_given_clean'] for r in rs):.3f} | "
+                   f"{_f(statistics.fmean(est) if est else None)} | "
+                   f"{100 * statistics.fmean(r['flagged'] for r in rs):.1f}% |")
+    return ["", "How good are the training boxes, as `ssddet audit` sees them (`benchmarks/audit_calibration.py` "
+                "on each SSD-Det cell's own training boxes; the estimate's calibration: docs/results.md):", "", *out]
+
+
 def markdown(summary: dict) -> str:
     """The full table: every (noise, method) row with AP, AP50, AP75, per-class AP, gap recovered, box IoUs
     and minutes, the SSD-Det margins against the seed spread, and how it was made."""
@@ -454,7 +474,7 @@ def markdown(summary: dict) -> str:
                                       *(_f(r["per_class"][c]) for c in classes), _f(r["gap_recovered"], True),
                                       iou, f"{r['minutes']:.0f}"]) + " |")
     settings = ssddet_settings(summary.get("cells", []))
-    out += ["", *comparisons(rows), "",
+    out += [*audit_lines(Path(summary.get("audit", ""))), "", *comparisons(rows), "",
             _footer(summary) + f" Table written by `{summary['command']}`. Mean ± sample SD over the seeds listed; "
             "test split, final epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on "
             "mean test AP." + (f" SSD-Det settings per noise level: {settings}." if settings else "")]
@@ -547,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the user-path row (SSD-Det on `ssddet noise` boxes, without --noise)")
     ap.add_argument("--long-epochs", type=int, default=12,
                     help="the longer-schedule row at the top noise level (vanilla at 0 %% too); 0: none")
+    ap.add_argument("--audit", default="benchmarks/results/audit_calibration.json",
+                    help="benchmarks/audit_calibration.py's results, shown under the full table if present")
     ap.add_argument("--plot", help="write the sweep picture here (default with --readme: docs/images/sweep.png)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -595,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                "cell_hours": sum((c["wall_s"] or 0) for c in found) / 3600, "elapsed_s": time.time() - t0,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
                            "torch": torch.__version__},
-               "rows": aggregate(found), "cells": found}
+               "rows": aggregate(found), "cells": found, "audit": a.audit}
     previous = Path(f"{results}.json")
     if a.report_only and previous.is_file():  # the machine the cells ran on, not the one writing the table
         old = json.loads(previous.read_text())

@@ -224,3 +224,14 @@ def test_variant_rows_compare_like_with_like_and_the_picture_is_drawn(sweep, tmp
     assert "| 40% | ssddet (user path) | 0,1 |" in sweep.markdown(summary)
     sweep.plot(summary, tmp_path / "images" / "sweep.png")
     assert (tmp_path / "images" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_audit_lines_set_the_estimate_against_the_truth(sweep, tmp_path):
+    path = tmp_path / "audit.json"
+    assert sweep.audit_lines(path) == []
+    path.write_text(json.dumps({
+        "n40_ssddet_s0": {"noise": 0.4, "iou_given_clean": 0.46, "iou_estimate": 0.50, "flagged": 0.40},
+        "n40_ssddet_s1": {"noise": 0.4, "iou_given_clean": 0.47, "iou_estimate": 0.44, "flagged": 0.30},
+        "n00_ssddet_s0": {"noise": 0.0, "iou_given_clean": 1.0, "iou_estimate": 0.97, "flagged": 0.01}}))
+    lines = sweep.audit_lines(path)
+    assert "| 0% | 1 | 1.000 | 0.970 | 1.0% |" in lines and "| 40% | 2 | 0.465 | 0.470 | 35.0% |" in lines
