@@ -55,7 +55,7 @@ def test_train_writes_run_files_and_eval_matches_last_epoch(method, shapes, tmp_
     assert any((out / "tb").iterdir()), "no TensorBoard event file"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["method"] == method and cfg["train"]["epochs"] == 2
-    assert cfg["data"]["noise"] == (0.0 if method == "vanilla" else 0.3)
+    assert cfg["data"]["noise"] == (None if method == "vanilla" else 0.3)
     assert (out / "command.txt").read_text().startswith("# ssddet ")
 
     recs = read_log(out)
