@@ -422,7 +422,8 @@ def ssddet_settings(cells: list[dict]) -> str:
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`"
-            + (f", `keep_iou={s.get('keep_iou', 0.75):g}`" if s["keep_given"] else ""))
+            + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
+               if s["keep_given"] else ""))
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
 
 
