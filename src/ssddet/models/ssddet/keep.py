@@ -71,8 +71,8 @@ class KeepTheBox(nn.Module):
     IoU(b*, b̃) over the training steps (momentum `momentum` per step), and while it is >= cfg.trust_agreement
     (> 0) every given box is kept. During the warm-up (cfg.warmup_frac of the schedule, while the refiner is
     still worse than any box) the steps only feed the mean. In eval mode (`ssddet refine`, `audit`) the mean of
-    the end of training decides. Under DDP the buffer is rank 0's (DistributedDataParallel broadcasts buffers at
-    every forward), so every process trusts the boxes or not alike."""
+    the end of training decides. Under DDP every process starts each step from rank 0's mean (DistributedDataParallel
+    broadcasts buffers at every forward) and folds in its own batch."""
 
     def __init__(self, cfg, momentum: float = 0.98):
         super().__init__()
