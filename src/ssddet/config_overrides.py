@@ -253,6 +253,14 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     if cfg.ssddet.selection not in SELECTIONS:
         raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
+    s = cfg.ssddet
+    if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":
+        # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD 20 %
+        # noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8
+        log.warning(
+            "ssddet.trust_agreement=%g was set for the large bag; with sampler=%s the refiner agrees with noisy "
+            "boxes too, so set ssddet.trust_agreement=0 (or a value measured for that bag)", s.trust_agreement,
+            s.sampler)
     from .data.images import check_policy
 
     check_policy(cfg.data.on_bad_image)
