@@ -495,7 +495,7 @@ def headline(summary: dict) -> str:
     for noise, variant in sorted({(r["noise"], r["variant"]) for r in rows}, key=lambda k: (k[0], _variant_rank(k[1]))):
         by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
         ssd = by.get("ssddet")
-        iou = f"{_f(ssd['iou_noisy'])} → {_f(ssd['iou_refined'])}" if ssd and noise > 0 else "–"
+        iou = f"{_f(ssd['iou_noisy'])} → {_f(ssd['iou_refined'])}" if ssd and ssd["iou_noisy"] is not None else "–"
         label = variant_label(variant)
         out.append("| " + " | ".join([f"{noise:.0%}" + (f" ({label})" if label else ""),
                                       *(_ms(by[m]["AP"]) if m in by else "–" for m in methods), iou]) + " |")
