@@ -144,10 +144,17 @@ def train_args(cell: Cell, a, out: Path) -> list[str]:
     return args + ["--data", a.data, "--noise", str(cell.noise)]
 
 
+# Config sections only one training method reads: a vanilla run does not learn differently when SSD-Det's
+# defaults change, so its cell must not go stale then.
+METHOD_SECTIONS = {"ssddet": "ssddet", "oamil": "oamil"}
+
+
 def spec_of(config: dict) -> dict:
-    """The parts of a run's resolved config.json that decide what it learns."""
+    """The parts of a run's resolved config.json that decide what it learns (another method's section left out)."""
+    method = config.get("train", {}).get("method")
     return {sec: {k: v for k, v in fields.items() if (sec, k) not in NOT_SPEC}
-            for sec, fields in config.items() if isinstance(fields, dict)}
+            for sec, fields in config.items()
+            if isinstance(fields, dict) and METHOD_SECTIONS.get(sec, method) == method}
 
 
 def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:

@@ -128,6 +128,17 @@ def test_blocks_are_replaced_in_the_readme_and_the_benchmarks_page(sweep, tmp_pa
         sweep.write_block(readme, "x", "sweep-full")
 
 
+def test_spec_leaves_out_the_other_methods_sections(sweep):
+    """A vanilla cell does not go stale when SSD-Det's or OA-MIL's defaults change."""
+    cfg = {"train": {"method": "vanilla", "seed": 0}, "ssddet": {"max_objects_per_image": 4}, "oamil": {"x": 1}}
+    assert sweep.spec_of(cfg) == {"train": {"method": "vanilla", "seed": 0}}
+    cfg["train"]["method"] = "ssddet"
+    assert sweep.spec_of(cfg) == {"train": {"method": "ssddet", "seed": 0}, "ssddet": {"max_objects_per_image": 4}}
+    recorded = {"train": {"method": "vanilla", "seed": 0}, "ssddet": {"max_objects_per_image": 4}}
+    assert sweep.same_spec(recorded, sweep.spec_of({"train": {"method": "vanilla", "seed": 0},
+                                                    "ssddet": {"max_objects_per_image": 8}}))
+
+
 def test_spec_ignores_paths_and_workers(sweep):
     a = {"data": {"noise": 0.4, "num_workers": 1, "data_dir": "x"}, "train": {"output": "o", "seed": 0}}
     b = {"data": {"noise": 0.4, "num_workers": 4, "data_dir": "y"}, "train": {"output": "p", "seed": 0}}
