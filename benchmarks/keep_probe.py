@@ -40,9 +40,9 @@ def probe(run: Path, limit: int = 0) -> dict[str, np.ndarray]:
     seen: dict = {}
     real = keep_mod.keep_the_box
 
-    def spy(cand, cls, iou, keep_iou, clean=None, keep_all=False):
+    def spy(cand, cls, iou, keep_iou, clean=None, **kw):
         seen.update(cand=cand.clone(), cls=cls.clone(), iou=None if iou is None else iou.clone())
-        return real(cand, cls, iou, keep_iou, clean, keep_all)
+        return real(cand, cls, iou, keep_iou, clean, **kw)
 
     keep_mod.keep_the_box = spy
     rows: dict[str, list] = {k: [] for k in KEYS}

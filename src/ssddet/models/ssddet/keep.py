@@ -28,7 +28,8 @@ PROBE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
-                 clean: Tensor | None = None, keep_all: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+                 clean: Tensor | None = None, keep_all: bool = False,
+                 agree: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Choose b* or b̃ for every object.
 
     Args:
@@ -38,6 +39,7 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         keep_iou: b* is also kept where IoU(b*, b̃) >= keep_iou (<= 0: that arm is off).
         clean: optional Tensor[M, 4] clean boxes: adds what other rules would have given (statistics only).
         keep_all: keep every b* (the dataset's boxes are trusted).
+        agree: Tensor[M] IoU(b*, b̃) if the caller has it already.
 
     Returns:
         (Tensor[M, 4] the kept boxes, stats: keep_rate, iou_given_merged and with `clean` iou_merged,
@@ -46,7 +48,7 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
     """
     u = iou.clamp(0, 1) if iou is not None else torch.ones_like(cls)
     score = cls * u
-    agree = aligned_iou(cand[:, 0], cand[:, 1])
+    agree = aligned_iou(cand[:, 0], cand[:, 1]) if agree is None else agree
     keep = score[:, 0] >= score[:, 1]
     if keep_iou > 0:
         keep |= agree >= keep_iou
@@ -106,9 +108,10 @@ class KeepTheBox(nn.Module):
                 progress: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """`keep_the_box` on Tensor[M, 2, 4] (b*, b̃) with the dataset's trust; stats add `agreement` and
         `given_trusted`."""
+        agree = aligned_iou(cand[:, 0], cand[:, 1])
         if self.training:
-            self.update(aligned_iou(cand[:, 0], cand[:, 1]))
+            self.update(agree)
         trusted = self.trusted(progress)
-        box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, keep_all=trusted)
+        box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, keep_all=trusted, agree=agree)
         stats.update(agreement=self.agreement.clone(), given_trusted=torch.tensor(float(trusted)))
         return box, stats
