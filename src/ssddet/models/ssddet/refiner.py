@@ -26,16 +26,27 @@ import torch
 from torch import Tensor, nn
 
 from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
-from ...data.boxes import box_wh, clip_boxes, replace_degenerate
+from ...data.boxes import clip_boxes, replace_degenerate
 from .keep import KeepTheBox
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import draw_negatives
-from .refiner_data import Objects, RefinerOutput, Stage1, Stage2, box_quality, gather_objects, selected_masks, to_floats
+from .refiner_data import (
+    Objects,
+    RefinerOutput,
+    Stage1,
+    Stage2,
+    box_quality,
+    check_inputs,
+    gather_objects,
+    select_objects,
+    selected_masks,
+    to_floats,
+)
 from .sampler import PRESETS, auto_window, bag_validity, neighbourhood_bag, unshifted_correction
 from .sisd import SISDHead, sisd_loss, sisd_targets, spatial_confidence
 from .spsd import SPSDRegressor
-from .trunk import build_trunk, pool_embed
+from .trunk import build_trunk, embed, pool, reduce_maps
 
 __all__ = ["AUTO_WINDOW", "LOSS_NAMES", "MIN_BOX_SIZE", "RefinerOutput", "SSDDetRefiner"]
 
@@ -103,6 +114,7 @@ class SSDDetRefiner(nn.Module):
         self.sisd = (SISDHead(in_features, d, ore=cfg.ore, trunk=build_trunk(in_channels, resolution, d, red))
                      if (cfg.sisd and two) else None)
         self.keep = KeepTheBox(cfg) if two else None  # step 8 (used while cfg.keep_given)
+        self.reduced = red > 0  # reduce, then pool (trunk.py): channels [0, red) shared trunk, [red, 2 red) SISD
         state = {"large": _LARGE, "small": _SMALL, "auto": _UNDECIDED}[sampler]
         self.register_buffer("sampler_state", torch.tensor(state, dtype=torch.long))
         self.register_buffer("auto_iter", torch.zeros((), dtype=torch.long))
@@ -135,15 +147,30 @@ class SSDDetRefiner(nn.Module):
     def sampler_params(self) -> tuple[list[float], float]:
         """(scales, shift) in use now: the active preset, overridden by cfg.scale_ranges / cfg.shift_ratio."""
         scales, shift = PRESETS[self.sampler_name()]
-        if self.cfg.scale_ranges is not None:
-            scales = [float(s) for s in self.cfg.scale_ranges]
-        if self.cfg.shift_ratio is not None:
-            shift = float(self.cfg.shift_ratio)
-        return list(scales), float(shift)
+        scales = scales if self.cfg.scale_ranges is None else self.cfg.scale_ranges
+        shift = shift if self.cfg.shift_ratio is None else self.cfg.shift_ratio
+        return [float(s) for s in scales], float(shift)
 
     # ------------------------------------------------------------------ helpers
+    def _maps(self, features: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """What the shared and SISD trunks pool: the FPN maps (SISD reuses the shared pool: None), or with
+        reduced trunks each one's own 1x1 conv output (trunk.py: reduce, then pool)."""
+        if not self.reduced:
+            return features, None
+        names = list(getattr(self.box_roi_pool, "featmap_names", features.keys()))
+        maps = reduce_maps(features, names, [self.trunk] + ([self.sisd.trunk] if self.sisd is not None else []))
+        return maps[0], (maps[1] if len(maps) > 1 else None)
+
     def _pool_embed(self, obj: Objects, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
-        return pool_embed(self.box_roi_pool, self.trunk, obj.features, obj.image_sizes, rois)
+        pooled = pool(self.box_roi_pool, obj.features, obj.image_sizes, rois)
+        return pooled, embed(self.trunk, pooled, self.reduced)
+
+    def _sisd_embed(self, obj: Objects, pooled: Tensor, rois: list[Tensor]) -> Tensor:
+        """SISD features Tensor[M, J, D] of M*J RoIs (per image, object-major): `pooled` or SISD's own maps."""
+        if obj.sisd_features is not None:
+            pooled = pool(self.box_roi_pool, obj.sisd_features, obj.image_sizes, rois)
+        g = embed(self.sisd.trunk, pooled, self.reduced)
+        return g.reshape(obj.m, -1, g.shape[-1])
 
     def _bag_features(self, obj: Objects, bag: Tensor, mask: Tensor | None = None) -> Tensor:
         """Shared-trunk features of the bags, Tensor[M, P, D] (bag Tensor[M, P, 4]). With `mask` (Bool[M, P])
@@ -161,26 +188,6 @@ class SSDDetRefiner(nn.Module):
         out = f.new_zeros((m * p, f.shape[-1]))
         out[mask.reshape(-1)] = f  # image-major order is the same in `rois` and in the flat mask
         return out.reshape(m, p, -1)
-
-    def _select(self, boxes: list[Tensor], gen: torch.Generator | None,
-                priority: list[Tensor] | None = None) -> list[Tensor]:
-        """Indices of the objects refined in each image: non-degenerate boxes (a zero-size box cannot be
-        encoded), at most cfg.max_objects_per_image of them (<= 0 means no cap): a random subset, or with
-        `priority` (per image Tensor[M_i]) the highest priorities, ties broken at random."""
-        cap = int(self.cfg.max_objects_per_image)
-        out = []
-        for i, b in enumerate(boxes):
-            ok = (box_wh(b) > 0).all(dim=1)
-            idx = ok.nonzero().squeeze(1)
-            if 0 < cap < idx.numel():
-                dev = gen.device if gen is not None else torch.device("cpu")
-                perm = torch.randperm(idx.numel(), generator=gen, device=dev).to(idx.device)
-                if priority is not None:  # a stable sort of the shuffled order keeps the ties random
-                    order = priority[i].to(idx.device)[idx[perm]].argsort(descending=True, stable=True)
-                    perm = perm[order]
-                idx = idx[perm[:cap].sort().values]
-            out.append(idx)
-        return out
 
     def _auto_update(self, b0: Tensor, b1: Tensor, scales: list[float], progress: float | None) -> Tensor | None:
         """`sampler="auto"`: record this iteration's SPSD-I correction (`sampler.unshifted_correction`) in
@@ -223,11 +230,11 @@ class SSDDetRefiner(nn.Module):
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
         """
-        _check_inputs(image_sizes, boxes, labels, true_boxes)
+        check_inputs(image_sizes, boxes, labels, true_boxes)
         gen = generator if generator is not None else self.generator
         dev = next(iter(features.values())).device
         noisy = [b.detach().to(dev, torch.float32).clone() for b in boxes]  # skipped objects keep these
-        sel = self._select(boxes, gen, priority)
+        sel = select_objects(boxes, int(self.cfg.max_objects_per_image), gen, priority)
         m = sum(int(s.numel()) for s in sel)
         stats: dict[str, Tensor] = {
             "num_objects": torch.tensor(float(m)),
@@ -238,7 +245,8 @@ class SSDDetRefiner(nn.Module):
             return RefinerOutput(noisy, [b.clone() for b in noisy], self._fill_losses({}), to_floats(stats),
                                  selected_masks(boxes, sel))
 
-        obj = gather_objects(features, image_sizes, noisy, labels, true_boxes, sel, *self.sampler_params())
+        maps, sisd_maps = self._maps(features)
+        obj = gather_objects(maps, image_sizes, noisy, labels, true_boxes, sel, *self.sampler_params(), sisd_maps)
         b0, v0 = self._bag_construction(obj)  # step 1
         b1, loss_spsd1 = self._spsd1(obj, b0, progress, stats)  # step 2
         st1 = self._mil_stage1(obj, b1, v0)  # step 3
@@ -350,7 +358,7 @@ class SSDDetRefiner(nn.Module):
         loss_sisd), (None, None, None) without SISD."""
         if self.sisd is None:
             return None, None, None
-        g = self.sisd.embed(pooled, obj.m)
+        g = self._sisd_embed(obj, pooled, [b.reshape(-1, 4) for b in b2.split(obj.counts)])
         u = self.sisd.predict(g, ctx := self.sisd.context(g))
         obj.rois_sisd += obj.m * b2.shape[1]
         return u, (ctx.detach() if ctx is not None else None), sisd_loss(u, sisd_targets(b2, b_hat))
@@ -370,10 +378,11 @@ class SSDDetRefiner(nn.Module):
         sigma(cls1) x IoU from SISD with the bag's ORE context; the dataset's trust. -> Tensor[M, 4]."""
         m, ar = obj.m, torch.arange(obj.m, device=b_fin.device)
         cand = torch.stack([obj.gt, b_fin.to(obj.gt)], dim=1)  # [M, 2, 4]: b*, b̃
-        pooled, f = self._pool_embed(obj, [c.reshape(-1, 4) for c in cand.split(obj.counts)])
+        rois = [c.reshape(-1, 4) for c in cand.split(obj.counts)]
+        pooled, f = self._pool_embed(obj, rois)
         obj.rois_shared += 2 * m
         cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
-        iou = self.sisd.predict(self.sisd.embed(pooled, m), ctx).float() * 0.5 + 0.5 if self.sisd else None
+        iou = self.sisd.predict(self._sisd_embed(obj, pooled, rois), ctx).float() * 0.5 + 0.5 if self.sisd else None
         obj.rois_sisd += 2 * m if self.sisd else 0
         box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress)
         stats.update(keep_stats)
@@ -388,13 +397,4 @@ class SSDDetRefiner(nn.Module):
                 zero = (sum(p.sum() for p in self.parameters()) * 0.0).abs() if zero is None else zero
             out[name] = losses[name] if losses.get(name) is not None else zero
         return out
-
-
-def _check_inputs(image_sizes: list, boxes: list[Tensor], labels: list[Tensor],
-                  true_boxes: list[Tensor] | None) -> None:
-    if len(labels) != len(boxes) or len(image_sizes) != len(boxes):
-        raise ValueError("boxes, labels and image_sizes must have one entry per image")
-    if true_boxes is not None and (len(true_boxes) != len(boxes)
-                                   or any(t.shape[0] != b.shape[0] for t, b in zip(true_boxes, boxes))):
-        raise ValueError("true_boxes must pair one-to-one with boxes")
 

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ...data.boxes import aligned_iou
+from ...data.boxes import aligned_iou, box_wh
 
 
 @dataclass
@@ -43,7 +43,7 @@ class RefinerOutput:
 class Objects:
     """The objects refined in one call, flattened image-major (M = sum counts), and its RoI counters."""
 
-    features: dict[str, Tensor]  # FPN outputs
+    features: dict[str, Tensor]  # what the shared trunk pools: FPN outputs, or its reduced maps (trunk.py)
     image_sizes: list[tuple[int, int]]
     counts: list[int]  # objects refined per image
     gt: Tensor  # [M, 4] noisy boxes b*
@@ -54,6 +54,7 @@ class Objects:
     shift: float
     rois_shared: int = 0  # RoIs through the shared trunk
     rois_sisd: int = 0  # RoIs through the SISD trunk
+    sisd_features: dict[str, Tensor] | None = None  # SISD's own reduced maps (None: it reuses the shared pool)
 
     @property
     def m(self) -> int:
@@ -74,7 +75,7 @@ class Stage1(NamedTuple):
 class Stage2(NamedTuple):
     """Stage-II MIL on B2 (and the negatives)."""
 
-    pooled: Tensor  # [M*P, C, R, R] RoIAlign features of B2 (SISD pools nothing again)
+    pooled: Tensor  # [M*P, C, R, R] RoIAlign features of B2 (SISD reuses them unless it has its own maps)
     cls: Tensor  # [M, P] GT-class sigmoid scores (detached)
     score: Tensor  # [M, P] GT-class sigmoid x instance scores (detached)
     loss: Tensor  # stage-II MIL loss
@@ -82,9 +83,29 @@ class Stage2(NamedTuple):
     num_negatives: int
 
 
+def select_objects(boxes: list[Tensor], cap: int, gen: torch.Generator | None,
+                   priority: list[Tensor] | None = None) -> list[Tensor]:
+    """Indices of the objects refined in each image (boxes: per image Tensor[M_i, 4]): non-degenerate boxes (a
+    zero-size box cannot be encoded), at most `cap` of them (<= 0 means no cap): a random subset, or with
+    `priority` (per image Tensor[M_i]) the highest priorities, ties broken at random."""
+    out = []
+    for i, b in enumerate(boxes):
+        ok = (box_wh(b) > 0).all(dim=1)
+        idx = ok.nonzero().squeeze(1)
+        if 0 < cap < idx.numel():
+            dev = gen.device if gen is not None else torch.device("cpu")
+            perm = torch.randperm(idx.numel(), generator=gen, device=dev).to(idx.device)
+            if priority is not None:  # a stable sort of the shuffled order keeps the ties random
+                order = priority[i].to(idx.device)[idx[perm]].argsort(descending=True, stable=True)
+                perm = perm[order]
+            idx = idx[perm[:cap].sort().values]
+        out.append(idx)
+    return out
+
+
 def gather_objects(features: dict[str, Tensor], image_sizes: list[tuple[int, int]], noisy: list[Tensor],
                    labels: list[Tensor], true_boxes: list[Tensor] | None, sel: list[Tensor], scales: list[float],
-                   shift: float) -> Objects:
+                   shift: float, sisd_features: dict[str, Tensor] | None = None) -> Objects:
     """The selected objects of every image (`sel`: per image Int64 indices into noisy[i] Tensor[M_i, 4]),
     concatenated image-major."""
     with torch.no_grad():
@@ -95,7 +116,8 @@ def gather_objects(features: dict[str, Tensor], image_sizes: list[tuple[int, int
         clean = (torch.cat([t.to(dev, torch.float32)[s] for t, s in zip(true_boxes, sel)])
                  if true_boxes is not None else None)
         return Objects(features, image_sizes, counts, torch.cat([b[s] for b, s in zip(noisy, sel)]),
-                       torch.cat([lab.to(dev)[s] for lab, s in zip(labels, sel)]).long(), hw, clean, scales, shift)
+                       torch.cat([lab.to(dev)[s] for lab, s in zip(labels, sel)]).long(), hw, clean, scales, shift,
+                       sisd_features=sisd_features)
 
 
 def box_quality(gt: Tensor, bag: Tensor, clean: Tensor | None = None, b0: Tensor | None = None,
@@ -146,3 +168,12 @@ def to_floats(stats: dict[str, Tensor]) -> dict[str, float]:
     for keys in by_dev.values():
         out.update(zip(keys, torch.stack([stats[k].detach().float().reshape(()) for k in keys]).tolist()))
     return {k: out[k] for k in stats}
+
+
+def check_inputs(image_sizes: list, boxes: list[Tensor], labels: list[Tensor],
+                 true_boxes: list[Tensor] | None) -> None:
+    if len(labels) != len(boxes) or len(image_sizes) != len(boxes):
+        raise ValueError("boxes, labels and image_sizes must have one entry per image")
+    if true_boxes is not None and (len(true_boxes) != len(boxes)
+                                   or any(t.shape[0] != b.shape[0] for t, b in zip(true_boxes, boxes))):
+        raise ValueError("true_boxes must pair one-to-one with boxes")

@@ -3,10 +3,17 @@
 `reduce_channels = 0` is the paper's 2-FC trunk (C*R*R = 12544 -> D -> D). Its first layer dominates the
 refiner's cost (SSD-Det pushes ~3*M*P RoIs through it, 10-30x the detector's RoIs), so `reduce_channels > 0`
 puts a 1x1 conv (C -> c) in front: the FC input shrinks C/c-fold with the same receptive field.
+
+Reduce, then pool. A 1x1 conv and RoIAlign are both linear, so they commute: RoIAlign of the conv's output (no
+bias) plus the bias equals the conv of RoIAlign's output. A sample outside the map is 0 in RoIAlign, and becomes
+the bias either way. So the refiner runs its trunks' 1x1 convs once on the FPN maps (`reduce_maps`, a few
+thousand positions) instead of on every RoI's R*R bins (thousands of RoIs), and RoIAlign moves c channels
+instead of C. The function is the same up to float rounding (tests/test_refiner_trunk.py).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
@@ -18,6 +25,11 @@ class ReducedTwoMLPHead(nn.Sequential):
         super().__init__(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU(inplace=True),
                          TwoMLPHead(reduce_channels * resolution * resolution, dim))
 
+    def from_reduced(self, pooled: Tensor) -> Tensor:
+        """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
+        bias): the bias, the ReLU and the FCs."""
+        return self[2](torch.relu(pooled + self[0].bias.view(1, -1, 1, 1)))
+
 
 def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0) -> nn.Module:
     if reduce_channels and reduce_channels > 0:
@@ -25,13 +37,29 @@ def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: in
     return TwoMLPHead(in_channels * resolution * resolution, dim)
 
 
-def pool_embed(pool: nn.Module, trunk: nn.Module, features: dict[str, Tensor], image_sizes: list[tuple[int, int]],
-               rois: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """One RoIAlign call + one trunk call. rois: per image Tensor[n_i, 4].
-    Returns (pooled Tensor[sum n_i, C, R, R], trunk features Tensor[sum n_i, D])."""
+def reduce_maps(features: dict[str, Tensor], names: list[str],
+                trunks: list[ReducedTwoMLPHead]) -> list[dict[str, Tensor]]:
+    """The FPN maps the pooler reads (those of `features` named in `names`, in `features` order, as
+    MultiScaleRoIAlign filters them) through each trunk's 1x1 conv, without bias: one dict per trunk, per level
+    Tensor[N, c, H_l, W_l]. One conv call per level for all trunks; each trunk then pools only its own maps
+    (RoIAlign's backward, which trains the convs, costs in proportion to the channels pooled)."""
+    weight = torch.cat([t[0].weight for t in trunks])
+    sizes = [t[0].out_channels for t in trunks]
+    split = {k: F.conv2d(v, weight).split(sizes, dim=1) for k, v in features.items() if k in names}
+    return [{k: parts[i].contiguous() for k, parts in split.items()} for i in range(len(trunks))]
+
+
+def embed(trunk: nn.Module, pooled: Tensor, reduced: bool) -> Tensor:
+    """Trunk features Tensor[N, D] of pooled RoI features: the whole trunk on Tensor[N, C, R, R], or
+    (`reduced`) a ReducedTwoMLPHead's `from_reduced` on its own pooled `reduce_maps` Tensor[N, c, R, R]."""
+    return trunk.from_reduced(pooled) if reduced else trunk(pooled)
+
+
+def pool(pooler: nn.Module, features: dict[str, Tensor], image_sizes: list[tuple[int, int]],
+         rois: list[Tensor]) -> Tensor:
+    """One RoIAlign call. rois: per image Tensor[n_i, 4]. Returns Tensor[sum n_i, C', R, R]."""
     ref = next(iter(features.values()))
     # keep fp32 boxes under autocast (torchvision's roi_align casts itself); outside it the kernel wants the
     # feature dtype
     dtype = torch.float32 if torch.is_autocast_enabled(ref.device.type) else ref.dtype
-    pooled = pool(features, [r.to(device=ref.device, dtype=dtype) for r in rois], image_sizes)
-    return pooled, trunk(pooled)
+    return pooler(features, [r.to(device=ref.device, dtype=dtype) for r in rois], image_sizes)

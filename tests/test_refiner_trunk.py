@@ -1,0 +1,70 @@
+"""Reduce, then pool (models/ssddet/trunk.py): the reduced trunks' 1x1 convs run once on the FPN maps, and the
+result equals the per-RoI conv path up to float rounding, for RoIs inside, across and outside the map."""
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from ssddet.config import SSDDetConfig
+from ssddet.models.ssddet.refiner import SSDDetRefiner
+from ssddet.models.ssddet.trunk import ReducedTwoMLPHead, embed, pool, reduce_maps
+
+C, R, K = 16, 5, 3
+NAMES = ["0", "1", "2", "3"]
+SIZES = [(64, 64), (64, 48)]
+BOXES = [torch.tensor([[4.0, 6.0, 30.0, 40.0], [36.0, 10.0, 62.0, 30.0], [0.0, 40.0, 14.0, 63.0]]),
+         torch.tensor([[10.0, 12.0, 50.0, 44.0]])]
+LABELS = [torch.tensor([1, 2, 3]), torch.tensor([2])]
+
+
+def _features(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {str(i): torch.randn(2, C, 64 // 2 ** (i + 2), 64 // 2 ** (i + 2), generator=g) for i in range(4)}
+
+
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+def test_reduce_then_pool_equals_pool_then_reduce(sampling_ratio):
+    torch.manual_seed(0)
+    pooler = MultiScaleRoIAlign(NAMES, R, sampling_ratio)
+    a, b = ReducedTwoMLPHead(C, R, 4, 8), ReducedTwoMLPHead(C, R, 6, 8)
+    for t in (a, b):
+        torch.nn.init.normal_(t[0].bias)  # a non-zero bias: out-of-map samples must get it on both paths
+    feats = _features()
+    # inside, across the border, wholly outside the image, and a sub-pixel box
+    rois = [torch.tensor([[2.0, 3.0, 40.0, 50.0], [-20.0, -10.0, 12.0, 9.0], [70.0, 70.0, 120.0, 90.0]]),
+            torch.tensor([[10.0, 10.0, 10.5, 10.4], [0.0, 0.0, 47.0, 63.0]])]
+    ref_a, ref_b = (embed(t, pool(pooler, feats, SIZES, rois), False) for t in (a, b))  # conv per RoI bin
+    maps = reduce_maps(feats, NAMES, [a, b])
+    assert [[m.shape[1] for m in d.values()] for d in maps] == [[4] * 4, [6] * 4]
+    pooled = [pool(pooler, d, SIZES, rois) for d in maps]
+    assert [p.shape for p in pooled] == [(5, 4, R, R), (5, 6, R, R)]
+    torch.testing.assert_close(embed(a, pooled[0], True), ref_a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(embed(b, pooled[1], True), ref_b, rtol=1e-5, atol=1e-6)
+
+def _refiner(reduced: bool):
+    cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0)
+    ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
+    for m in ref.modules():  # N(0, 0.01) makes every output nearly equal: a weak check; use larger weights
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            torch.nn.init.normal_(m.weight, std=0.2)
+            torch.nn.init.normal_(m.bias, std=0.1)
+    ref.reduced = reduced
+    return ref
+
+
+def test_refiner_reduced_path_matches_per_roi_path():
+    feats, outs = _features(1), []
+    for reduced in (True, False):
+        torch.manual_seed(0)
+        ref = _refiner(reduced).manual_seed(0).train()
+        out = ref(feats, SIZES, BOXES, LABELS, progress=0.5)
+        total = sum(out.losses.values())
+        total.backward()
+        grad = ref.trunk[0].weight.grad.clone()
+        outs.append((out, grad))
+    (a, ga), (b, gb) = outs
+    for ra, rb in zip(a.refined, b.refined):
+        torch.testing.assert_close(ra, rb, rtol=1e-4, atol=1e-3)
+    for name in a.losses:
+        torch.testing.assert_close(a.losses[name], b.losses[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)
