@@ -68,3 +68,27 @@ def test_refiner_reduced_path_matches_per_roi_path():
     for name in a.losses:
         torch.testing.assert_close(a.losses[name], b.losses[name], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ga, gb, rtol=1e-3, atol=1e-5)
+
+
+def test_fan_in_init_scales_trunk_fcs_only():
+    torch.manual_seed(0)
+    kw = dict(trunk_dim=256, trunk_reduce=32, num_negatives=20)
+    released = SSDDetRefiner(SSDDetConfig(**kw), K, MultiScaleRoIAlign(NAMES, 7, 1), in_channels=256)
+    fan_in = SSDDetRefiner(SSDDetConfig(trunk_init="fan-in", **kw), K, MultiScaleRoIAlign(NAMES, 7, 1),
+                           in_channels=256)
+    for ref, want6, want7 in ((released, 0.01, 0.01), (fan_in, 0.01 * 8 ** 0.5, 0.02)):
+        for trunk in (ref.trunk[2], ref.sisd.trunk[2]):  # 1568 -> 256 -> 256: fc6 x sqrt(12544/1568), fc7 x 2
+            assert trunk.fc6.weight.std().item() == pytest.approx(want6, rel=0.02)
+            assert trunk.fc7.weight.std().item() == pytest.approx(want7, rel=0.02)
+        assert ref.cls1.weight.std().item() == pytest.approx(0.01, rel=0.05)  # heads keep N(0, 0.01)
+
+
+def test_trunk_init_is_validated():
+    from ssddet.config import Config
+    from ssddet.config_overrides import validate
+    from ssddet.errors import UserError
+
+    cfg = Config()
+    cfg.ssddet.trunk_init = "kaiming"
+    with pytest.raises(UserError, match="trunk_init"):
+        validate(cfg, resume=False, output_given=True)

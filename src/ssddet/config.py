@@ -102,6 +102,9 @@ class SSDDetConfig:
     warmup_frac: float = 0.3
     trunk_dim: int = 256  # paper: 1024
     trunk_reduce: int = 32  # >0: 1x1 conv to this many channels before the trunk FCs (paper: 0)
+    # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
+    # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
+    trunk_init: str = "released"
     pool_sampling_ratio: int = 1  # RoIAlign samples per bin side for the refiner (paper: 2)
     # True: the refiner's losses do not train the backbone/FPN, which makes a step much cheaper (step times:
     # docs/benchmarks.md). From scratch (--pretrained none) consider false (the released code's way).
@@ -113,6 +116,7 @@ class SSDDetConfig:
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image
 SAMPLERS = ("large", "small", "auto", "by-noise")
 SELECTIONS = ("oldest", "random")
+TRUNK_INITS = ("released", "fan-in")
 LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 
 

@@ -12,7 +12,16 @@ import os
 import time
 from pathlib import Path
 
-from .config import ON_BAD_IMAGE, PAPER_REFINER, SAMPLERS, SELECTIONS, Config, SSDDetConfig, resolve_sampler
+from .config import (
+    ON_BAD_IMAGE,
+    PAPER_REFINER,
+    SAMPLERS,
+    SELECTIONS,
+    TRUNK_INITS,
+    Config,
+    SSDDetConfig,
+    resolve_sampler,
+)
 from .errors import UserError
 
 log = logging.getLogger("ssddet")
@@ -252,6 +261,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
     if cfg.ssddet.selection not in SELECTIONS:
         raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
+    if cfg.ssddet.trunk_init not in TRUNK_INITS:
+        raise UserError(f"ssddet.trunk_init must be one of {', '.join(TRUNK_INITS)}, got {cfg.ssddet.trunk_init!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     s = cfg.ssddet
     if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":

@@ -46,7 +46,7 @@ from .refiner_data import (
 from .sampler import PRESETS, auto_window, bag_validity, neighbourhood_bag, unshifted_correction
 from .sisd import SISDHead, sisd_loss, sisd_targets, spatial_confidence
 from .spsd import SPSDRegressor
-from .trunk import build_trunk, embed, pool, reduce_maps
+from .trunk import build_trunk, embed, fan_in_init, pool, reduce_maps
 
 __all__ = ["AUTO_WINDOW", "LOSS_NAMES", "MIN_BOX_SIZE", "RefinerOutput", "SSDDetRefiner"]
 
@@ -130,10 +130,13 @@ class SSDDetRefiner(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
-        bias = -math.log((1 - CLS_PRIOR) / CLS_PRIOR)
-        for m in (self.cls0, self.cls1):
-            if m is not None:
-                nn.init.constant_(m.bias, bias)
+        for m in (m for m in (self.cls0, self.cls1) if m is not None):
+            nn.init.constant_(m.bias, -math.log((1 - CLS_PRIOR) / CLS_PRIOR))
+        if self.cfg.trunk_init == "fan-in":  # the released trunks' activation scale at this width (trunk.py)
+            fan_in_init(self._trunks())
+
+    def _trunks(self) -> list[nn.Module]:
+        return [self.trunk] + ([self.sisd.trunk] if self.sisd is not None else [])
 
     def manual_seed(self, seed: int) -> SSDDetRefiner:
         """Use a private CPU generator seeded with `seed` for the cap subset and the negatives."""
@@ -157,12 +160,12 @@ class SSDDetRefiner(nn.Module):
         reduced trunks each one's own 1x1 conv output (trunk.py: reduce, then pool)."""
         if not self.reduced:
             return features, None
-        names = list(getattr(self.box_roi_pool, "featmap_names", features.keys()))
-        maps = reduce_maps(features, names, [self.trunk] + ([self.sisd.trunk] if self.sisd is not None else []))
+        maps = reduce_maps(features, list(getattr(self.box_roi_pool, "featmap_names", features)), self._trunks())
         return maps[0], (maps[1] if len(maps) > 1 else None)
 
     def _pool_embed(self, obj: Objects, rois: list[Tensor]) -> tuple[Tensor, Tensor]:
         pooled = pool(self.box_roi_pool, obj.features, obj.image_sizes, rois)
+        obj.rois_shared += int(pooled.shape[0])
         return pooled, embed(self.trunk, pooled, self.reduced)
 
     def _sisd_embed(self, obj: Objects, pooled: Tensor, rois: list[Tensor]) -> Tensor:
@@ -170,6 +173,7 @@ class SSDDetRefiner(nn.Module):
         if obj.sisd_features is not None:
             pooled = pool(self.box_roi_pool, obj.sisd_features, obj.image_sizes, rois)
         g = embed(self.sisd.trunk, pooled, self.reduced)
+        obj.rois_sisd += int(g.shape[0])
         return g.reshape(obj.m, -1, g.shape[-1])
 
     def _bag_features(self, obj: Objects, bag: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -180,11 +184,9 @@ class SSDDetRefiner(nn.Module):
         per_img = bag.split(obj.counts)
         if mask is None:
             _, f = self._pool_embed(obj, [b.reshape(-1, 4) for b in per_img])
-            obj.rois_shared += m * p
             return f.reshape(m, p, -1)
         rois = [b.reshape(-1, 4)[v.reshape(-1)] for b, v in zip(per_img, mask.split(obj.counts))]
         _, f = self._pool_embed(obj, rois)
-        obj.rois_shared += int(f.shape[0])
         out = f.new_zeros((m * p, f.shape[-1]))
         out[mask.reshape(-1)] = f  # image-major order is the same in `rois` and in the flat mask
         return out.reshape(m, p, -1)
@@ -341,7 +343,6 @@ class SSDDetRefiner(nn.Module):
                                        torch.ones(ng.shape[0], dtype=torch.bool, device=dev)])
                             for c, ng in zip(obj.counts, negs)])
         pooled, f_all = self._pool_embed(obj, rois)
-        obj.rois_shared += int(f_all.shape[0])
         f2 = f_all[~is_neg].reshape(m, p, -1)
         bag2, p_cls1, p_ins1 = stage2_bag_scores(self.cls1(f2), self.ins1(f2), v2)
         with torch.no_grad():
@@ -360,7 +361,6 @@ class SSDDetRefiner(nn.Module):
             return None, None, None
         g = self._sisd_embed(obj, pooled, [b.reshape(-1, 4) for b in b2.split(obj.counts)])
         u = self.sisd.predict(g, ctx := self.sisd.context(g))
-        obj.rois_sisd += obj.m * b2.shape[1]
         return u, (ctx.detach() if ctx is not None else None), sisd_loss(u, sisd_targets(b2, b_hat))
 
     @torch.no_grad()
@@ -380,10 +380,8 @@ class SSDDetRefiner(nn.Module):
         cand = torch.stack([obj.gt, b_fin.to(obj.gt)], dim=1)  # [M, 2, 4]: b*, b̃
         rois = [c.reshape(-1, 4) for c in cand.split(obj.counts)]
         pooled, f = self._pool_embed(obj, rois)
-        obj.rois_shared += 2 * m
         cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
         iou = self.sisd.predict(self._sisd_embed(obj, pooled, rois), ctx).float() * 0.5 + 0.5 if self.sisd else None
-        obj.rois_sisd += 2 * m if self.sisd else 0
         box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress)
         stats.update(keep_stats)
         return box.to(b_fin)

@@ -12,6 +12,8 @@ instead of C. The function is the same up to float rounding (tests/test_refiner_
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,6 +37,18 @@ def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: in
     if reduce_channels and reduce_channels > 0:
         return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim)
     return TwoMLPHead(in_channels * resolution * resolution, dim)
+
+
+RELEASED_FAN_IN = (256 * 7 * 7, 1024)  # inputs of the released trunks' fc6 and fc7
+
+
+def fan_in_init(trunks: list[nn.Module], std: float = 0.01) -> None:
+    """fc6 and fc7 of each trunk ~ N(0, std * sqrt(F_released / F)), F their fan-in: the activation scale of
+    the released 12544-1024-1024 trunks under N(0, std), at any width (a 1568-256-256 trunk: std x 2.83, x 2)."""
+    for trunk in trunks:
+        head = trunk[2] if isinstance(trunk, ReducedTwoMLPHead) else trunk
+        for fc, ref in zip((head.fc6, head.fc7), RELEASED_FAN_IN):
+            nn.init.normal_(fc.weight, std=std * math.sqrt(ref / fc.in_features))
 
 
 def reduce_maps(features: dict[str, Tensor], names: list[str],
