@@ -28,13 +28,17 @@ def _tensors(terms: dict) -> dict:
 
 
 def test_ssddet_total_equals_the_old_weighted_sum():
-    total = weighted_total(_tensors({**REFINER, **DETECTOR}), loss_weights(_config("ssddet")))
+    released = _config("ssddet")
+    released.ssddet.w_det = 4.0  # the released det_loss_weight (the default is 1.0: method.md 4, row 19)
+    total = weighted_total(_tensors({**REFINER, **DETECTOR}), loss_weights(released))
     # before: the refiner returned 0.25 * spsd1, 0.25 * mil1, 0.25 * spsd2, 0.25 * mil2, 0.75 * neg, 5 * sisd,
     # and the wrapper's weight_losses 4 * objectness, 1 * rpn box, 4 * classifier, 4 * box
     old = (0.25 * 0.5 + 0.25 * 1.5 + 0.25 * 0.25 + 0.25 * 2.0 + 0.75 * 0.1 + 5.0 * 0.2
            + 4.0 * 0.7 + 1.0 * 0.3 + 4.0 * 1.1 + 4.0 * 0.9)
     assert old == pytest.approx(13.2375)
     assert total.item() == pytest.approx(old, abs=1e-12)
+    default = weighted_total(_tensors({**REFINER, **DETECTOR}), loss_weights(_config("ssddet")))
+    assert default.item() == pytest.approx(2.1375 + 0.7 + 0.3 + 1.1 + 0.9, abs=1e-12)
     cfg = _config("ssddet")
     cfg.ssddet.w_sisd, cfg.ssddet.w_det = 1.0, 2.0  # the config fields drive the weights
     assert weighted_total(_tensors({**REFINER, **DETECTOR}), loss_weights(cfg)).item() == pytest.approx(

@@ -99,15 +99,15 @@ def test_full_table_and_headline(sweep):
              _cell(0.4, "ssddet", 1, 0.34, 0.7)]
     cells[2]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 4}}  # before selection/keep_given
     cells[3]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 8, "selection": "oldest",
-                                   "keep_given": True}}
+                                   "keep_given": True, "w_det": 1.0}}
     summary = _summary(sweep, cells)
     md = sweep.markdown(summary)
     assert ("| 40% | ssddet | 0,1 | 0.320 ± 0.028 | 0.640 ± 0.057 | 0.160 ± 0.014 | 0.320 | 0.000 | 55% | "
             "0.500 → 0.650 | 10 |") in md
     assert "seed spread not measured (1 seed)" in md and "4 of 17 planned cells" in md
     # the settings each SSD-Det cell trained with, from its recorded spec (predated fields: what the code then did)
-    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false` / "
-            "`sampler=large`, `max_objects_per_image=8`, `selection=oldest`, `keep_given=true`") in md
+    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, `w_det=4` / "
+            "`sampler=large`, `max_objects_per_image=8`, `selection=oldest`, `keep_given=true`, `w_det=1`") in md
     head = sweep.headline(summary)
     lines = head.splitlines()
     assert lines[0] == ("| box noise | Faster R-CNN test AP | SSD-Det test AP | SSD-Det boxes: IoU noisy → refined |")

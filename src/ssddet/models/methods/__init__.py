@@ -24,7 +24,7 @@ def loss_weights(cfg: Config) -> dict[str, float]:
     if cfg.train.method == "ssddet":
         s = cfg.ssddet  # method.md 3.2
         det = {"loss_objectness": s.w_det, "loss_classifier": s.w_det, "loss_box_reg": s.w_det,
-               "loss_rpn_box_reg": s.w_rpn_box}  # the released config's det_loss_weight (4.0) on three of them
+               "loss_rpn_box_reg": s.w_rpn_box}  # the released det_loss_weight is 4.0 (method.md 4)
         return {"loss_spsd1": s.w_spsd1, "loss_mil1": s.w_mil1, "loss_spsd2": s.w_spsd2, "loss_mil2": s.w_mil2,
                 "loss_neg": s.w_neg, "loss_sisd": s.w_sisd, **det}
     if cfg.train.method == "oamil":
