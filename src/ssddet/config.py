@@ -87,7 +87,7 @@ class SSDDetConfig:
     keep_iou: float = 0.75
     # ... and every b* is kept while the running mean IoU(b*, b̃) over training is at least trust_agreement: the
     # refiner agrees with the dataset's boxes as a whole about as well as it does with exact boxes (0: off).
-    # BCCD, 6 epochs, after the warm-up: 0.72-0.78 at 0 % noise, 0.61 at 20 %, 0.53-0.49 at 40 % (docs/method.md)
+    # BCCD, 6 epochs, epochs 2-6: 0.68-0.77 at 0 % noise, 0.61-0.63 at 20 %, 0.50-0.56 at 40 % (docs/method.md)
     trust_agreement: float = 0.68
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
