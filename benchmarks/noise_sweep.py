@@ -428,7 +428,8 @@ def ssddet_settings(cells: list[dict]) -> str:
         s = {**PREDATED, **c.get("spec", {}).get("ssddet", {})}
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
-            f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, `w_det={s.get('w_det', 4.0):g}`"
+            f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
+            f"`w_det={s.get('w_det', 4.0):g}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                if s["keep_given"] else ""))
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
