@@ -415,7 +415,7 @@ def _f(v, pct=False) -> str:
 
 
 # SSD-Det settings a cell's recorded spec may predate, with the value that names what the code then did.
-PREDATED = {"selection": "random", "keep_given": False}
+PREDATED = {"selection": "random", "keep_given": False, "w_det": 4.0}
 
 
 def ssddet_settings(cells: list[dict]) -> str:
@@ -429,7 +429,7 @@ def ssddet_settings(cells: list[dict]) -> str:
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
-            f"`w_det={s.get('w_det', 4.0):g}`"
+            f"`w_det={s['w_det']:g}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                if s["keep_given"] else ""))
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
