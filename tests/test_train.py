@@ -228,6 +228,26 @@ def test_trainer_applies_schedule(shapes, tmp_path, monkeypatch):
     assert lrs[0] == pytest.approx(0.02 * 0.001)  # warm-up starts at warmup_factor
 
 
+def test_lr_factor_takes_a_groups_own_steps():
+    cfg = _sched(warmup_iters=0)
+    assert lr_factor(60, 100, cfg) == pytest.approx(0.1)  # cfg.lr_steps [0.5, 0.75]
+    assert lr_factor(60, 100, cfg, steps=[0.9]) == pytest.approx(1.0)
+    assert lr_factor(95, 100, cfg, steps=[0.9]) == pytest.approx(0.1)
+    assert lr_factor(95, 100, cfg, steps=[]) == pytest.approx(1.0)
+
+
+def test_ssddet_detector_decays_on_its_own_steps(shapes, tmp_path, monkeypatch):
+    """ssddet.det_lr_steps moves the detector's decay points; the refiner's heads keep train.lr_steps."""
+    monkeypatch.setattr(train_mod, "LOG_EVERY", 1)
+    out = tmp_path / "run"
+    assert main(train_args(shapes, out, "ssddet", 2, 2, "--noise", "0.3", "--lr", "0.02", "--warmup-iters", "0",
+                           "--set", "train.lr_steps=[0.5]", "--set", "ssddet.det_lr_steps=[]",
+                           "--set", "ssddet.refiner_lr_mult=2")) == 0
+    assert [r["lr"] for r in read_log(out) if r["kind"] == "train"] == pytest.approx([0.02] * 4)
+    det, refiner = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert det["lr"] == pytest.approx(0.02) and refiner["lr"] == pytest.approx(0.02 * 2 * 0.1)
+
+
 def test_time_budget_stops_cleanly_and_deterministic_flag(shapes, tmp_path):
     """train.time_budget_min: the epoch in progress is cut short, evaluated and saved, and the run ends with
     the usual files; train.deterministic switches PyTorch to deterministic kernels."""

@@ -113,6 +113,9 @@ class SSDDetConfig:
     detach_features: bool = True
     bank: bool = True  # objects not refined this iteration reuse their last refined box (per annotation id)
     refiner_lr_mult: float = 5.0  # LR of the refiner's (randomly initialised) heads relative to the base LR
+    # the detector's LR decay points (fractions of training) under SSD-Det; null: train.lr_steps. The refiner's
+    # heads keep train.lr_steps (docs/method.md 3.2)
+    det_lr_steps: list | None = None
 
 
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image

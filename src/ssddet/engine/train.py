@@ -10,6 +10,7 @@ gather as a collective before rank 0 goes on alone). Hooks would spread that ord
 the loop shorter."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,8 +51,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(it: int, total: int, cfg) -> float:
-    """Multiplier of the base LR at global iteration `it` of `total` (warm-up x schedule)."""
+def lr_factor(it: int, total: int, cfg, steps: list | None = None) -> float:
+    """Multiplier of the base LR at global iteration `it` of `total` (warm-up x schedule); `steps`: the
+    multistep decay points of this parameter group (None: cfg.lr_steps)."""
     warm = 1.0
     if it < cfg.warmup_iters:
         warm = cfg.warmup_factor + (1 - cfg.warmup_factor) * it / cfg.warmup_iters
@@ -59,7 +61,7 @@ def lr_factor(it: int, total: int, cfg) -> float:
     if cfg.lr_schedule == "cosine":
         sched = 0.5 * (1 + math.cos(math.pi * progress))
     else:
-        sched = cfg.lr_gamma ** sum(progress >= s for s in cfg.lr_steps)
+        sched = cfg.lr_gamma ** sum(progress >= s for s in (cfg.lr_steps if steps is None else steps))
     return warm * sched
 
 
@@ -120,8 +122,10 @@ class Trainer:
         if cfg.train.max_iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.train.max_iters_per_epoch)
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda it: lr_factor(it, self.total_iters, cfg.train))
+        # one schedule per parameter group: a group may carry its own decay points ("lr_steps")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            functools.partial(lambda it, steps: lr_factor(it, self.total_iters, cfg.train, steps),
+                              steps=g.get("lr_steps")) for g in self.optimizer.param_groups])
         self.precision = Precision(cfg.train, self.device, self.main)
         self.epoch, self.iteration, self.best, self.skipped = 0, 0, -1.0, 0
         # unreadable images: reads skipped over the run (all processes), under data.on_bad_image

@@ -104,7 +104,10 @@ class SSDDetMethod(DetectionMethod):
         refiner = [p for p in self.refiner.parameters() if p.requires_grad]
         ids = {id(p) for p in refiner}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        return [{"params": rest, "lr": lr}, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
+        det = {"params": rest, "lr": lr}
+        if self.cfg.det_lr_steps is not None:  # the detector decays later than the refiner (method.md 3.2)
+            det["lr_steps"] = [float(s) for s in self.cfg.det_lr_steps]
+        return [det, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
 
 
 SIZE_BINS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
