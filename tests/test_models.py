@@ -366,3 +366,23 @@ def test_l1_box_loss_is_the_released_configs(tmp_path):
     cfg.train.method, cfg.train.box_loss = "oamil", "l1"
     with pytest.raises(UserError, match="follows oamil.box_coder"):
         build_method(cfg, build_detector(_cheap_model_cfg(), K), K)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "efficientnet_lite0_fpn"])
+def test_box_bg_iou_thresh_ignores_proposals_between_it_and_fg(backbone):
+    """model.box_bg_iou_thresh: a proposal at IoU 0.45 with the only box is background by default and ignored
+    (label -1, never sampled) at 0.4; one at 0.3 is background either way, one at 0.6 foreground."""
+    box = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    # IoU with box: 6x10 / 100 = 0.6; 4.5x10 = 0.45; 3x10 = 0.3
+    props = [torch.tensor([[0.0, 0.0, 6.0, 10.0], [0.0, 0.0, 4.5, 10.0], [0.0, 0.0, 3.0, 10.0]])]
+    labels = {}
+    for thresh in (0.5, 0.4):
+        det = build_detector(_cheap_model_cfg(backbone, box_bg_iou_thresh=thresh, pretrained="none"), K)
+        _, got = det.roi_heads.assign_targets_to_proposals(props, [box], [torch.tensor([2])])
+        labels[thresh] = got[0].tolist()
+    assert labels == {0.5: [2, 0, 0], 0.4: [2, -1, 0]}
+
+
+def test_box_bg_iou_thresh_above_fg_is_refused():
+    with pytest.raises(UserError, match="box_bg_iou_thresh"):
+        config_from_args(build_parser().parse_args(["train", "--set", "model.box_bg_iou_thresh=0.7"]))

@@ -47,6 +47,9 @@ class ModelConfig:
     box_batch_size_per_image: int = 128
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
+    # R-CNN sampling: proposals with IoU < this with every target box are background, those in [this, 0.5) are
+    # ignored (torchvision's Matcher); 0.5: none ignored, torchvision's default
+    box_bg_iou_thresh: float = 0.5
     backbone_weights: str | None = None  # local file with backbone (or torchvision classification) weights
     weights: str | None = None  # local file with a whole-detector state_dict
     # backbone units that train, counted from the top (EfficientNet-Lite: stem + 7 stages = 8; ResNet: 5;

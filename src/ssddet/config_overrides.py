@@ -277,5 +277,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     check_policy(cfg.data.on_bad_image)
     if resume and not output_given:
         raise UserError("--resume needs --out DIR (the run directory to continue)")
+    if not 0.0 <= cfg.model.box_bg_iou_thresh <= 0.5:
+        raise UserError(f"model.box_bg_iou_thresh must be in [0, 0.5] (the foreground threshold), got "
+                        f"{cfg.model.box_bg_iou_thresh}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")

@@ -40,6 +40,7 @@ def _frcnn_kwargs(cfg: ModelConfig) -> dict:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh,
+        box_bg_iou_thresh=cfg.box_bg_iou_thresh,
     )
 
 
