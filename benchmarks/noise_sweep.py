@@ -172,11 +172,14 @@ def same_spec(recorded: dict, expected: dict) -> bool:
     equal when the expected value is that field's default (the run trained with the behaviour the default names);
     a field that no longer exists is ignored."""
     from ssddet.config import Config
+    from ssddet.config_overrides import PREDATED as CHANGED_DEFAULTS
 
     defaults = spec_of(json.loads(json.dumps(dataclasses.asdict(Config()))))  # tuples as JSON lists
     for sec, fields in expected.items():
         for k, v in fields.items():
-            old = recorded.get(sec, {}).get(k, defaults.get(sec, {}).get(k, object()))
+            # a field whose default changed since: what the recorded run trained with
+            then = CHANGED_DEFAULTS.get((sec, k), defaults.get(sec, {}).get(k, object()))
+            old = recorded.get(sec, {}).get(k, then)
             if old != v:
                 return False
     return True
@@ -268,6 +271,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
          "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "agreement", "given_trusted",
+         "ignore_band",
          "loss_spsd1",
          *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")))
 
@@ -426,10 +430,11 @@ def ssddet_settings(cells: list[dict]) -> str:
         if c["method"] != "ssddet":
             continue
         s = {**PREDATED, **c.get("spec", {}).get("ssddet", {})}
+        band = c.get("spec", {}).get("model", {}).get("box_bg_iou_thresh", 0.5)  # predates the field: 0.5
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
-            f"`w_det={s['w_det']:g}`"
+            f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                if s["keep_given"] else ""))
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))

@@ -24,6 +24,7 @@ def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
     cfg.data.keep_empty, cfg.data.num_workers = True, 0
     cfg.model.backbone, cfg.model.min_size, cfg.model.max_size = "resnet50_fpn", 480, 800
     cfg.model.backbone_weights, cfg.model.weights = "r50.pth", "det.pth"
+    cfg.model.box_bg_iou_thresh = 0.45
     t = cfg.train
     t.method, t.epochs, t.lr, t.batch_size, t.lr_schedule, t.warmup_iters = "oamil", 20, 0.02, 4, "cosine", 50
     t.seed, t.eval_every, t.max_iters_per_epoch, t.amp, t.nan_policy, t.device = 3, 2, 9, True, "skip", "cpu"
@@ -73,6 +74,8 @@ def test_every_train_flag_reaches_its_field():
         assert got[section][key] == want != default[section][key], flag
         got[section][key] = default[section][key]
         got["train"]["output"] = default["train"]["output"]
+        if flag == "--method":  # the method also names the R-CNN ignore band (`resolve_bg_iou_thresh`)
+            got["model"]["box_bg_iou_thresh"] = default["model"]["box_bg_iou_thresh"]
         assert got == default, flag
 
 
@@ -208,3 +211,30 @@ def test_resume_takes_the_run_config_in_the_api_as_in_the_cli(tmp_path, caplog):
 
 def test_old_spelling_of_out_still_names_the_run_directory():
     assert _resolve("--output", "o").train.output == _resolve("--out", "o").train.output == "o"
+
+
+def test_the_rcnn_ignore_band_is_the_methods_unless_given():
+    """model.box_bg_iou_thresh: null resolves to the training method's value, so config.json records a number."""
+    assert _resolve().model.box_bg_iou_thresh == 0.4  # SSD-Det: its detector's targets are still moving
+    assert _resolve("--method", "vanilla").model.box_bg_iou_thresh == 0.5  # torchvision's: none ignored
+    assert _resolve("--method", "oamil").model.box_bg_iou_thresh == 0.5
+    assert _resolve("--set", "model.box_bg_iou_thresh=0.5").model.box_bg_iou_thresh == 0.5
+    assert _resolve("--method", "vanilla", "--set", "model.box_bg_iou_thresh=0.3").model.box_bg_iou_thresh == 0.3
+    for bad in ("abc", "true", "0.7", "-0.1"):
+        with pytest.raises(UserError, match="box_bg_iou_thresh must be a number in"):
+            _resolve("--set", f"model.box_bg_iou_thresh={bad}")
+
+
+def test_resuming_a_run_that_predates_a_changed_default_goes_on_as_it_started(tmp_path):
+    """A config.json without model.box_bg_iou_thresh was trained at torchvision's 0.5: resuming keeps 0.5, where a
+    fresh SSD-Det run gets 0.4."""
+    run = tmp_path / "old_run"
+    run.mkdir()
+    saved = Config().to_dict()
+    saved["train"]["output"] = str(run)
+    del saved["model"]["box_bg_iou_thresh"]
+    (run / "config.json").write_text(json.dumps(saved))
+    assert _resolve("--out", str(run), "--resume").model.box_bg_iou_thresh == 0.5
+    saved["model"]["box_bg_iou_thresh"] = None  # written by this version: the method's value
+    (run / "config.json").write_text(json.dumps(saved))
+    assert _resolve("--out", str(run), "--resume").model.box_bg_iou_thresh == 0.4

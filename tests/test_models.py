@@ -383,6 +383,31 @@ def test_box_bg_iou_thresh_ignores_proposals_between_it_and_fg(backbone):
     assert labels == {0.5: [2, 0, 0], 0.4: [2, -1, 0]}
 
 
+def test_ssddet_lifts_the_ignore_band_while_it_trusts_the_given_boxes():
+    """Under SSD-Det the band is for targets the refiner is still moving: while the refiner trusts the given boxes
+    (running agreement >= trust_agreement after the warm-up) the R-CNN samples as vanilla does (IoU 0.45:
+    background); otherwise, and during the warm-up, the configured band ignores it."""
+    cfg = Config()
+    cfg.model = _cheap_model_cfg("resnet18_fpn", box_bg_iou_thresh=0.4, pretrained="none")
+    method = build_method(cfg, build_detector(cfg.model, K), K)
+    box, prop = torch.tensor([[0.0, 0.0, 10.0, 10.0]]), [torch.tensor([[0.0, 0.0, 4.5, 10.0]])]  # IoU 0.45
+
+    def label_at(progress: float) -> tuple[bool, int]:
+        band = method.sampling_band(progress)
+        _, labels = method.detector.roi_heads.assign_targets_to_proposals(prop, [box], [torch.tensor([2])])
+        return band, int(labels[0][0])
+
+    assert label_at(0.9) == (True, -1)  # nothing known about the boxes yet: the band
+    method.refiner.keep.agreement.fill_(cfg.ssddet.trust_agreement + 0.01)
+    assert label_at(0.9) == (False, 0)  # trusted: vanilla's sampling
+    assert label_at(0.1) == (True, -1)  # the warm-up never trusts
+    method.refiner.keep.agreement.fill_(cfg.ssddet.trust_agreement - 0.01)
+    assert label_at(0.9) == (True, -1)
+    cfg.ssddet.keep_given = False  # no keep-the-box step: the given boxes are never the targets as such
+    method.refiner.keep.agreement.fill_(0.99)
+    assert label_at(0.9) == (True, -1)
+
+
 def test_box_bg_iou_thresh_above_fg_is_refused():
     with pytest.raises(UserError, match="box_bg_iou_thresh"):
         config_from_args(build_parser().parse_args(["train", "--set", "model.box_bg_iou_thresh=0.7"]))

@@ -99,15 +99,16 @@ def test_full_table_and_headline(sweep):
              _cell(0.4, "ssddet", 1, 0.34, 0.7)]
     cells[2]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 4}}  # before selection/keep_given
     cells[3]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 8, "selection": "oldest",
-                                   "keep_given": True, "w_det": 1.0}}
+                                   "keep_given": True, "w_det": 1.0}, "model": {"box_bg_iou_thresh": 0.4}}
     summary = _summary(sweep, cells)
     md = sweep.markdown(summary)
     assert ("| 40% | ssddet | 0,1 | 0.320 ± 0.028 | 0.640 ± 0.057 | 0.160 ± 0.014 | 0.320 | 0.000 | 55% | "
             "0.500 → 0.650 | 10 |") in md
     assert "seed spread not measured (1 seed)" in md and "4 of 17 planned cells" in md
     # the settings each SSD-Det cell trained with, from its recorded spec (predated fields: what the code then did)
-    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, `w_det=4` / "
-            "`sampler=large`, `max_objects_per_image=8`, `selection=oldest`, `keep_given=true`, `w_det=1`") in md
+    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, `w_det=4`, "
+            "`model.box_bg_iou_thresh=0.5` / `sampler=large`, `max_objects_per_image=8`, `selection=oldest`, "
+            "`keep_given=true`, `w_det=1`, `model.box_bg_iou_thresh=0.4`") in md
     head = sweep.headline(summary)
     lines = head.splitlines()
     assert lines[0] == ("| box noise | Faster R-CNN test AP | SSD-Det test AP | SSD-Det boxes: IoU noisy → refined |")
@@ -165,6 +166,9 @@ def test_same_spec_tolerates_fields_added_with_their_default(sweep):
     assert not sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 8}})
     assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005}})
     assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})
+    # a field whose default changed since counts as what the code then did (the ignore band: 0.5, none)
+    assert sweep.same_spec({"model": {}}, {"model": {"box_bg_iou_thresh": 0.5}})
+    assert not sweep.same_spec({"model": {}}, {"model": {"box_bg_iou_thresh": 0.4}})
 
 
 def test_fr_cell_is_stale_once_its_ssddet_run_is_retrained(sweep, tmp_path):

@@ -48,8 +48,9 @@ class ModelConfig:
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
     # R-CNN sampling: proposals with IoU < this with every target box are background, those in [this, 0.5) are
-    # ignored (torchvision's Matcher); 0.5: none ignored, torchvision's default
-    box_bg_iou_thresh: float = 0.5
+    # ignored (torchvision's Matcher); 0.5: none ignored, torchvision's default. None: the training method's own
+    # value (`resolve_bg_iou_thresh`, resolved when the run starts so config.json records it)
+    box_bg_iou_thresh: float | None = None
     backbone_weights: str | None = None  # local file with backbone (or torchvision classification) weights
     weights: str | None = None  # local file with a whole-detector state_dict
     # backbone units that train, counted from the top (EfficientNet-Lite: stem + 7 stages = 8; ResNet: 5;
@@ -136,6 +137,17 @@ def resolve_sampler(sampler: str, noise: float | None) -> str:
     if sampler != "by-noise":
         return sampler
     return "large" if (noise or 0.0) >= LARGE_BAG_NOISE else "small"
+
+
+# model.box_bg_iou_thresh per training method when not given: SSD-Det's detector trains on boxes the refiner is
+# still moving (IoU ~0.5-0.6 with the true box early on), so a proposal in [0.4, 0.5) of such a target is often on
+# the object and is ignored rather than taught as background (docs/method.md §3.2). Others: torchvision's 0.5.
+METHOD_BG_IOU_THRESH = {"ssddet": 0.4}
+
+
+def resolve_bg_iou_thresh(thresh: float | None, method: str) -> float:
+    """`model.box_bg_iou_thresh` as a run uses it: the value given, else the method's (`METHOD_BG_IOU_THRESH`)."""
+    return thresh if thresh is not None else METHOD_BG_IOU_THRESH.get(method, 0.5)
 
 
 # The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).

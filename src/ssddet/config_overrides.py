@@ -20,6 +20,7 @@ from .config import (
     TRUNK_INITS,
     Config,
     SSDDetConfig,
+    resolve_bg_iou_thresh,
     resolve_sampler,
 )
 from .errors import UserError
@@ -164,6 +165,21 @@ def load_config_file(path: str | Path) -> Config:
         raise UserError(str(e)) from None
 
 
+# Fields whose default changed, with what a run whose config.json predates the field trained with: resuming it
+# must go on as it started.
+PREDATED = {("model", "box_bg_iou_thresh"): 0.5}
+
+
+def predate_defaults(cfg: Config, path: Path) -> None:
+    """Set the `PREDATED` fields a run's config.json (`path`) does not name to what that run trained with."""
+    from .data.coco import read_json
+
+    recorded = read_json(path, what="config file")
+    for (section, key), value in PREDATED.items():
+        if key not in recorded.get(section, {}):
+            setattr(getattr(cfg, section), key, value)
+
+
 def apply_refiner_preset(cfg: Config, preset: str) -> None:
     """--refiner paper: the released code's cost settings; --refiner fast: the defaults of those same fields
     (so that it also undoes a --config file's paper settings)."""
@@ -238,6 +254,7 @@ def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: s
         log.info("resume: using %s/config.json%s", output,
                  f" (ignored: {', '.join(map(str, ignored))})" if ignored else "")
         cfg = load_config_file(Path(output) / "config.json")
+        predate_defaults(cfg, Path(output) / "config.json")
         cfg.train.output = os.fspath(output)  # where the run is now (it may have moved, or be given relative)
         validate(cfg, resume=True, output_given=True)
         return cfg
@@ -256,7 +273,8 @@ def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: s
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves
-    the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`), so config.json records it."""
+    the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`) and the R-CNN ignore band to the
+    method's (`config.resolve_bg_iou_thresh`), so config.json records both."""
     if cfg.ssddet.sampler not in SAMPLERS:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
     if cfg.ssddet.selection not in SELECTIONS:
@@ -277,8 +295,9 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     check_policy(cfg.data.on_bad_image)
     if resume and not output_given:
         raise UserError("--resume needs --out DIR (the run directory to continue)")
-    if not 0.0 <= cfg.model.box_bg_iou_thresh <= 0.5:
-        raise UserError(f"model.box_bg_iou_thresh must be in [0, 0.5] (the foreground threshold), got "
-                        f"{cfg.model.box_bg_iou_thresh}")
+    cfg.model.box_bg_iou_thresh = thresh = resolve_bg_iou_thresh(cfg.model.box_bg_iou_thresh, cfg.train.method)
+    if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0.0 <= thresh <= 0.5:
+        raise UserError(f"model.box_bg_iou_thresh must be a number in [0, 0.5] (the foreground threshold), got "
+                        f"{thresh!r}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")

@@ -40,7 +40,9 @@ def _frcnn_kwargs(cfg: ModelConfig) -> dict:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img, box_score_thresh=cfg.box_score_thresh,
-        box_bg_iou_thresh=cfg.box_bg_iou_thresh,
+        # None (a model config read without its training method): only training reads it, and Trainer resolves
+        # it to the method's value first; a model built for inference gets torchvision's
+        box_bg_iou_thresh=0.5 if cfg.box_bg_iou_thresh is None else cfg.box_bg_iou_thresh,
     )
 
 

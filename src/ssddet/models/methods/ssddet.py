@@ -22,6 +22,8 @@ class SSDDetMethod(DetectionMethod):
         self.refiner = SSDDetRefiner(cfg, num_classes, _refiner_pool(detector.roi_heads.box_roi_pool, cfg),
                                      in_channels=detector.backbone.out_channels)
         self.bank = BoxBank()
+        # the R-CNN ignore band's lower edge as configured (model.box_bg_iou_thresh); see `sampling_band`
+        self.band = float(detector.roi_heads.proposal_matcher.low_threshold)
 
     def blend(self, progress: float) -> float:
         """Weight of the refined box in the detector's target: ramps 0 -> 1 over the warm-up, because a refiner
@@ -79,7 +81,8 @@ class SSDDetMethod(DetectionMethod):
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes)
         a = self.blend(progress)
         det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, refined, noisy)]
-        stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank))}
+        stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank)),
+                 "ignore_band": float(self.sampling_band(progress))}
         if true is not None:
             boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
             if len(boxes):
@@ -87,6 +90,16 @@ class SSDDetMethod(DetectionMethod):
                 stats["iou_det_target"] = float(aligned_iou(boxes, clean).mean())
             stats.update(iou_by_size(out.refined, true, out.selected, [t.get("resize", 1.0) for t in targets]))
         return det_targets, out.losses, stats
+
+    def sampling_band(self, progress: float) -> bool:
+        """Set the R-CNN's ignore band for this step; True if proposals in [model.box_bg_iou_thresh, 0.5) are
+        ignored. The band is for targets the refiner is still moving (docs/method.md §3.2): while it trusts the
+        given boxes (keeps every one, keep.py), they are the targets, as exact as the dataset's, and the R-CNN
+        samples as vanilla Faster R-CNN does."""
+        matcher, keep = self.detector.roi_heads.proposal_matcher, self.refiner.keep
+        trusted = self.cfg.keep_given and keep is not None and keep.trusted(progress)
+        matcher.low_threshold = matcher.high_threshold if trusted else self.band
+        return matcher.low_threshold < matcher.high_threshold
 
     def priority(self, targets) -> list | None:
         """Per image Tensor[M_i] for the refiner's cap (`selection="oldest"`): minus the bank step of each
