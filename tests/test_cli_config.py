@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ssddet.cli import build_parser, main
-from ssddet.config import PAPER_REFINER, Config, SSDDetConfig
+from ssddet.config import PAPER_REFINER, Config, SSDDetConfig, resolved_model
 from ssddet.config_overrides import config_from_args, train_flags
 from ssddet.errors import UserError
 
@@ -220,6 +220,10 @@ def test_the_rcnn_ignore_band_is_the_methods_unless_given():
     assert _resolve("--method", "oamil").model.box_bg_iou_thresh == 0.5
     assert _resolve("--set", "model.box_bg_iou_thresh=0.5").model.box_bg_iou_thresh == 0.5
     assert _resolve("--method", "vanilla", "--set", "model.box_bg_iou_thresh=0.3").model.box_bg_iou_thresh == 0.3
+    cfg = Config()  # not through train_config (a Config handed to the Trainer): the same values
+    assert resolved_model(cfg).box_bg_iou_thresh == 0.4 and cfg.model.box_bg_iou_thresh is None
+    cfg.train.method = "oamil"
+    assert resolved_model(cfg).box_bg_iou_thresh == 0.5
     for bad in ("abc", "true", "0.7", "-0.1"):
         with pytest.raises(UserError, match="box_bg_iou_thresh must be a number in"):
             _resolve("--set", f"model.box_bg_iou_thresh={bad}")

@@ -150,6 +150,12 @@ def resolve_bg_iou_thresh(thresh: float | None, method: str) -> float:
     return thresh if thresh is not None else METHOD_BG_IOU_THRESH.get(method, 0.5)
 
 
+def resolved_model(cfg: Config) -> ModelConfig:
+    """`cfg.model` with the method's ignore band filled in (a Config that did not pass through `train_config`)."""
+    thresh = resolve_bg_iou_thresh(cfg.model.box_bg_iou_thresh, cfg.train.method)
+    return dataclasses.replace(cfg.model, box_bg_iou_thresh=thresh)
+
+
 # The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).
 PAPER_REFINER = {"sampler": "large", "num_negatives": 500, "max_objects_per_image": 0, "keep_given": False,
                  "trunk_dim": 1024, "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0,

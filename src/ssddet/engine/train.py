@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .._version import __version__
-from ..config import Config, resolve_bg_iou_thresh
+from ..config import Config, resolved_model
 from ..data.images import BadImages
 from ..data.splits import load_train_val
 from ..errors import TrainingError, UserError
@@ -105,9 +105,7 @@ class Trainer:
         self.data = self.splits.train
         self.train_loader, self.val_loader, self.sampler = make_loaders(cfg, self.splits, self.world,
                                                                         self.rank, self.device)
-        # a Config given directly (not through train_config): resolve the method's R-CNN ignore band here too
-        cfg.model.box_bg_iou_thresh = resolve_bg_iou_thresh(cfg.model.box_bg_iou_thresh, cfg.train.method)
-        detector = build_detector(cfg.model, self.data.num_classes)
+        detector = build_detector(resolved_model(cfg), self.data.num_classes)
         method = build_method(cfg, detector, self.data.num_classes)
         self.method = maybe_sync_batchnorm(method, cfg.train.sync_bn, self.device, self.world,
                                            self.main).to(self.device)
