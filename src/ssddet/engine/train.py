@@ -36,7 +36,7 @@ from ..models.detector import build_detector
 from ..models.methods import build_method
 from .accel import Precision, maybe_sync_batchnorm, scaled_lr
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
-from .distributed import any_rank, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
+from .distributed import any_rank, barrier, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
 from .evaluate import evaluate_sharded, format_metrics
 from .loaders import epoch_seed, make_loaders
 from .log import Averager, RunLogger
@@ -364,9 +364,9 @@ class Trainer:
             if stop:
                 break
         if self.main and self.skipped_images:  # the run's summary (per epoch: log.jsonl's skipped_images)
-            example = self.bad_images.example()
             log.warning("%d unreadable image read(s) skipped over the run%s; `ssddet check` lists every unreadable "
-                        "file", self.skipped_images, f", e.g. {example}" if example else "")
+                        "file", self.skipped_images, f", e.g. {ex}" if (ex := self.bad_images.example()) else "")
+        barrier()  # the ranks tear the process group down together: gloo can abort a rank whose peer left first
         return metrics
 
 
