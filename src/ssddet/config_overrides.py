@@ -20,8 +20,8 @@ from .config import (
     TRUNK_INITS,
     Config,
     SSDDetConfig,
-    resolve_bg_iou_thresh,
     resolve_sampler,
+    resolved_model,
 )
 from .errors import UserError
 
@@ -274,7 +274,7 @@ def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: s
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves
     the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`) and the R-CNN ignore band to the
-    method's (`config.resolve_bg_iou_thresh`), so config.json records both."""
+    method's (`config.resolved_model`), so config.json records both."""
     if cfg.ssddet.sampler not in SAMPLERS:
         raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
     if cfg.ssddet.selection not in SELECTIONS:
@@ -295,7 +295,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     check_policy(cfg.data.on_bad_image)
     if resume and not output_given:
         raise UserError("--resume needs --out DIR (the run directory to continue)")
-    cfg.model.box_bg_iou_thresh = thresh = resolve_bg_iou_thresh(cfg.model.box_bg_iou_thresh, cfg.train.method)
+    cfg.model = resolved_model(cfg)
+    thresh = cfg.model.box_bg_iou_thresh
     if isinstance(thresh, bool) or not isinstance(thresh, (int, float)) or not 0.0 <= thresh <= 0.5:
         raise UserError(f"model.box_bg_iou_thresh must be a number in [0, 0.5] (the foreground threshold), got "
                         f"{thresh!r}")
