@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import os
 import platform
@@ -103,6 +104,11 @@ def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epo
 
 
 # ------------------------------------------------------------------------------------------------ running cells
+def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
+    """The cells whose names match one of the shell patterns (all of them without patterns)."""
+    return [c for c in cells if not patterns or any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
 def _env(threads: int) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
@@ -266,7 +272,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
             "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
             "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
-            "commit": _commit()}
+            "device": _device(), "commit": _commit()}
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
@@ -297,6 +303,13 @@ def backfill_epochs(cell: dict, runs: Path, path: Path) -> dict:
     cell["epochs"] = epoch_trace(epochs)
     path.write_text(json.dumps(cell, indent=2) + "\n")
     return cell
+
+
+def _device() -> str:
+    """Where the cell's runs trained (`train.device` auto): the GPU's name, else the CPU."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
 
 
 def _commit() -> str:
@@ -585,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmarks/audit_calibration.py's results, shown under the full table if present")
     ap.add_argument("--plot", help="write the sweep picture here (default with --readme: docs/images/sweep.png)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--only", nargs="+", metavar="PATTERN",
+                    help="run only the cells whose names match one of these shell patterns (e.g. 'n40_*-e12_s*')")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     ap.add_argument("--extra", default="", help="extra `ssddet train` arguments for every cell")
     ap.add_argument("--results", default="benchmarks/results/sweep", help="cell JSONs (RESULTS/cells/) + tables")
@@ -603,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     (results / "cells").mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
     cells = [c for c in plan(a.noise, a.seeds, a.user_path, a.long_epochs) if c.method in a.methods]
+    todo = select(cells, a.only)  # --only narrows what runs, not what the tables show
 
     def cell_file(c: Cell) -> Path:
         return results / "cells" / f"{c.name}.json"
@@ -618,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[sweep] {c.name}: finished", flush=True)
 
     t0 = time.time()
-    errors = {} if a.report_only else schedule(cells, a.jobs, work)
+    errors = {} if a.report_only else schedule(todo, a.jobs, work)
     for name, err in errors.items():
         print(f"[sweep] {name}: FAILED: {err}", file=sys.stderr)
     found = [backfill_epochs(json.loads(cell_file(c).read_text()), runs, cell_file(c))

@@ -229,6 +229,14 @@ def test_the_rcnn_ignore_band_is_the_methods_unless_given():
             _resolve("--set", f"model.box_bg_iou_thresh={bad}")
 
 
+def test_training_fractions_must_lie_in_0_1():
+    assert _resolve("--set", "ssddet.det_ramp=0.3").ssddet.det_ramp == 0.3
+    for key in ("warmup_frac", "det_ramp"):
+        for bad in ("1.5", "-0.1"):
+            with pytest.raises(UserError, match=f"ssddet.{key} must be a fraction of training"):
+                _resolve("--set", f"ssddet.{key}={bad}")
+
+
 def test_resuming_a_run_that_predates_a_changed_default_goes_on_as_it_started(tmp_path):
     """A config.json without model.box_bg_iou_thresh was trained at torchvision's 0.5: resuming keeps 0.5, where a
     fresh SSD-Det run gets 0.4."""

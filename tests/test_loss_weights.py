@@ -63,3 +63,19 @@ def test_build_method_carries_the_config_weights(method):
     assert built.loss_weights == loss_weights(cfg)
     terms = _tensors({**DETECTOR, **(REFINER if method == "ssddet" else {}), "loss_oamil": 0.8})
     assert built.total_loss(terms).item() == pytest.approx(weighted_total(terms, loss_weights(cfg)).item())
+
+
+def test_det_ramp_scales_only_the_detector_terms():
+    cfg = _config("ssddet")
+    cfg.ssddet.det_ramp = 0.5
+    det = build_detector(ModelConfig(backbone="resnet18_fpn", pretrained="none", min_size=64, max_size=96), 2)
+    built = build_method(cfg, det, 2)
+    terms = _tensors({**REFINER, **DETECTOR})
+    refiner = 2.1375  # the refiner's weighted terms (test above); the detector's weigh 1 each: 3.0
+    for progress, scale in ((0.0, 0.0), (0.25, 0.5), (0.5, 1.0), (0.9, 1.0)):
+        built.progress = progress
+        assert built.total_loss(terms).item() == pytest.approx(refiner + scale * 3.0, abs=1e-12)
+    cfg.ssddet.det_ramp = 0.0  # off: the plain weighted total at any progress
+    off = build_method(cfg, det, 2)
+    off.progress = 0.0
+    assert off.total_loss(terms).item() == pytest.approx(refiner + 3.0, abs=1e-12)

@@ -37,6 +37,16 @@ def test_plan_seeds_and_order(sweep):
     assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0)) == 2 * 4 * 3
 
 
+def test_only_selects_cells_by_shell_pattern(sweep):
+    cells = sweep.plan([0.0, 0.4], [0, 1])
+    assert sweep.select(cells, None) == cells
+    picked = [c.name for c in sweep.select(cells, ["n40_*-e12_s*"])]
+    assert picked == ["n40_vanilla-e12_s0", "n40_vanilla-e12_s1", "n40_oamil-e12_s0", "n40_oamil-e12_s1",
+                      "n40_ssddet-e12_s0", "n40_ssddet-e12_s1"]
+    assert [c.name for c in sweep.select(cells, ["n40_ssddet-user_s0", "n00_vanilla_s1"])] == [
+        "n00_vanilla_s1", "n40_ssddet-user_s0"]  # plan order
+
+
 def test_user_path_and_long_cells_train_as_a_user_would(sweep, tmp_path):
     from types import SimpleNamespace
 

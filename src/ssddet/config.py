@@ -120,6 +120,9 @@ class SSDDetConfig:
     # the detector's LR decay points (fractions of training) under SSD-Det; null: train.lr_steps. The refiner's
     # heads keep train.lr_steps (docs/method.md 3.2)
     det_lr_steps: list | None = None
+    # the detector's losses (RPN, R-CNN) ramp 0 -> 1 over this fraction of training, so it learns little from the
+    # early targets the refiner has barely moved (0: off; docs/method.md 3.2)
+    det_ramp: float = 0.0
 
 
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image

@@ -283,6 +283,10 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.trunk_init must be one of {', '.join(TRUNK_INITS)}, got {cfg.ssddet.trunk_init!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     s = cfg.ssddet
+    for name in ("warmup_frac", "det_ramp"):  # fractions of training
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
     if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":
         # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD 20 %
         # noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8

@@ -11,7 +11,9 @@ from ...config import SSDDetConfig
 from ...data.boxes import aligned_iou, box_area_nonneg
 from ..ssddet import SSDDetRefiner
 from ..ssddet.bank import BoxBank, from_unit, to_unit
-from .base import DetectionMethod
+from .base import DetectionMethod, weighted_total
+
+DETECTOR_TERMS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
 
 
 class SSDDetMethod(DetectionMethod):
@@ -24,6 +26,24 @@ class SSDDetMethod(DetectionMethod):
         self.bank = BoxBank()
         # the R-CNN ignore band's lower edge as configured (model.box_bg_iou_thresh); see `sampling_band`
         self.band = float(detector.roi_heads.proposal_matcher.low_threshold)
+        self.progress = 0.0  # of the last forward, for `total_loss`
+
+    def forward(self, images, targets, progress: float = 0.0):
+        self.progress = progress
+        return super().forward(images, targets, progress)
+
+    def det_ramp(self, progress: float) -> float:
+        """Scale of the detector's losses: 0 -> 1 over `det_ramp` of training (0: always 1)."""
+        return 1.0 if self.cfg.det_ramp <= 0 else min(1.0, progress / self.cfg.det_ramp)
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted total, the detector's terms scaled by `det_ramp` (the refiner's are not: it must learn
+        from the start, and its boxes are what the detector waits for)."""
+        r = self.det_ramp(self.progress)
+        if r >= 1.0:
+            return super().total_loss(losses)
+        weights = {k: self.loss_weights.get(k, 1.0) * (r if k in DETECTOR_TERMS else 1.0) for k in losses}
+        return weighted_total(losses, weights)
 
     def blend(self, progress: float) -> float:
         """Weight of the refined box in the detector's target: ramps 0 -> 1 over the warm-up, because a refiner
