@@ -265,3 +265,32 @@ def test_training_records_empty_raises(tiny_coco):
     empty = [r for r in load_coco(ann).records if len(r.boxes) == 0]
     with pytest.raises(UserError, match="training set is empty after filtering"):
         training_records(empty, keep_empty=False, src="my.json")
+
+
+def test_internal_ann_ids_keep_integer_ids_and_never_collide():
+    from ssddet.data.coco import internal_ann_ids
+
+    anns = [{"id": 5}, {"id": "a"}, {}, {"id": 2**64}, {"id": -3}, "not a dict", {"id": True}]
+    # below every usable id (-3): -3 - 1 - position
+    assert internal_ann_ids(anns) == [5, -5, -6, -7, -3, -9, -10]
+    assert internal_ann_ids([{"id": 1}, {"id": 2}]) == [1, 2]
+
+
+def test_string_annotation_ids_keep_their_source_id(tmp_path):
+    from ssddet.data.coco import parse_coco
+
+    d = tiny_coco_dict()
+    d["annotations"][0]["id"] = "first"
+    data = parse_coco(d, "x.json", tmp_path)
+    rec = data.records[0]
+    assert rec.source_ids[0] == "first" and rec.ann_ids[0] < 0
+    assert len(set(np.concatenate([r.ann_ids for r in data.records]).tolist())) == sum(
+        len(r.ann_ids) for r in data.records)
+
+
+@pytest.mark.parametrize("value, crowd", [(0, False), (1, True), ("0", False), ("1", True), ("false", False),
+                                          ("", False), (True, True), (None, False), (2, True)])
+def test_iscrowd_is_read_leniently(value, crowd):
+    from ssddet.data.coco import is_crowd
+
+    assert is_crowd(value) is crowd

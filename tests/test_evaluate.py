@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from ssddet.cli import main
 from ssddet.data.coco import load_coco
@@ -178,3 +179,36 @@ def test_cli_eval_unknown_category(tiny_coco, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "res.json: entry 0 has category_id 8 unknown to the ground truth" in err
     assert "Traceback" not in err and err.count("error:") == 1
+
+
+class _FixedDetector(torch.nn.Module):
+    """Detects one box, [10, 20, 30, 40] in the frame of the image it is given, label 1, score 0.9."""
+
+    def forward(self, images):
+        return [{"boxes": torch.tensor([[10.0, 20.0, 30.0, 40.0]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([1])} for _ in images]
+
+
+def test_detections_are_reported_in_the_jsons_frame():
+    """A file twice the size the JSON says: the loader scales the boxes onto the file, so a detection in the file's
+    frame is halved back into the JSON's, where the ground truth and the COCO results file live."""
+    from ssddet.engine.evaluate import predict
+
+    batch = ([torch.zeros(3, 64, 64), torch.zeros(3, 32, 32)],
+             [{"image_id": 5, "file_scale": (2.0, 2.0)}, {"image_id": 6}])
+    dets = predict(_FixedDetector(), [batch], torch.device("cpu"), {1: 7}, progress=False)
+    assert [d["image_id"] for d in dets] == [5, 6] and {d["category_id"] for d in dets} == {7}
+    assert dets[0]["bbox"] == [5.0, 10.0, 10.0, 10.0]  # xywh of [5, 10, 15, 20]
+    assert dets[1]["bbox"] == [10.0, 20.0, 20.0, 20.0]
+
+
+def test_per_class_keeps_two_categories_that_share_a_name():
+    gt = {"images": [{"id": 1, "width": 50, "height": 50}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100,
+                           "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "area": 100,
+                           "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "cell"}, {"id": 2, "name": "cell"}, {"id": 3, "name": "other"}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9}]
+    per_class = coco_evaluate(gt, dets)["per_class"]
+    assert per_class == {"cell (id 1)": pytest.approx(1.0), "cell (id 2)": 0.0, "other": 0.0}

@@ -9,6 +9,7 @@ import torch
 from helpers import tiny_coco_dict, write_coco
 
 from ssddet.cli import main
+from ssddet.engine.refine import export
 from ssddet.models.ssddet.bank import BoxBank, from_unit, to_unit
 
 
@@ -73,8 +74,6 @@ def test_refine_export_passes_check_strict(tiny_ssddet_run, tmp_path, capsys):
 
 
 def test_export_clips_refined_boxes_to_their_image():
-    from ssddet.engine.refine import export
-
     raw = tiny_coco_dict()
     refined = {11: np.array([-5.0, 2.0, 50.0, 70.0]),  # image 1 is 80 x 64: x1 and y2 reach outside
                12: np.array([90.0, 70.0, 120.0, 90.0]),  # nothing inside: keeps its input box
@@ -201,3 +200,40 @@ def test_a_noisy_copy_is_not_noised_again(tmp_path):
     noisy.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4], "true_bbox": [0, 0, 5, 5]}]}))
     clean.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4]}]}))
     assert _holds_true_boxes(noisy) and not _holds_true_boxes(clean)
+
+
+def test_refine_exports_boxes_whatever_their_ids_and_checks_the_categories(tiny_ssddet_run, tmp_path, capsys):
+    """Annotation ids that are strings, missing or beyond int64 get internal stand-ins (`internal_ann_ids`); the
+    export still finds every refined box under its own id. A dataset with other categories than the checkpoint's
+    is a one-line error, not a crash inside the refiner."""
+    data, run = tiny_ssddet_run
+    d = json.loads((data / "annotations.json").read_text())
+    new_id = {11: "a-11", 12: None, 21: 2**64}  # None: the annotation has no id
+    for a in d["annotations"]:
+        if a["id"] in new_id:
+            if new_id[a["id"]] is None:
+                del a["id"]
+            else:
+                a["id"] = new_id[a["id"]]
+    odd = data / "odd_ids.json"
+    odd.write_text(json.dumps(d))
+    dst = tmp_path / "refined.json"
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--ann", str(odd), "--out", str(dst)]) == 0
+    out = json.loads(dst.read_text())
+    refined = [a for a in out["annotations"] if "noisy_bbox" in a]
+    assert sorted(str(a.get("id")) for a in refined) == sorted(["a-11", "None", str(2**64)])
+    assert out["info"]["ssddet_refine"]["stats"]["refined_boxes"] == 3
+    d["categories"].append({"id": 99, "name": "extra"})
+    odd.write_text(json.dumps(d))
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--ann", str(odd), "--out", str(dst)]) != 0
+    assert "trained on category ids" in capsys.readouterr().err
+
+
+def test_export_leaves_an_unreadable_true_bbox_out_of_the_stats():
+    raw = {"images": [{"id": 1, "width": 50, "height": 50}],
+           "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 10, 10], "true_bbox": ["a", "b", "c", "d"]},
+                           {"id": 2, "image_id": 1, "bbox": [0, 0, 10, 10], "true_bbox": [0, 0, 10, 10]}]}
+    refined = {1: np.array([0.0, 0.0, 10.0, 10.0]), 2: np.array([0.0, 0.0, 10.0, 20.0])}
+    d, stats = export(raw, refined, {})
+    assert [a["bbox"] for a in d["annotations"]] == [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 20.0]]
+    assert stats["iou_noisy"] == pytest.approx(1.0) and stats["iou_refined"] == pytest.approx(0.5)

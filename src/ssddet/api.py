@@ -127,16 +127,22 @@ def _predict_records(checkpoint, data, records, device: str, batch_size: int, wo
     from .engine.device import resolve_device
     from .engine.evaluate import predict as _predict
     from .engine.inference import load_detector as _load
-    from .errors import UserError
 
     detector, meta = _load(checkpoint)
-    cats = meta.get("categories")
-    if cats and [c["id"] for c in cats] != [c["id"] for c in data.categories]:
-        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
-                        f"has {[c['id'] for c in data.categories]}")
+    _same_categories(checkpoint, meta, data.categories)
     dev = resolve_device(device)
     loader = DataLoader(CocoDetection(records), batch_size=batch_size, num_workers=workers, collate_fn=collate)
     return _predict(detector.to(dev), loader, dev, data.label_to_cat, bad=bad)
+
+
+def _same_categories(checkpoint, meta: dict, categories: list[dict]) -> None:
+    """A model predicts the classes it was trained on: a dataset with other category ids is a UserError."""
+    from .errors import UserError
+
+    cats = meta.get("categories")
+    if cats and [c["id"] for c in cats] != [c["id"] for c in categories]:
+        raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but the dataset "
+                        f"has {[c['id'] for c in categories]}")
 
 
 def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str | None = None,
@@ -155,7 +161,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
 
     train_ann = ann or train_ann
     dev = resolve_device(device)
-    method, cfg, _ = load_refiner_method(checkpoint, dev)
+    method, cfg, meta = load_refiner_method(checkpoint, dev)
     if data or train_ann:
         cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
         cfg.data.images = images
@@ -167,16 +173,17 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
         cfg.data.images = images
     if split:
         cfg.data.train_split = split
-    raw, _, records = training_split_json(cfg.data)
+    raw, parsed, records = training_split_json(cfg.data)
+    _same_categories(checkpoint, meta, parsed.categories)
     bad = BadImages(on_bad_image)
     refined = refine_records(method, records, dev, bad=bad)
     n_all = len(raw["images"])
-    if not all_splits:
-        raw = only_images(raw, {r.image_id for r in records})
     d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
                                      "all_splits": all_splits, "noise": cfg.data.noise,
                                      "noise_seed": cfg.data.noise_seed},
                       sizes={r.image_id: (r.width, r.height) for r in records})
+    if not all_splits:  # after the export: its boxes are keyed by their place in the whole list
+        d = only_images(d, {r.image_id for r in records})
     stats["skipped_images"] = len(bad.files)
     d["info"]["ssddet_refine"].update(stats=stats, images_refined=len(records) - len(bad.files),
                                       images_in_source=n_all)
@@ -190,7 +197,8 @@ def _holds_true_boxes(path) -> bool:
     """Whether a COCO file is a noisy copy (`ssddet noise` keeps the clean box as `true_bbox`)."""
     from .data.coco import read_json
 
-    return any("true_bbox" in a for a in read_json(path).get("annotations", []))
+    anns = read_json(path).get("annotations")  # malformed lists are parse_coco's to report
+    return isinstance(anns, list) and any(isinstance(a, dict) and "true_bbox" in a for a in anns)
 
 
 def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str | None = None, images=None,

@@ -35,10 +35,11 @@ class ImageRecord:
     split: str | None
     boxes: np.ndarray  # float32[N, 4]
     labels: np.ndarray  # int64[N], 1..K
-    ann_ids: np.ndarray  # int64[N]
+    ann_ids: np.ndarray  # int64[N], `internal_ann_ids`: the bank's and the exports' handle on each box
     true_boxes: np.ndarray | None = None  # float32[N, 4], clean boxes (only for monitoring)
     crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    source_ids: tuple = ()  # [N] each box's id as the JSON gives it ("#i": the i-th annotation, which has none)
 
 
 @dataclass
@@ -110,6 +111,26 @@ def read_json(path: str | Path, what: str = "annotation file") -> dict:
     if not isinstance(d, dict):
         raise UserError(f"{p}: top level must be a JSON object with images/annotations/categories")
     return d
+
+
+def is_crowd(value: Any) -> bool:
+    """COCO's `iscrowd` flag, read leniently: a non-zero number, true, or a string other than "", "0", "false"."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false")
+    return bool(value)
+
+
+def _int64_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and -(2**62) <= x < 2**63
+
+
+def internal_ann_ids(annotations: list) -> list[int]:
+    """The int64 key of each entry of a COCO `annotations` list: its own id where that is an integer that fits,
+    else (a string, a missing or a huge id) a negative stand-in below every such id, so no two collide. A
+    function of the whole list (positions count): exports look their boxes up with it on the list parsed."""
+    ids = [a.get("id") if isinstance(a, dict) else None for a in annotations]
+    low = min([x for x in ids if _int64_id(x)] + [0])
+    return [x if _int64_id(x) else low - 1 - i for i, x in enumerate(ids)]
 
 
 def _hashable(x: Any) -> Any:
@@ -188,7 +209,7 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
     return images
 
 
-def _parse_box(bbox: Any) -> np.ndarray | None:
+def parse_box(bbox: Any) -> np.ndarray | None:
     """COCO [x, y, w, h] -> float64[4] xyxy, or None if not 4 finite numbers."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return None
@@ -230,9 +251,9 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
     warn: Counter = Counter()
     examples: dict[str, list] = {}
     images = _parse_images(d, src, root, warn, examples)
-    slot_keys = ("boxes", "labels", "ids", "true", "crowd", "crowd_labels")
+    slot_keys = ("boxes", "labels", "ids", "source", "true", "crowd", "crowd_labels")
     per_image: dict[int, dict[str, list]] = {iid: {k: [] for k in slot_keys} for iid in images}
-    ann_ids = set()
+    ann_ids, keys = set(), internal_ann_ids(d["annotations"])
     for i, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
             raise UserError(f"{src}: annotations[{i}] is not an object")
@@ -249,7 +270,7 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
         if _hashable(a.get("category_id")) not in cat_to_label:
             _note(warn, examples, "unknown category_id (skipped)", aid, src)
             continue
-        box = _parse_box(a.get("bbox"))
+        box = parse_box(a.get("bbox"))
         if box is None:
             _note(warn, examples, "bbox is not 4 finite numbers (skipped)", aid, src)
             continue
@@ -260,14 +281,15 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
         if box is None:
             continue
         slot = per_image[iid]
-        if a.get("iscrowd", 0):
+        if is_crowd(a.get("iscrowd", 0)):
             slot["crowd"].append(box)
             slot["crowd_labels"].append(cat_to_label[a["category_id"]])
             continue
-        true = _parse_box(a.get("true_bbox")) if "true_bbox" in a else None
+        true = parse_box(a.get("true_bbox")) if "true_bbox" in a else None
         slot["boxes"].append(box)
         slot["labels"].append(cat_to_label[a["category_id"]])
-        slot["ids"].append(aid if isinstance(aid, int) else -i - 1)
+        slot["ids"].append(keys[i])
+        slot["source"].append(aid)
         slot["true"].append(true)
     for reason, n in warn.items():
         ex = examples.get(reason)
@@ -294,7 +316,7 @@ def _make_record(im: dict, slot: dict) -> ImageRecord:
                        split=im["split"], boxes=boxes, labels=np.asarray(slot["labels"], np.int64),
                        ann_ids=np.asarray(slot["ids"], np.int64), true_boxes=true,
                        crowd_boxes=np.asarray(slot["crowd"], np.float32).reshape(-1, 4),
-                       crowd_labels=np.asarray(slot["crowd_labels"], np.int64))
+                       crowd_labels=np.asarray(slot["crowd_labels"], np.int64), source_ids=tuple(slot["source"]))
 
 
 def load_coco(ann_path: str | Path, images_root: str | Path | None = None) -> CocoData:

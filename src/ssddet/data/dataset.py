@@ -31,13 +31,15 @@ def load_image(rec: ImageRecord) -> tuple[torch.Tensor, float, float]:
 
 
 def record_target(rec: ImageRecord, sx: float = 1.0, sy: float = 1.0) -> dict:
-    """Target dict: boxes Tensor[N,4] xyxy, labels Int64[N], image_id, ann_ids, true_boxes (if known)."""
+    """Target dict: boxes Tensor[N,4] xyxy, labels Int64[N], image_id, ann_ids, true_boxes (if known), and
+    file_scale, the (sx, sy) of `load_image` (a detection in the file's frame divided by it is in the JSON's)."""
     scale = torch.tensor([sx, sy, sx, sy], dtype=torch.float32)
     target = {
         "boxes": torch.from_numpy(rec.boxes).float() * scale,
         "labels": torch.from_numpy(rec.labels),
         "image_id": rec.image_id,
         "ann_ids": torch.from_numpy(rec.ann_ids),
+        "file_scale": (sx, sy),
     }
     if rec.true_boxes is not None:
         target["true_boxes"] = torch.from_numpy(rec.true_boxes).float() * scale

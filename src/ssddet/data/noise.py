@@ -17,6 +17,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import UserError
 from .boxes import aligned_iou_np, xywh_to_xyxy, xyxy_to_xywh
+from .coco import is_crowd
 
 
 def perturb_box(box: np.ndarray, level: float, width: float, height: float,
@@ -39,7 +40,7 @@ def perturb_box(box: np.ndarray, level: float, width: float, height: float,
 
 def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
     """The official (mmdet CocoDataset) parser's filter; boxes it drops are never perturbed."""
-    if ann.get("iscrowd", 0) or ann.get("ignore", 0):
+    if is_crowd(ann.get("iscrowd", 0)) or is_crowd(ann.get("ignore", 0)):
         return False
     bbox = ann.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:

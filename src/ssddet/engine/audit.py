@@ -99,7 +99,8 @@ def rank_annotations(records, refined: dict[int, tuple[np.ndarray, float]], clas
             box, conf = refined[int(aid)]
             iou = float(aligned_iou_np(given, box))
             row = {"score": float(wrong_score(np.float64(iou))), "iou_given_refined": iou,
-                   "confidence": conf, "annotation_id": int(aid), "image_id": rec.image_id,
+                   "confidence": conf, "annotation_id": rec.source_ids[j] if rec.source_ids else int(aid),
+                   "image_id": rec.image_id,
                    "file_name": str(rec.path), "category": class_names[int(rec.labels[j]) - 1],
                    "given": given, "refined": box, "clean": None, "iou_given_clean": None,
                    "iou_refined_clean": None}

@@ -40,7 +40,9 @@ def predict(detector, loader: DataLoader, device: torch.device, label_to_cat: di
                 continue
             outputs = detector([img.to(device, non_blocking=True) for img in images])
             for out, tgt in zip(outputs, targets):
-                boxes = xyxy_to_xywh(out["boxes"].float().cpu().numpy())
+                # the file's frame -> the JSON's, which its ground truth (and a COCO results file) uses
+                sx, sy = tgt.get("file_scale", (1.0, 1.0))
+                boxes = xyxy_to_xywh(out["boxes"].float().cpu().numpy() / np.array([sx, sy, sx, sy]))
                 for box, score, lab in zip(boxes, out["scores"].cpu().tolist(), out["labels"].cpu().tolist()):
                     results.append({"image_id": int(tgt["image_id"]), "category_id": label_to_cat[int(lab)],
                                     "bbox": [round(float(v), 3) for v in box], "score": round(float(score), 5)})
@@ -85,12 +87,18 @@ def _coco(d: dict) -> COCO:
     return coco
 
 
+def class_keys(categories: list[dict]) -> dict:
+    """{category id: its per_class key}: the name, or "name (id N)" where two categories share a name."""
+    names = [str(c.get("name", c["id"])) for c in categories]
+    return {c["id"]: f"{n} (id {c['id']})" if names.count(n) > 1 else n for c, n in zip(categories, names)}
+
+
 def coco_evaluate(gt: dict, results: list[dict]) -> dict:
     """gt: COCO dict; results: COCO results list -> {AP, AP50, ..., per_class: {name: AP}}.
 
     With no detections at all every metric is 0 (pycocotools would raise instead)."""
     out = {k: 0.0 for k in STAT_NAMES}
-    names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
+    names = class_keys(gt["categories"])
     out["per_class"] = {n: 0.0 for n in names.values()}
     if not results or not gt["annotations"]:
         return out

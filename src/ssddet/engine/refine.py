@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..config import Config
 from ..data.boxes import aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xywh
-from ..data.coco import MIN_BOX_SIDE
+from ..data.coco import MIN_BOX_SIDE, internal_ann_ids, parse_box
 from ..data.dataset import load_image, record_target
 from ..data.images import BadImages, UnreadableImage
 from ..errors import UserError
@@ -99,7 +99,8 @@ def only_images(raw: dict, image_ids: set[int]) -> dict:
 
 def export(raw: dict, refined: dict[int, np.ndarray], info: dict,
            sizes: dict[int, tuple[int, int]] | None = None) -> tuple[dict, dict]:
-    """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats.
+    """COCO dict with refined `bbox` (the input box kept as `noisy_bbox`) and IoU summary stats. `refined` is
+    keyed by `coco.internal_ann_ids` of `raw["annotations"]`: `raw` is the dict that was parsed, not a subset.
 
     The refiner's boxes are not bounded by the image: with `sizes` ({image id: (width, height)}, the JSON's
     pixel frame) each is clipped to its image, so the export passes `ssddet check --strict` (a box with nothing
@@ -107,8 +108,8 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict,
     d = copy.deepcopy(raw)
     noisy, ref, clean = [], [], []
     clipped, kept_input = 0, 0
-    for a in d["annotations"]:
-        box = refined.get(a.get("id"))
+    for a, key in zip(d["annotations"], internal_ann_ids(d["annotations"])):
+        box = refined.get(key)
         if box is None:
             continue
         if sizes is not None and a.get("image_id") in sizes:
@@ -120,10 +121,10 @@ def export(raw: dict, refined: dict[int, np.ndarray], info: dict,
             box = inside
         xywh = [float(v) for v in xyxy_to_xywh(box)]
         a["noisy_bbox"], a["bbox"], a["area"] = a["bbox"], xywh, xywh[2] * xywh[3]
-        if isinstance(a.get("true_bbox"), list) and len(a["true_bbox"]) == 4:
+        if parse_box(a.get("true_bbox")) is not None:  # 4 finite numbers (else left out of the stats)
             noisy.append(a["noisy_bbox"])
             ref.append(xywh)
-            clean.append(a["true_bbox"])
+            clean.append([float(v) for v in a["true_bbox"]])
     d["info"] = {**(d.get("info") or {}), "ssddet_refine": info}
     stats = {"refined_boxes": len(refined) - kept_input, "clipped_boxes": clipped, "kept_input_boxes": kept_input}
     if clean:
