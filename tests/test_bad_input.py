@@ -82,6 +82,7 @@ FATAL = {
     "malformed JSON": (_text_case('{"images": [,]}'), "not valid JSON"),
     "truncated JSON": (_text_case(lambda: json.dumps(tiny_coco_dict())[:200]), "not valid JSON"),
     "empty file": (_text_case(""), "annotation file is empty"),
+    "JSON nested too deeply": (_text_case("[" * 100000 + "]" * 100000), "JSON nested too deeply"),
     "top-level list": (_text_case("[1, 2]"), "top level must be a JSON object"),
     "missing images": (_dict_case(lambda c: c.pop("images")), "missing top-level key 'images'"),
     "missing annotations": (_dict_case(lambda c: c.pop("annotations")),

@@ -227,6 +227,9 @@ def test_refine_exports_boxes_whatever_their_ids_and_checks_the_categories(tiny_
     odd.write_text(json.dumps(d))
     assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--ann", str(odd), "--out", str(dst)]) != 0
     assert "trained on category ids" in capsys.readouterr().err
+    odd.write_text(json.dumps({**d, "annotations": None}))  # the loader's message, not a crash before it
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--ann", str(odd), "--out", str(dst)]) != 0
+    assert f"{odd}:" in capsys.readouterr().err
 
 
 def test_export_leaves_an_unreadable_true_bbox_out_of_the_stats():

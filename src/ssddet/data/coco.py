@@ -106,6 +106,8 @@ def read_json(path: str | Path, what: str = "annotation file") -> dict:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not a COCO {what}: JSON nested too deeply to read") from None
     except OSError as e:
         raise UserError(f"{p}: cannot read the {what} ({e.strerror or e})") from None
     if not isinstance(d, dict):
