@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def test_metrics(out: Path, a, threads: int) -> dict | None:
 def run_one(name, method, noise, sets, a, threads: int) -> dict:
     out = Path(a.out) / name
     if not (out / "metrics.json").is_file():
+        shutil.rmtree(out, ignore_errors=True)  # a crashed run: `ssddet train` starts afresh
         cmd = [sys.executable, "-m", "ssddet.cli", "train", "--data", a.data, "--method", method, "--noise", noise,
                "--epochs", str(a.epochs), "--seed", str(a.seed), "--out", str(out), *a.extra.split()]
         for s in sets:

@@ -254,6 +254,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     if not finished_run(run, spec):
         if run != runs / cell.name:
             raise RuntimeError(f"--adopt {cell.name}={run}: not a finished run with this cell's config")
+        shutil.rmtree(run, ignore_errors=True)  # a crashed run or another spec's: `ssddet train` starts afresh
         _ssddet(train_args(cell, a, run), threads, log)
         (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
     test = json.loads(_ssddet(["eval", "--data", a.data, "--split", "test", "--checkpoint",

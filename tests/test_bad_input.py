@@ -391,6 +391,23 @@ def test_eval_needs_checkpoint_or_results(tiny_coco, capsys):
     assert_one_error(rc, err, "give --checkpoint (a trained model) or --results (a COCO results file)")
 
 
+@pytest.mark.parametrize("content, problem", [
+    (torch.zeros(3), "not an ssddet checkpoint (expected model_best.pt"),
+    ({"model": {}, "meta": {}}, "not an ssddet checkpoint (its model weights or metadata are missing)"),
+    ({"method": {}, "config": {}}, "not an ssddet checkpoint (no detector weights in it)"),
+    ("text", "cannot load checkpoint: not a torch.save file"),
+])
+def test_eval_of_a_file_that_is_no_model(tiny_coco, tmp_path, capsys, content, problem):
+    root, _, _ = tiny_coco
+    ckpt = tmp_path / "model.pt"
+    if content == "text":
+        ckpt.write_text("101 not a model\n")
+    else:
+        torch.save(content, ckpt)
+    rc, _, err = run(["eval", "--data", root, "--checkpoint", ckpt], capsys)
+    assert rc != 0 and problem in err and "Traceback" not in err, err
+
+
 def test_data_dir_without_annotations(tmp_path, capsys):
     rc, _, err = run(["eval", "--data", tmp_path, "--results", tmp_path / "r.json"], capsys)
     assert_one_error(rc, err, f"{tmp_path}: expected annotations.json inside the dataset directory")

@@ -250,3 +250,36 @@ def test_resuming_a_run_that_predates_a_changed_default_goes_on_as_it_started(tm
     saved["model"]["box_bg_iou_thresh"] = None  # written by this version: the method's value
     (run / "config.json").write_text(json.dumps(saved))
     assert _resolve("--out", str(run), "--resume").model.box_bg_iou_thresh == 0.4
+
+
+@pytest.mark.parametrize("content, problem", [
+    ({"train": {"epochs": "2"}}, "c.json: train.epochs: expected a int, got '2'"),
+    ({"train": {"epochs": None}}, "c.json: train.epochs must not be null"),
+    ({"train": 5}, "c.json: config section 'train' must be an object, got int"),
+    ({"model": {"min_size": 1.5}}, "c.json: model.min_size: expected a int, got 1.5"),
+    ({"train": {"lr_steps": 0.5}}, "c.json: train.lr_steps: expected a list, got 0.5"),
+])
+def test_a_config_file_gets_the_type_checks_of_set(tmp_path, content, problem):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(UserError) as e:
+        _resolve("--config", str(path))
+    assert problem in str(e.value)
+
+
+def test_config_file_values_of_the_right_type_and_nullable_nulls_load(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"train": {"epochs": 3.0, "lr": 1}, "model": {"box_bg_iou_thresh": None}}))
+    cfg = _resolve("--config", str(path))
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int) and cfg.train.lr == 1
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("train.lr=-1", "train.lr must be a positive number"), ("train.lr=NaN", "train.lr must be a positive number"),
+    ("train.eval_every=0", "train.eval_every must be >= 1"),
+    ("train.lr_schedule=\"step\"", "train.lr_schedule must be one of multistep, cosine"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"), ("data.flip=3", "data.flip is a probability"),
+])
+def test_training_numbers_are_checked_before_any_data_is_read(setting, problem):
+    with pytest.raises(UserError, match=problem):
+        _resolve("--set", setting)

@@ -126,6 +126,7 @@ def test_load_results_rejects_unknown_category(tiny_gt, tmp_path):
     ({"image_id": 1, "category_id": 3}, "needs image_id, category_id and bbox"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 2, 3]}, "bbox"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 2, "a", 4]}, "bbox"),
+    ({"image_id": 1, "category_id": 3, "bbox": [30, 30, -20, 5]}, "negative width or height"),
     ({"image_id": [1], "category_id": 3, "bbox": [1, 2, 3, 4]}, "image_id"),
     ({"image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "score": "high"}, "score"),
 ])

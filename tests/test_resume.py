@@ -111,10 +111,21 @@ def test_resume_when_finished_or_without_checkpoint(tmp_path, caplog):
     assert main(train_args(data, out, "vanilla", 1, 2, "--resume")) == 0
     assert "no checkpoint" in caplog.text
     before = (out / "model_final.pt").read_bytes()
-    # --resume of a finished run: nothing to do, nothing rewritten
+    # --resume of a finished run: nothing to do, nothing rewritten; it says so and gives the final metrics
     assert main(train_args(data, out, "vanilla", 1, 2, "--resume")) == 0
     assert (out / "model_final.pt").read_bytes() == before
     assert len(epoch_records(out)) == 1
+    assert "nothing to resume" in caplog.text
+
+
+def test_training_into_a_run_directory_needs_resume(trained, capsys):
+    """A second `ssddet train --out RUN` without --resume would overwrite RUN's logs and checkpoints."""
+    data, out = trained
+    before = (out / "log.jsonl").read_bytes()
+    assert main(train_args(data, out, "vanilla", 1, 2)) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "log.jsonl").read_bytes() == before
 
 
 # ------------------------------------------------------------------------------------------ (b) SIGKILL

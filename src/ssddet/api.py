@@ -68,10 +68,21 @@ def train(config=None, *, resume: bool = False, command: str | None = None, **fi
 
     `config` and `fields` as `train_config`, e.g. `train(data="data/bccd", noise=0.4, epochs=6, out="runs/s")`;
     `train(out="runs/s", resume=True)` continues that run."""
+    import json
+
     from .engine.train import train as _train
+    from .errors import UserError
 
     cfg = train_config(config, resume=resume, **fields)
-    return _train(cfg, resume=resume, command=command)
+    out = Path(cfg.train.output)
+    if not resume and (out / "checkpoint.pt").is_file():  # its logs and checkpoints would be overwritten
+        raise UserError(f"{out} already holds a run (checkpoint.pt): continue it with --resume, or choose "
+                        "another --out")
+    metrics = _train(cfg, resume=resume, command=command)
+    if resume and not metrics and (out / "metrics.json").is_file():
+        log.warning("%s had finished its %d epochs: nothing to resume", out, cfg.train.epochs)
+        metrics = json.loads((out / "metrics.json").read_text()).get("val", {})
+    return metrics
 
 
 def format_metrics(metrics: dict) -> str:

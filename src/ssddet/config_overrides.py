@@ -8,11 +8,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
 
 from .config import (
+    LR_SCHEDULES,
     ON_BAD_IMAGE,
     PAPER_REFINER,
     SAMPLERS,
@@ -159,10 +161,28 @@ def load_config_file(path: str | Path) -> Config:
     """A config.json (e.g. a run directory's); unknown or malformed fields are a UserError naming the file."""
     from .data.coco import read_json
 
+    return config_from_mapping(read_json(path, what="config file"), str(path))
+
+
+def config_from_mapping(d: dict, src: str = "config") -> Config:
+    """`Config.from_dict` with the checks `--set` makes: every section an object, every value of its field's type
+    (null only where the field allows it). A UserError naming `src` and the field."""
+    for name, section in d.items():
+        if not isinstance(section, dict):
+            raise UserError(f"{src}: config section {name!r} must be an object, got {type(section).__name__}")
     try:
-        return Config.from_dict(read_json(path, what="config file"), src=str(path))
+        cfg = Config.from_dict(d, src=src)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+    defaults = Config()
+    for sec in dataclasses.fields(cfg):
+        sub, default = getattr(cfg, sec.name), getattr(defaults, sec.name)
+        for f in dataclasses.fields(sub):
+            value, dflt = getattr(sub, f.name), getattr(default, f.name)
+            if value is None and dflt is not None and "None" not in str(f.type):
+                raise UserError(f"{src}: {sec.name}.{f.name} must not be null")
+            setattr(sub, f.name, typed_value(f"{src}: {sec.name}.{f.name}", dflt, value))
+    return cfg
 
 
 # Fields whose default changed, with what a run whose config.json predates the field trained with: resuming it
@@ -209,10 +229,9 @@ def as_config(config) -> Config:
         return config
     if isinstance(config, (str, os.PathLike)):
         return load_config_file(config)
-    try:
-        return Config.from_dict(config)
-    except (ValueError, TypeError) as e:
-        raise UserError(str(e)) from None
+    if not isinstance(config, dict):
+        raise UserError(f"config must be a Config, a dict or a file path, got {type(config).__name__}")
+    return config_from_mapping(config)
 
 
 def set_fields(cfg: Config, fields: dict) -> None:
@@ -271,6 +290,21 @@ def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: s
     return cfg
 
 
+def _check_train_numbers(cfg: Config) -> None:
+    """Values torch or the loop would only reject mid-run (or never): a UserError before any data is read."""
+    t, d = cfg.train, cfg.data
+    if not (isinstance(t.lr, (int, float)) and math.isfinite(t.lr) and t.lr > 0):
+        raise UserError(f"train.lr must be a positive number, got {t.lr!r}")
+    if t.eval_every < 1:
+        raise UserError(f"train.eval_every must be >= 1 (epochs between validations), got {t.eval_every}")
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
+    if d.num_workers < 0:
+        raise UserError(f"data.num_workers must be >= 0 (0: load in the main process), got {d.num_workers}")
+    if not 0.0 <= d.flip <= 1.0:
+        raise UserError(f"data.flip is a probability in [0, 1], got {d.flip}")
+
+
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves
     the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`) and the R-CNN ignore band to the
@@ -306,3 +340,4 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
                         f"{thresh!r}")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1:
         raise UserError("--epochs and --batch-size must be >= 1")
+    _check_train_numbers(cfg)

@@ -150,6 +150,9 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
             raise UserError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
             raise UserError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
+        if bbox[2] < 0 or bbox[3] < 0:  # xyxy written as xywh, most often
+            raise UserError(f"{p}: entry {i} has a bbox of negative width or height {bbox!r} (COCO results are "
+                            "[x, y, width, height])")
         if not _finite(score):
             raise UserError(f"{p}: entry {i} has an invalid score {score!r}")
         if iid in image_ids:

@@ -20,15 +20,23 @@ def load_detector(path: str | Path) -> tuple[FasterRCNN, dict]:
         ck = load_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - a corrupt/foreign file is a user error
         first = (str(e).splitlines() or [type(e).__name__])[0]  # not torch's multi-line weights_only advice
-        raise UserError(f"{path}: cannot load checkpoint ({first})") from None
+        raise UserError(f"{path}: cannot load checkpoint: not a torch.save file, or truncated or corrupt "
+                        f"({first})") from None
+    if not isinstance(ck, dict):
+        ck = {}  # a tensor, a list, ...: not ours
     if "model" in ck and "meta" in ck:
         state, meta = ck["model"], ck["meta"]
-    elif "method" in ck and "config" in ck:  # a training checkpoint: take the detector part
+    elif "method" in ck and "config" in ck and isinstance(ck["method"], dict):  # a training checkpoint
         state = {k.removeprefix("detector."): v for k, v in ck["method"].items() if k.startswith("detector.")}
+        if "roi_heads.box_predictor.cls_score.weight" not in state:
+            raise UserError(f"{path}: not an ssddet checkpoint (no detector weights in it)")
         meta = ck.get("meta") or _meta_from_training(ck, state)
     else:
         raise UserError(f"{path}: not an ssddet checkpoint (expected model_best.pt, model_final.pt or "
                         "checkpoint.pt)")
+    if not (isinstance(meta, dict) and isinstance(meta.get("model"), dict) and isinstance(state, dict)
+            and isinstance(meta.get("num_classes"), int)):
+        raise UserError(f"{path}: not an ssddet checkpoint (its model weights or metadata are missing)")
     known = set(ModelConfig.__dataclass_fields__)
     mcfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
     detector = build_trained_detector(mcfg, meta["num_classes"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import DATA_HELP, IMAGES_HELP, add_on_bad_image_option
+from .options import DATA_HELP, IMAGES_HELP, add_on_bad_image_option, non_negative_int, positive_int
 
 
 def add_eval_parser(sub) -> None:
@@ -22,8 +22,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--split", default="val", help="split to evaluate (train | val | test | ...)")
     p.add_argument("--save-results", metavar="JSON", help="write the model's detections as COCO results")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=2, help="images per forward")
-    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images per forward")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_on_bad_image_option(p, "left out of the evaluation")
 

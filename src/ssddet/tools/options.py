@@ -7,6 +7,40 @@ import argparse
 
 from ..config import ON_BAD_IMAGE
 
+
+def positive_int(s: str) -> int:
+    """argparse type of a count that must be at least 1 (batch sizes, image counts)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{s}'") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def non_negative_int(s: str) -> int:
+    """argparse type of a worker count (0: in the main process)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{s}'") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def score_threshold(s: str) -> float:
+    """argparse type of a detection score threshold: a number in [0, 1]."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a score in [0, 1], got '{s}'") from None
+    if not 0.0 <= v <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"a score threshold must be in [0, 1], got {s}")
+    return v
+
+
 DATA_HELP = "dataset directory: DIR/annotations.json, with the images under DIR"
 IMAGES_HELP = "image root that file_name is relative to (default: the JSON's folder, or --data)"
 

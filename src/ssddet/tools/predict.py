@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..api import RESULTS_NAME
-from .options import add_on_bad_image_option
+from .options import add_on_bad_image_option, score_threshold
 
 
 def add_predict_parser(sub) -> None:
@@ -17,8 +17,8 @@ def add_predict_parser(sub) -> None:
                    "checkpoint.pt of a run")
     p.add_argument("--out", required=True, metavar="DIR", help=f"output folder: {RESULTS_NAME} and one PNG per "
                    "image (named after the image, relative to its folder argument)")
-    p.add_argument("--score", type=float, default=0.5, help="keep (and draw) detections scoring at least this; "
-                   "0 keeps all the model returns, e.g. for COCO evaluation (default: 0.5)")
+    p.add_argument("--score", type=score_threshold, default=0.5, help="keep (and draw) detections scoring at "
+                   "least this; 0 keeps all the model returns, e.g. for COCO evaluation (default: 0.5)")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     add_on_bad_image_option(p, "no detections, no PNG")

@@ -2,7 +2,7 @@
 per image plus a contact sheet (the drawing: viz/show.py)."""
 from __future__ import annotations
 
-from .options import add_dataset_options, add_on_bad_image_option
+from .options import add_dataset_options, add_on_bad_image_option, positive_int, score_threshold
 
 
 def add_show_parser(sub) -> None:
@@ -13,10 +13,10 @@ def add_show_parser(sub) -> None:
                    "exports (matched by annotation id) or COCO results lists (matched by image id)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--ids", nargs="+", type=int, metavar="ID", help="image ids to draw")
-    p.add_argument("--n", type=int, default=16, help="without --ids: this many images, evenly spread over the "
+    p.add_argument("--n", type=positive_int, default=16, help="without --ids: this many images, evenly spread over the "
                    "file's images with boxes (those every --compare file covers) (default: 16)")
     p.add_argument("--split", help="only images of this split")
-    p.add_argument("--score", type=float, default=0.5, help="lowest score drawn from a results list "
+    p.add_argument("--score", type=score_threshold, default=0.5, help="lowest score drawn from a results list "
                    "(default: 0.5)")
     add_on_bad_image_option(p, "not drawn")
 
