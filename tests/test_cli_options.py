@@ -55,3 +55,16 @@ def test_new_spellings_win_their_defaults():
     ns = _parse("noise", "--ann", "a.json")
     assert (ns.noise, ns.noise_seed) == (0.4, 45)
     assert _parse("refine", "--checkpoint", "c.pt", "--out", "r.json").ann is None
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["eval", "--data", "d", "--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["eval", "--data", "d", "--workers", "-1"], "argument --workers: must be >= 0, got -1"),
+    (["show", "--data", "d", "--out", "o", "--n", "x"], "argument --n: expected a whole number >= 1, got 'x'"),
+    (["predict", "--checkpoint", "m.pt", "--out", "o", "--score", "nan", "i.jpg"],
+     "argument --score: a score threshold must be in [0, 1], got nan"),
+])
+def test_counts_and_thresholds_are_checked_by_the_parser(args, problem, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(args)
+    assert e.value.code == 2 and problem in capsys.readouterr().err

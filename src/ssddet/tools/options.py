@@ -8,26 +8,21 @@ import argparse
 from ..config import ON_BAD_IMAGE
 
 
-def positive_int(s: str) -> int:
-    """argparse type of a count that must be at least 1 (batch sizes, image counts)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{s}'") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _int_at_least(low: int):
+    """An argparse type of whole numbers >= `low`, with a message that says so."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got '{s}'") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {v}")
+        return v
+    return parse
 
 
-def non_negative_int(s: str) -> int:
-    """argparse type of a worker count (0: in the main process)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{s}'") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+positive_int = _int_at_least(1)  # batch sizes, image counts
+non_negative_int = _int_at_least(0)  # worker counts (0: load in the main process)
 
 
 def score_threshold(s: str) -> float:
