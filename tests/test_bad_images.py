@@ -342,3 +342,35 @@ def test_any_other_full_disk_write_is_one_line(tiny_coco, tmp_path, monkeypatch,
     rc, _, err = run(["noise", "--ann", ann, "--out", tmp_path / "noisy.json"], capsys)
     assert rc == 2
     assert error_line(err) == f"ssddet noise: error: {tmp_path / 'noisy.json'}: {os.strerror(errno.ENOSPC)}"
+
+
+def test_a_strip_image_is_padded_to_16_to_1():
+    """An image longer than 16:1 gets zeros below (or to the right) up to that ratio; the pixel frame, and so every
+    box, stays where it was. Others are returned as they are."""
+    from ssddet.data.images import pad_to_aspect
+
+    strip = torch.ones(3, 3, 2000)
+    out = pad_to_aspect(strip)
+    assert out.shape == (3, 125, 2000) and torch.equal(out[:, :3], strip) and out[:, 3:].abs().sum() == 0
+    assert pad_to_aspect(torch.ones(3, 1000, 10)).shape == (3, 1000, 63)  # ceil(1000 / 16) = 63
+    square = torch.ones(3, 50, 60)
+    assert pad_to_aspect(square) is square
+
+
+def test_a_2000x3_strip_trains_and_predicts(tmp_path, capsys, one_torch_thread):
+    """torchvision's resize would make a 2000x3 image 0 px high at --max-size 96 and stop training and predict."""
+    coco = tiny_coco_dict()
+    coco["images"].append({"id": 9, "file_name": "images/strip.jpg", "width": 2000, "height": 3})
+    coco["annotations"].append({"id": 99, "image_id": 9, "category_id": coco["categories"][0]["id"],
+                                "bbox": [100, 0, 300, 3], "area": 900, "iscrowd": 0})
+    data = tmp_path / "data"
+    write_coco(data, coco)
+    records = load_coco(data / "annotations.json", data).records
+    image, target = CocoDetection([r for r in records if r.image_id == 9])[0]
+    assert image.shape == (3, 125, 2000) and target["boxes"].tolist() == [[100.0, 0.0, 400.0, 3.0]]
+    rc, _, err = run(["train", "--data", data, "--out", tmp_path / "run", "--method", "vanilla", "--set",
+                      "train.max_iters_per_epoch=3", "--set", "data.flip=0", *TINY_TRAIN], capsys)
+    assert rc == 0, err
+    rc, text, err = run(["predict", "--checkpoint", tmp_path / "run/model_final.pt", data / "images/strip.jpg",
+                         "--out", tmp_path / "p"], capsys)
+    assert rc == 0 and "Traceback" not in err, err

@@ -406,8 +406,39 @@ def test_ssddet_lifts_the_ignore_band_while_it_trusts_the_given_boxes():
     cfg.ssddet.keep_given = False  # no keep-the-box step: the given boxes are never the targets as such
     method.refiner.keep.agreement.fill_(0.99)
     assert label_at(0.9) == (True, -1)
+    cfg.ssddet.band_until = 0.8  # lifted from 80 % of training on, trusted or not
+    assert label_at(0.79) == (True, -1)
+    assert label_at(0.8) == (False, 0)
 
 
 def test_box_bg_iou_thresh_above_fg_is_refused():
     with pytest.raises(UserError, match="box_bg_iou_thresh"):
         config_from_args(build_parser().parse_args(["train", "--set", "model.box_bg_iou_thresh=0.7"]))
+
+
+def test_ssddet_det_reset_reinitialises_the_detector_heads_once():
+    """ssddet.det_reset: at that fraction of training the RPN head, box head and predictor are drawn afresh, in
+    place (the optimizer's parameters stay the same objects), once; the backbone and the refiner are untouched."""
+    cfg = Config()
+    cfg.model = _cheap_model_cfg("resnet18_fpn", pretrained="none")
+    cfg.ssddet.det_reset = 0.5
+    method = build_method(cfg, build_detector(cfg.model, K), K).train()
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(1.0)
+    before = {k: p.detach().clone() for k, p in method.named_parameters()}
+    images, targets = [torch.rand(3, 64, 80)], [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]),
+                                                 "labels": torch.tensor([1])}]
+    method(images, targets, progress=0.4)
+    assert all(torch.equal(p, before[k]) for k, p in method.named_parameters())  # not yet
+    method(images, targets, progress=0.5)
+    after = dict(method.named_parameters())
+    moved = {k for k, p in after.items() if not torch.equal(p, before[k])}
+    names = {k for k in after if k.startswith(("detector.rpn.head", "detector.roi_heads"))}
+    assert moved == names and len(names) >= 6
+    rpn_conv = method.detector.rpn.head.cls_logits
+    assert rpn_conv.bias.abs().max() == 0 and rpn_conv.weight.std() < 0.02  # torchvision's RPNHead init
+    assert bool(method.heads_reset) and "heads_reset" in method.state_dict()
+    again = {k: p.detach().clone() for k, p in after.items()}
+    method(images, targets, progress=0.9)  # once only
+    assert all(torch.equal(p, again[k]) for k, p in method.named_parameters())

@@ -123,6 +123,12 @@ class SSDDetConfig:
     # the detector's losses (RPN, R-CNN) ramp 0 -> 1 over this fraction of training, so it learns little from the
     # early targets the refiner has barely moved (0: off; docs/method.md 3.2)
     det_ramp: float = 0.0
+    # the R-CNN ignore band (model.box_bg_iou_thresh) is lifted from this fraction of training on (1: never), when
+    # the refiner's boxes have settled and proposals in the band are background (docs/method.md 3.2)
+    band_until: float = 1.0
+    # the detector's heads (RPN head, box head, predictor) are re-initialised once at this fraction of training, so
+    # they re-learn from the refiner's later boxes rather than carry what the early ones taught (0: off)
+    det_reset: float = 0.0
 
 
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image

@@ -317,7 +317,7 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.trunk_init must be one of {', '.join(TRUNK_INITS)}, got {cfg.ssddet.trunk_init!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     s = cfg.ssddet
-    for name in ("warmup_frac", "det_ramp"):  # fractions of training
+    for name in ("warmup_frac", "det_ramp", "band_until", "det_reset"):  # fractions of training
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")

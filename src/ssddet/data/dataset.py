@@ -8,7 +8,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .coco import ImageRecord
-from .images import UnreadableImage, read_rgb
+from .images import UnreadableImage, pad_to_aspect, read_rgb
 from .transforms import RandomHorizontalFlip
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,8 @@ def load_image(rec: ImageRecord) -> tuple[torch.Tensor, float, float]:
     `images.read_rgb`). Raises UnreadableImage.
 
     Returns the x and y factors that map the JSON's pixel frame onto the file's, so a file whose size
-    differs from the JSON's width/height still gets correctly placed boxes.
+    differs from the JSON's width/height still gets correctly placed boxes. A strip longer than 16:1 is padded
+    below or to the right (`images.pad_to_aspect`).
     """
     image = read_rgb(rec.path, rec.image_id)
     h, w = image.shape[-2:]
@@ -27,7 +28,7 @@ def load_image(rec: ImageRecord) -> tuple[torch.Tensor, float, float]:
     if (w, h) != (rec.width, rec.height):
         log.warning("%s: file is %dx%d (EXIF orientation applied) but the JSON says %dx%d; boxes rescaled",
                     rec.path, w, h, rec.width, rec.height)
-    return image.float().div_(255), sx, sy
+    return pad_to_aspect(image).float().div_(255), sx, sy
 
 
 def record_target(rec: ImageRecord, sx: float = 1.0, sy: float = 1.0) -> dict:

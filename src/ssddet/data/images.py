@@ -13,12 +13,14 @@ would fill the missing part with grey and train on it silently.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..config import ON_BAD_IMAGE
@@ -101,6 +103,20 @@ def read_rgb(path: str | Path, image_id: int | None = None) -> torch.Tensor:
     with decoded(path, image_id) as (im, _):
         arr = to_rgb8(im)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+MAX_ASPECT = 16  # long side : short side a detector input may have (`pad_to_aspect`)
+
+
+def pad_to_aspect(image: torch.Tensor, max_aspect: float = MAX_ASPECT) -> torch.Tensor:
+    """Tensor[C, H, W] -> Tensor[C, H', W'] with zeros added below or to the right so that the long side is at most
+    `max_aspect` times the short one (the pixel frame is unchanged: boxes need no shift). The detector's resize
+    scales the long side down to `max_size`, and a 2000x3 strip would come out 0 px high and stop the run."""
+    h, w = image.shape[-2:]
+    short = max(math.ceil(max(h, w) / max_aspect), 1)
+    if min(h, w) >= short:
+        return image
+    return F.pad(image, (0, max(short - w, 0), 0, max(short - h, 0)))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

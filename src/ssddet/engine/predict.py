@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
-from ..data.images import STOP_HINT, UnreadableImage, check_policy, read_rgb
+from ..data.images import STOP_HINT, UnreadableImage, check_policy, pad_to_aspect, read_rgb
 from ..errors import UserError
 from ..viz.draw import CLASS_COLOURS, IMAGE_SUFFIXES, draw_boxes, save_png
 
@@ -111,7 +111,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
                 stats.examples.setdefault(reason, f"{path} ({e.reason})")
                 continue
             t0 = time.perf_counter()
-            out = detector([image.to(device).float().div_(255)])[0]
+            out = detector([pad_to_aspect(image).to(device).float().div_(255)])[0]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             stats.seconds += time.perf_counter() - t0

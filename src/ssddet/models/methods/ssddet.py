@@ -27,9 +27,14 @@ class SSDDetMethod(DetectionMethod):
         # the R-CNN ignore band's lower edge as configured (model.box_bg_iou_thresh); see `sampling_band`
         self.band = float(detector.roi_heads.proposal_matcher.low_threshold)
         self.progress = 0.0  # of the last forward, for `total_loss`
+        if cfg.det_reset > 0:  # saved with the model, so a resumed run does not reset twice
+            self.register_buffer("heads_reset", torch.zeros((), dtype=torch.bool))
 
     def forward(self, images, targets, progress: float = 0.0):
         self.progress = progress
+        if self.training and 0 < self.cfg.det_reset <= progress and not bool(self.heads_reset):
+            reset_heads(self.detector)
+            self.heads_reset.fill_(True)
         return super().forward(images, targets, progress)
 
     def det_ramp(self, progress: float) -> float:
@@ -118,6 +123,7 @@ class SSDDetMethod(DetectionMethod):
         samples as vanilla Faster R-CNN does."""
         matcher, keep = self.detector.roi_heads.proposal_matcher, self.refiner.keep
         trusted = self.cfg.keep_given and keep is not None and keep.trusted(progress)
+        trusted = trusted or progress >= self.cfg.band_until
         matcher.low_threshold = matcher.high_threshold if trusted else self.band
         return matcher.low_threshold < matcher.high_threshold
 
@@ -141,6 +147,21 @@ class SSDDetMethod(DetectionMethod):
         if self.cfg.det_lr_steps is not None:  # the detector decays later than the refiner (method.md 3.2)
             det["lr_steps"] = [float(s) for s in self.cfg.det_lr_steps]
         return [det, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
+
+
+def reset_heads(detector: FasterRCNN, seed: int = 0) -> None:
+    """Re-initialise the RPN head, box head and box predictor in place (the optimizer keeps the same
+    parameters), as torchvision builds them: RPNHead's convs N(0, 0.01) with zero bias, PyTorch's defaults
+    elsewhere. A fixed seed, so every DDP process draws the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for head in (detector.rpn.head, detector.roi_heads.box_head, detector.roi_heads.box_predictor):
+            for m in head.modules():
+                if isinstance(m, torch.nn.Conv2d) and head is detector.rpn.head:
+                    torch.nn.init.normal_(m.weight, std=0.01)
+                    torch.nn.init.zeros_(m.bias)
+                elif hasattr(m, "reset_parameters") and m is not head:
+                    m.reset_parameters()
 
 
 SIZE_BINS = (("small", 0.0, 32.0**2), ("medium", 32.0**2, 96.0**2), ("large", 96.0**2, float("inf")))
