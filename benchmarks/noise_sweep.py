@@ -546,6 +546,7 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labelled = set()  # one legend entry per method and variant, however many noise levels it ran at
     for i, m in enumerate(METHODS):
         rs = sorted((r for r in summary["rows"] if r["method"] == m), key=lambda r: r["noise"])
         line = [r for r in rs if not r["variant"]]
@@ -555,10 +556,12 @@ def plot(summary: dict, path: Path) -> None:
         for r in rs:
             if r["variant"]:
                 user = r["variant"] == "user"
+                label = f"{HEADLINE_METHODS[m]}, {variant_label(r['variant'])}"
                 ax.errorbar([100 * r["noise"] + (1.2 if user else 2.4)], [r["AP"][0]], [r["AP"][1]], capsize=3,
                             marker="*" if user else "s", markersize=11 if user else 6, color=f"C{i}",
                             mfc=f"C{i}" if user else "none", linestyle="none",
-                            label=f"{HEADLINE_METHODS[m]}, {variant_label(r['variant'])}")
+                            label=None if label in labelled else label)
+                labelled.add(label)
     ax.set_xlabel("box noise of the training boxes (%)")
     ax.set_ylabel("test AP (clean test split)")
     ax.set_title(f"Noise sweep, preset {summary['preset']}: mean ± SD over seeds", fontsize=10)
