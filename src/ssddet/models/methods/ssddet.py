@@ -123,8 +123,8 @@ class SSDDetMethod(DetectionMethod):
         samples as vanilla Faster R-CNN does."""
         matcher, keep = self.detector.roi_heads.proposal_matcher, self.refiner.keep
         trusted = self.cfg.keep_given and keep is not None and keep.trusted(progress)
-        trusted = trusted or progress >= self.cfg.band_until
-        matcher.low_threshold = matcher.high_threshold if trusted else self.band
+        lifted = trusted or progress >= self.cfg.band_until  # or lifted late by choice (`band_until`)
+        matcher.low_threshold = matcher.high_threshold if lifted else self.band
         return matcher.low_threshold < matcher.high_threshold
 
     def priority(self, targets) -> list | None:
