@@ -155,12 +155,13 @@ def reset_heads(detector: FasterRCNN, seed: int = 0) -> None:
     elsewhere. A fixed seed, so every DDP process draws the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for head in (detector.rpn.head, detector.roi_heads.box_head, detector.roi_heads.box_predictor):
+        for m in detector.rpn.head.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.normal_(m.weight, std=0.01)
+                torch.nn.init.zeros_(m.bias)
+        for head in (detector.roi_heads.box_head, detector.roi_heads.box_predictor):
             for m in head.modules():
-                if isinstance(m, torch.nn.Conv2d) and head is detector.rpn.head:
-                    torch.nn.init.normal_(m.weight, std=0.01)
-                    torch.nn.init.zeros_(m.bias)
-                elif hasattr(m, "reset_parameters") and m is not head:
+                if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
                     m.reset_parameters()
 
 
