@@ -181,6 +181,73 @@ def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypa
     assert seen["avoid"][1].shape == (0, 4)
 
 
+def _fake_refined_method(monkeypatch, cfg, refined_box):
+    """SSDDetMethod whose refiner returns `refined_box` (Tensor[1, 4]) for the one object of each image."""
+    from ssddet.config import ModelConfig
+    from ssddet.models.detector import build_detector
+    from ssddet.models.methods import SSDDetMethod
+    from ssddet.models.ssddet.refiner import RefinerOutput
+
+    method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), cfg, 2).train()
+
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None):
+        return RefinerOutput([refined_box.clone() for _ in boxes], [b.clone() for b in boxes], {}, {},
+                             [torch.ones(len(b), dtype=torch.bool) for b in boxes])
+
+    monkeypatch.setattr(method.refiner, "forward", fake_refiner)
+    return method
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.75])
+def test_target_momentum_averages_the_new_box_with_the_banked_one(monkeypatch, momentum):
+    """ssddet.target_momentum m: the detector trains on m * banked + (1 - m) * refined, averaged in the bank's
+    unflipped frame (the banked box came from the other flip), and the bank keeps that average; m = 0: the newest
+    refined box, bit for bit."""
+    from types import SimpleNamespace
+
+    from ssddet.config import SSDDetConfig
+
+    cfg = SSDDetConfig(target_momentum=momentum, warmup_frac=0.0, keep_given=False)
+    new = torch.tensor([[40.0, 20.0, 80.0, 60.0]])
+    method = _fake_refined_method(monkeypatch, cfg, new)
+    method.bank.update(torch.tensor([7]), torch.tensor([[0.5, 0.2, 0.7, 0.6]]))  # unit, unflipped
+    target = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1]),
+              "ann_ids": torch.tensor([7]), "flipped": True}
+    det, _, _ = method.refine_targets({}, SimpleNamespace(image_sizes=[(100, 200)]), [target], 1.0)
+    banked_here = torch.tensor([[200 * (1 - 0.7), 20.0, 200 * (1 - 0.5), 60.0]])  # (60, 20, 100, 60) flipped
+    expected = momentum * banked_here + (1 - momentum) * new
+    assert torch.equal(det[0]["boxes"], expected) if momentum == 0 else torch.allclose(det[0]["boxes"], expected)
+    unit, _ = method.bank.lookup(torch.tensor([7]))
+    assert torch.allclose(from_unit(unit, (100, 200), flipped=True), expected)
+
+
+def test_target_momentum_is_off_while_the_given_boxes_are_trusted(monkeypatch):
+    from types import SimpleNamespace
+
+    from ssddet.config import SSDDetConfig
+
+    new = torch.tensor([[40.0, 20.0, 80.0, 60.0]])
+    method = _fake_refined_method(monkeypatch, SSDDetConfig(target_momentum=0.5, warmup_frac=0.0), new)
+    method.refiner.keep.agreement.fill_(0.99)  # the refiner keeps every given box: those are the targets
+    method.bank.update(torch.tensor([7]), torch.tensor([[0.0, 0.0, 0.1, 0.1]]))
+    target = {"boxes": new.clone(), "labels": torch.tensor([1]), "ann_ids": torch.tensor([7])}
+    det, _, _ = method.refine_targets({}, SimpleNamespace(image_sizes=[(100, 200)]), [target], 0.9)
+    assert torch.equal(det[0]["boxes"], new)
+
+
+def test_target_momentum_is_validated():
+    from ssddet.cli import build_parser
+    from ssddet.config_overrides import config_from_args
+    from ssddet.errors import UserError
+
+    for bad in ("1.0", "-0.1", "true"):
+        with pytest.raises(UserError, match="target_momentum"):
+            config_from_args(build_parser().parse_args(["train", "--set", f"ssddet.target_momentum={bad}"]))
+    with pytest.raises(UserError, match="needs ssddet.bank"):
+        config_from_args(build_parser().parse_args(["train", "--set", "ssddet.target_momentum=0.5", "--set",
+                                                    "ssddet.bank=false"]))
+
+
 def test_refine_unreadable_checkpoint_is_one_line_error(tmp_path, capsys):
     from ssddet.cli import main
 

@@ -129,6 +129,11 @@ class SSDDetConfig:
     # the detector's heads (RPN head, box head, predictor) are re-initialised once at this fraction of training, so
     # they re-learn from the refiner's later boxes rather than carry what the early ones taught (0: off)
     det_reset: float = 0.0
+    # each refined box the detector trains on is this blend of the object's banked box (its earlier refinements)
+    # and the new one, an exponential moving average over visits: the refiner's box for one object moves between
+    # visits (the two flips of one image agree at IoU ~0.72, docs/benchmarks.md), so the average is a steadier
+    # target (0: off, the newest box)
+    target_momentum: float = 0.0
 
 
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image

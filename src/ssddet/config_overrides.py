@@ -321,6 +321,11 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
+    m = s.target_momentum
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
+        raise UserError(f"ssddet.target_momentum must be in [0, 1) (0: off), got {m!r}")
+    if m > 0 and not s.bank:
+        raise UserError("ssddet.target_momentum averages over the bank's boxes: it needs ssddet.bank=true")
     if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":
         # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD 20 %
         # noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8

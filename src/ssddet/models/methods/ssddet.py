@@ -57,9 +57,10 @@ class SSDDetMethod(DetectionMethod):
             return 1.0
         return min(1.0, progress / self.cfg.warmup_frac)
 
-    def _with_bank(self, targets, refined, selected, sizes) -> list:
+    def _with_bank(self, targets, refined, selected, sizes, smooth: bool = False) -> list:
         """Objects refined now update the bank (of every DDP process: the bank is one logical bank, see
-        ssddet/bank.py); the others take their banked box (else stay noisy)."""
+        ssddet/bank.py), averaged with their banked box if `smooth` (`target_momentum`); the others take their
+        banked box (else stay noisy)."""
         out, new_ids, new_boxes = [], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)]
         for t, r, sel, size in zip(targets, refined, selected, sizes):
             if not self.training or "ann_ids" not in t or len(r) == 0:
@@ -67,17 +68,31 @@ class SSDDetMethod(DetectionMethod):
                 continue
             flipped = bool(t.get("flipped", False))
             ids = t["ann_ids"].cpu()
+            r = r.clone()
+            if smooth:
+                r[sel] = self._smoothed(ids[sel.cpu()], r[sel], size, flipped)
             new_ids.append(ids[sel.cpu()])
             new_boxes.append(to_unit(r[sel], size, flipped).detach().float().cpu())
             banked, found = self.bank.lookup(ids[~sel.cpu()])
             rest = r[~sel].clone()
             if found.any():
                 rest[found.to(r.device)] = from_unit(banked[found].to(r), size, flipped)
-            r = r.clone()
             r[~sel] = rest
             out.append(r)
         if self.training:  # a collective under DDP: called once per step on every process
             self.bank.update_all_ranks(torch.cat(new_ids), torch.cat(new_boxes))
+        return out
+
+    def _smoothed(self, ids, boxes, size, flipped: bool):
+        """`target_momentum`: Tensor[S, 4] refined now -> m * banked + (1 - m) * refined, per object that has a
+        banked box (the others as refined). Averaged in the bank's unflipped frame, so the two flips' boxes mix."""
+        banked, found = self.bank.lookup(ids)
+        if not found.any():
+            return boxes
+        m = float(self.cfg.target_momentum)
+        f = found.to(boxes.device)
+        out = boxes.clone()
+        out[f] = m * from_unit(banked[found].to(boxes), size, flipped) + (1.0 - m) * boxes[f]
         return out
 
     def banked_boxes(self, targets, sizes) -> list:
@@ -103,7 +118,9 @@ class SSDDetMethod(DetectionMethod):
                            priority=self.priority(targets))
         refined = out.refined
         if self.cfg.bank:
-            refined = self._with_bank(targets, refined, out.selected, images.image_sizes)
+            # no average while the refiner trusts the given boxes: they are the targets, exact (sampling_band)
+            smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
+            refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth)
         a = self.blend(progress)
         det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, refined, noisy)]
         stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank)),
@@ -121,11 +138,15 @@ class SSDDetMethod(DetectionMethod):
         ignored. The band is for targets the refiner is still moving (docs/method.md §3.2): while it trusts the
         given boxes (keeps every one, keep.py), they are the targets, as exact as the dataset's, and the R-CNN
         samples as vanilla Faster R-CNN does."""
-        matcher, keep = self.detector.roi_heads.proposal_matcher, self.refiner.keep
-        trusted = self.cfg.keep_given and keep is not None and keep.trusted(progress)
-        lifted = trusted or progress >= self.cfg.band_until  # or lifted late by choice (`band_until`)
+        matcher = self.detector.roi_heads.proposal_matcher
+        lifted = self.trusts_given(progress) or progress >= self.cfg.band_until  # or late by choice (`band_until`)
         matcher.low_threshold = matcher.high_threshold if lifted else self.band
         return matcher.low_threshold < matcher.high_threshold
+
+    def trusts_given(self, progress: float) -> bool:
+        """True while the refiner keeps every given box (keep.py's trust, docs/method.md 3.1 step 8)."""
+        keep = self.refiner.keep
+        return bool(self.cfg.keep_given and keep is not None and keep.trusted(progress))
 
     def priority(self, targets) -> list | None:
         """Per image Tensor[M_i] for the refiner's cap (`selection="oldest"`): minus the bank step of each
