@@ -248,6 +248,32 @@ def test_target_momentum_is_validated():
                                                     "ssddet.bank=false"]))
 
 
+def test_flip_average_cancels_a_bias_of_the_image_frame(tiny_ssddet_run, monkeypatch):
+    """--flip-average: the mean of the boxes refined in the image and in its mirror image. A refiner that moves
+    every box 3 px right in the frame it sees moves it 3 px left in the mirror image: the mean is the input box,
+    while one view alone is 3 px off."""
+    from ssddet.data.splits import training_split_json
+    from ssddet.engine.refine import load_refiner_method, refine_records
+    from ssddet.models.ssddet.refiner import RefinerOutput
+
+    _, run = tiny_ssddet_run
+    method, cfg, _ = load_refiner_method(run / "checkpoint.pt", torch.device("cpu"))
+    _, _, records = training_split_json(cfg.data)
+    records = [r for r in records if len(r.boxes)]
+    def biased(features, sizes, boxes, labels, *args, **kwargs):
+        shift = boxes[0].new_tensor([3.0, 0.0, 3.0, 0.0])
+        return RefinerOutput([boxes[0] + shift], [boxes[0].clone()], {}, {},
+                             [torch.ones(len(boxes[0]), dtype=torch.bool)])
+
+    monkeypatch.setattr(method.refiner, "forward", biased)
+    plain = refine_records(method, records, torch.device("cpu"))
+    averaged = refine_records(method, records, torch.device("cpu"), flip_average=True)
+    for rec in records:
+        for aid, given in zip(rec.ann_ids.tolist(), rec.boxes):
+            np.testing.assert_allclose(averaged[aid], given, atol=1e-3)  # the bias cancels
+            assert abs(plain[aid][0] - given[0]) > 1.0  # one view alone keeps it
+
+
 def test_refine_unreadable_checkpoint_is_one_line_error(tmp_path, capsys):
     from ssddet.cli import main
 

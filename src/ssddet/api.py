@@ -157,7 +157,8 @@ def _same_categories(checkpoint, meta: dict, categories: list[dict]) -> None:
 
 
 def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str | None = None,
-           all_splits: bool = False, device: str = "auto", train_ann=None, on_bad_image: str = "skip") -> dict:
+           all_splits: bool = False, device: str = "auto", train_ann=None, on_bad_image: str = "skip",
+           flip_average: bool = False) -> dict:
     """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined and clipped to its image,
     `noisy_bbox` the input box, `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out`
     if given. Without `data` / `ann` the run's own dataset and on-the-fly noise are used (`train_ann` is the
@@ -187,10 +188,11 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     raw, parsed, records = training_split_json(cfg.data)
     _same_categories(checkpoint, meta, parsed.categories)
     bad = BadImages(on_bad_image)
-    refined = refine_records(method, records, dev, bad=bad)
+    refined = refine_records(method, records, dev, bad=bad, flip_average=flip_average)
     n_all = len(raw["images"])
     d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
-                                     "all_splits": all_splits, "noise": cfg.data.noise,
+                                     "all_splits": all_splits, "flip_average": flip_average,
+                                     "noise": cfg.data.noise,
                                      "noise_seed": cfg.data.noise_seed},
                       sizes={r.image_id: (r.width, r.height) for r in records})
     if not all_splits:  # after the export: its boxes are keyed by their place in the whole list

@@ -18,6 +18,9 @@ def add_refine_parser(sub) -> None:
     p.add_argument("--all-splits", action="store_true", help="also write the other splits' images, unchanged "
                    "(default: only the refined split, so that training on the export never sees evaluation "
                    "images)")
+    p.add_argument("--flip-average", action="store_true", help="refine each box in the image and in its mirror "
+                   "image and write the mean of the two (twice the time; closer to the true boxes, "
+                   "docs/cli.md)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     add_on_bad_image_option(p, "their boxes keep the input box")
 
@@ -26,7 +29,7 @@ def cmd_refine(a) -> int:
     from ..api import refine
 
     d = refine(a.checkpoint, out=a.out, data=a.data, ann=a.ann, images=a.images, split=a.split,
-               all_splits=a.all_splits, device=a.device, on_bad_image=a.on_bad_image)
+               all_splits=a.all_splits, device=a.device, on_bad_image=a.on_bad_image, flip_average=a.flip_average)
     info = d["info"]["ssddet_refine"]
     stats = info["stats"]
     msg = f"refined {stats['refined_boxes']} boxes of {info['images_refined']} images -> {a.out}"
