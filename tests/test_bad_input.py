@@ -193,6 +193,7 @@ WARN = {
     "bbox with strings": (_ann_case(bbox=["1", "2", "3", "4"]), "bbox is not 4 finite numbers (skipped)"),
     "bbox NaN": (_ann_case(bbox=[1, float("nan"), 3, 4]), "bbox is not 4 finite numbers (skipped)"),
     "bbox inf": (_ann_case(bbox=[1, 2, float("inf"), 4]), "bbox is not 4 finite numbers (skipped)"),
+    "bbox beyond float": (_ann_case(bbox=[1, 2, 10**400, 4]), "bbox is not 4 finite numbers (skipped)"),
     "negative width": (_ann_case(bbox=[30, 10, -5, 20]), "non-positive width/height (skipped)"),
     "zero height": (_ann_case(bbox=[30, 10, 5, 0]), "non-positive width/height (skipped)"),
     "entirely outside": (_ann_case(bbox=[100, 10, 20, 20]), "outside the image (nothing left after clipping) "
@@ -334,7 +335,9 @@ def test_noise_level_out_of_range(tiny_coco, level, capsys):
 
 @pytest.mark.parametrize("text,problem", [("[1, 2]", "top level must be a JSON object"),
                                           ('{"images": [1], "annotations": [], "categories": []}',
-                                           "images[0] is not an object")])
+                                           "images[0] is not an object"),
+                                          ('{"images": [], "annotations": [], "categories": [' + "7" * 5000 + "]}",
+                                           "not valid JSON")])
 def test_noise_on_malformed_file(tmp_path, capsys, text, problem):
     ann = tmp_path / "bad.json"
     ann.write_text(text)
@@ -367,6 +370,12 @@ def test_set_unknown_key(tmp_path, capsys, item):
     rc, _, err = run(["train", "--out", tmp_path / "run", "--set", item], capsys)
     assert_one_error(rc, err, f"--set {item}: expected SECTION.KEY=VALUE with a known config field")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ['"x"', "1.5", "true", "NaN"])
+def test_set_noise_that_is_no_level(tmp_path, capsys, value):
+    rc, _, err = run(["train", "--out", tmp_path / "run", "--set", f"data.noise={value}"], capsys)
+    assert_one_error(rc, err, "data.noise must be a noise level in [0, 1) or null")
 
 
 def test_device_names(tmp_path, capsys):

@@ -68,3 +68,51 @@ def test_counts_and_thresholds_are_checked_by_the_parser(args, problem, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(args)
     assert e.value.code == 2 and problem in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv_of, problem", [
+    (lambda f, d: ["refine", "--checkpoint", "missing.pt", "--out", str(f / "x.json")], "is a file, not a folder"),
+    (lambda f, d: ["train", "--out", str(f)], "is a file; expected a folder"),
+    (lambda f, d: ["noise", "--data", "missing", "--out", str(d)], "is a folder; expected a file name"),
+    (lambda f, d: ["audit", "--checkpoint", "missing.pt", "--data", "missing", "--out", str(d / "a.csv"),
+                   "--html", str(d)],
+     "--html"),
+    (lambda f, d: ["eval", "--checkpoint", "missing.pt", "--save-results", str(f / "r.json")], "--save-results"),
+])
+def test_an_unwritable_output_fails_in_one_line_before_the_work(tmp_path, capsys, argv_of, problem):
+    """The output is checked before anything is read: the error names the output, not the missing inputs."""
+    from ssddet.cli import main
+
+    a_file, a_dir = tmp_path / "file.txt", tmp_path / "dir"
+    a_file.write_text("x")
+    a_dir.mkdir()
+    assert main(argv_of(a_file, a_dir)) == 2
+    err = capsys.readouterr().err.strip()
+    assert problem in err and "\n" not in err and "missing" not in err
+
+
+def test_a_write_refused_during_the_work_is_one_line(monkeypatch, capsys):
+    """What the pre-flight check cannot see (a read-only mount, root's view of /sys) still ends in one line."""
+    from ssddet import cli
+
+    def refused(args):
+        raise PermissionError(13, "Permission denied", "/sys/x.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "plot", (cli.COMMANDS["plot"][0], refused))
+    assert cli.main(["plot", "run"]) == 2
+    assert capsys.readouterr().err.strip() == "ssddet plot: error: /sys/x.json: Permission denied"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root may write anywhere")
+def test_a_read_only_folder_is_refused(tmp_path, capsys):
+    from ssddet.cli import main
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["refine", "--checkpoint", "missing.pt", "--out", str(ro / "x.json")]) == 2
+    finally:
+        ro.chmod(0o700)
+    assert "permission denied" in capsys.readouterr().err

@@ -123,6 +123,7 @@ def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=No
         if save_results:
             import json
 
+            Path(save_results).parent.mkdir(parents=True, exist_ok=True)
             Path(save_results).write_text(json.dumps(dets))
             log.info("wrote %d detections to %s", len(dets), save_results)
     metrics = Metrics(coco_evaluate(dset.gt_dict(records), dets))

@@ -16,6 +16,7 @@ from .tools.data import add_data_parser, cmd_data
 from .tools.eval import add_eval_parser, cmd_eval
 from .tools.export import add_export_parser, cmd_export
 from .tools.noise import add_noise_parser, cmd_noise
+from .tools.outputs import check_outputs
 from .tools.plot import add_plot_parser, cmd_plot
 from .tools.predict import add_predict_parser, cmd_predict
 from .tools.refine import add_refine_parser, cmd_refine
@@ -23,6 +24,8 @@ from .tools.show import add_show_parser, cmd_show
 from .tools.train import add_train_parser, cmd_train
 
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # no space left / disk quota exceeded
+# a path the user named that cannot be read or written (their `filename` says which)
+BAD_PATH = (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOENT)
 
 # command -> (adds its sub-parser, runs it), in --help order
 COMMANDS = {
@@ -58,15 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        check_outputs(args)
         return COMMANDS[args.cmd][1](args)
     except (UserError, TrainingError, FileExistsError) as e:
         print(f"ssddet {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in DISK_FULL:
+        if e.errno not in DISK_FULL and not (e.errno in BAD_PATH and e.filename):
             raise
         # a full disk or quota while writing any output (log.jsonl, metrics, exports): checkpoints say so
-        # themselves (engine/checkpoint.py atomic_save), this catches every other write
+        # themselves (engine/checkpoint.py atomic_save), this catches every other write; and a path that turned
+        # out unwritable after `check_outputs` (a read-only mount, permissions changed meanwhile)
         print(f"ssddet {args.cmd}: error: {e.filename or 'writing output'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -303,6 +303,10 @@ def _check_train_numbers(cfg: Config) -> None:
         raise UserError(f"data.num_workers must be >= 0 (0: load in the main process), got {d.num_workers}")
     if not 0.0 <= d.flip <= 1.0:
         raise UserError(f"data.flip is a probability in [0, 1], got {d.flip}")
+    noise = d.noise
+    if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
+                              or not 0.0 <= noise < 1.0):
+        raise UserError(f"data.noise must be a noise level in [0, 1) or null, got {noise!r}")
 
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:

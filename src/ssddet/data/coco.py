@@ -104,7 +104,7 @@ def read_json(path: str | Path, what: str = "annotation file") -> dict:
     try:
         with open(p, encoding="utf-8") as f:
             d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer literal over 4300 digits
         raise UserError(f"{p}: not valid JSON ({e})") from None
     except RecursionError:
         raise UserError(f"{p}: not a COCO {what}: JSON nested too deeply to read") from None
@@ -144,10 +144,16 @@ def _hashable(x: Any) -> Any:
     return x
 
 
-def _as_number(x: Any) -> float | None:
+def finite_number(x: Any) -> float | None:
+    """A JSON value -> float if it is a finite number (not a bool, not an int beyond float's range), else None."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return float(x) if math.isfinite(x) else None
+    try:
+        f = float(x)
+    except OverflowError:  # an integer such as 10**400
+        return None
+    return f if math.isfinite(f) else None
+
 
 
 def _check_structure(d: dict, src: str) -> None:
@@ -196,7 +202,7 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
         fn = im.get("file_name")
         if not isinstance(fn, str) or not fn:
             raise UserError(f"{src}: image {iid} has no 'file_name'")
-        w, h = _as_number(im.get("width")), _as_number(im.get("height"))
+        w, h = finite_number(im.get("width")), finite_number(im.get("height"))
         path = root / fn
         if w is None or h is None or w < 1 or h < 1:
             size = image_size_from_file(path)
@@ -215,7 +221,7 @@ def parse_box(bbox: Any) -> np.ndarray | None:
     """COCO [x, y, w, h] -> float64[4] xyxy, or None if not 4 finite numbers."""
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return None
-    vals = [_as_number(v) for v in bbox]
+    vals = [finite_number(v) for v in bbox]
     if any(v is None for v in vals):
         return None
     return xywh_to_xyxy(vals)

@@ -168,7 +168,7 @@ def _is_size(v) -> bool:
 def fill_image_sizes(raw: dict, root: Path) -> dict:
     """Images without a usable width/height in the JSON get the file's size (the noise generator clips to it),
     as the loader does; what cannot be read is left for the caller to report."""
-    from .coco import _as_number, image_size_from_file
+    from .coco import finite_number, image_size_from_file
 
     images = raw.get("images") if isinstance(raw, dict) else None
     if not isinstance(images, list):
@@ -176,7 +176,7 @@ def fill_image_sizes(raw: dict, root: Path) -> dict:
     filled = []
     for im in images:
         if isinstance(im, dict) and isinstance(im.get("file_name"), str) and any(
-                (_as_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
+                (finite_number(im.get(k)) or 0) < 1 for k in ("width", "height")):
             size = image_size_from_file(root / im["file_name"])
             if size is not None:
                 im = {**im, "width": size[0], "height": size[1]}

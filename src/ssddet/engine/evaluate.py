@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
+from ..data.coco import finite_number
 from ..data.images import BadImages
 from ..errors import UserError
 from .distributed import broadcast_from_main, gather_to_main
@@ -118,7 +118,7 @@ def coco_evaluate(gt: dict, results: list[dict]) -> dict:
 
 
 def _finite(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    return finite_number(v) is not None
 
 
 def load_results(path: str | Path, gt: dict) -> list[dict]:
@@ -130,8 +130,10 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
         raise UserError(f"{p}: results file not found") from None
     except OSError as e:
         raise UserError(f"{p}: cannot read the results file ({e.strerror or e})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer literal over 4300 digits
         raise UserError(f"{p}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not valid JSON: nested too deeply to read") from None
     if isinstance(res, dict) and "annotations" in res:
         res = res["annotations"]
     if not isinstance(res, list):
