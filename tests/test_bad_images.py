@@ -161,6 +161,27 @@ def test_training_skips_a_truncated_jpeg_and_counts_it(truncated_run):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["skipped_images"] == 1
 
 
+def test_training_with_no_readable_training_image_stops(tmp_path, capsys):
+    """Every training image with boxes cut short: no step can be taken, so the run stops with one line (it
+    used to "finish" with an untrained model_final.pt and exit status 0)."""
+    from ssddet.cli import main
+
+    data = tmp_path / "data"
+    write_coco(data, tiny_coco_dict())
+    for name in ("a.jpg", "b.jpg"):
+        truncate(data / "images" / name)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--workers", "0", "--out", str(out), *TINY_TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "ssddet train: error: epoch 1: no training step: no training image could be read" in err
+    assert not (out / "model_final.pt").exists()
+    # `ssddet check` says so up front (the val image still has boxes, so the set as a whole is not empty)
+    assert main(["check", "--data", str(data)]) == 2
+    text = capsys.readouterr().out.splitlines()
+    assert "error: no usable box in a training image (split 'train') that can be decoded" in text
+    assert text[-1] == "NOT USABLE as is (see errors above)"
+
+
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 

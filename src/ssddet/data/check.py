@@ -133,11 +133,16 @@ def summarise(data, images: ImageProblems | None = None, strict: bool = False) -
                      "them with a warning; repair or remove the files):")
         lines += [f"  {u}" for u in images.unreadable.values()]
     readable_boxes = sum(len(r.boxes) for r in recs if r.image_id not in images.unreadable)
+    # the default training split (`train --data`) must have one too, or training takes no step
+    train_boxes = sum(len(r.boxes) for r in recs if r.split == "train" and r.image_id not in images.unreadable)
+    no_train = splits.get("train", 0) > 0 and train_boxes == 0 and readable_boxes > 0
     if boxes == 0:
         lines.append("error: no usable box in the dataset (see the warnings above)")
     elif readable_boxes == 0:
         lines.append("error: no usable box in an image that can be decoded")
-    ok = readable_boxes > 0 and not any(k.startswith(FATAL_IMAGE_PROBLEMS) for k in images.counts)
+    elif no_train:
+        lines.append("error: no usable box in a training image (split 'train') that can be decoded")
+    ok = readable_boxes > 0 and not no_train and not any(k.startswith(FATAL_IMAGE_PROBLEMS) for k in images.counts)
     findings = strict_findings(data, images) if strict else []
     if not ok:
         lines.append("NOT USABLE as is (see errors above)")

@@ -118,9 +118,8 @@ class Trainer:
         lr = scaled_lr(cfg.train, self.world, self.main)
         self.optimizer = torch.optim.SGD(self.method.param_groups(lr), lr=lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
-        self.iters_per_epoch = len(self.train_loader)
-        if cfg.train.max_iters_per_epoch:
-            self.iters_per_epoch = min(self.iters_per_epoch, cfg.train.max_iters_per_epoch)
+        n = len(self.train_loader)
+        self.iters_per_epoch = min(n, cfg.train.max_iters_per_epoch or n)  # the cap for quick runs, if set
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         # one schedule per parameter group: a group may carry its own decay points ("lr_steps")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
@@ -131,8 +130,7 @@ class Trainer:
         # unreadable images: reads skipped over the run (all processes), under data.on_bad_image
         self.bad_images, self.skipped_images = BadImages(cfg.data.on_bad_image), 0
         self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.deadline: float | None = None
-        self.out_of_time = False
+        self.deadline, self.out_of_time = None, False  # time budget: a wall-clock limit, reached
         if cfg.train.deterministic:
             set_deterministic()
         resumed = resume and self._resume()
@@ -336,6 +334,8 @@ class Trainer:
         while self.epoch < cfg.epochs:
             t0, bad_before = time.time(), self.bad_images.count
             train_means = self.train_epoch()
+            if not train_means:  # the same on every rank (mean_across_ranks): every batch was unreadable
+                raise TrainingError(f"epoch {self.epoch + 1}: no training step: no training image could be read")
             self.epoch += 1
             metrics = {}
             stop = self.out_of_time
