@@ -95,3 +95,83 @@ def test_yolo2coco_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "n.yaml").write_text("names: {0: a, 2: c}\ntrain: .\n")
     with pytest.raises(UserError, match="indices 0..1"):
         yolo2coco(tmp_path / "o.json", yaml_path=tmp_path / "n.yaml")
+
+
+def _ds(root, labels: dict[str, bytes], yaml: bytes = b"path: .\ntrain: images/train\nnames: [cell]\n"):
+    """root/images/train/<name>.png (640 x 480) + root/labels/train/<name>.txt (raw bytes) + data.yaml."""
+    (root / "labels" / "train").mkdir(parents=True)
+    for name, text in labels.items():
+        write_image(root / "images" / "train" / f"{name}.png", 640, 480)
+        (root / "labels" / "train" / f"{name}.txt").write_bytes(text)
+    (root / "data.yaml").write_bytes(yaml)
+    return root / "data.yaml"
+
+
+def test_yolo2coco_skips_lines_outside_yolos_range_and_writes_only_finite_numbers(tmp_path, caplog):
+    data = _ds(tmp_path / "ds", {"a": b"0 0.5 0.5 1e308 0.2\n"  # w * 640 overflows: was a NaN bbox and area
+                                      b"0 0.5 0.5 1e200 0.2\n"  # was 'converted boxes differ ... by up to 0.5'
+                                      b"0 -0.5 -0.5 0.2 0.2\n"  # centre outside the image
+                                      b"0 40 32 20 20\n"  # pixels, not normalised
+                                      b"0 0.1 0.1 1e308 0.2 -1e308 0.3\n"  # a segment whose width overflows
+                                      b"0 0.5 0.5 1.0000001 0.2\n"  # a label tool's float overshoot: kept, clipped
+                                      b"0 0.5 0.5 0.25 0.5\n"})
+    out = tmp_path / "coco.json"
+    coco = yolo2coco(out, yaml_path=data)
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the output"))
+    bboxes = [a["bbox"] for a in coco["annotations"]]
+    assert bboxes[0] == [0.0, pytest.approx(192.0), 640.0, pytest.approx(96.0)] and bboxes[1] == [240, 120, 160, 240]
+    st = coco["info"]["ssddet_yolo2coco"]
+    reason = "values outside YOLO's normalised range (centre in [0, 1], size in (0, 1])"
+    assert st["skipped"] == {reason: 5} and st["clipped"] == 1 and st["max_roundtrip_error"] < 1e-12
+    assert f"skipped 5: {reason} (e.g. {tmp_path / 'ds/labels/train/a.txt'}:1)" in caplog.text
+
+
+@pytest.mark.parametrize("line", ["0 0.5 0.5 1e308 0.2", "0 1.5 0.5 0.1 0.1", "0 0.5 -0.01 0.1 0.1",
+                                  "0 0.5 0.5 0.1 1.01", "0 0 0 2 0 0 2"])
+def test_parse_line_rejects_values_outside_yolos_range(line):
+    assert "outside YOLO's normalised range" in parse_line(line)
+
+
+def test_parse_line_keeps_the_range_ends_and_a_tiny_overshoot():
+    assert parse_line("0 1 0 1 1")[1].tolist() == [1, 0, 1, 1]
+    assert parse_line("0 1.0000001 -0.0000001 0.5 1.0000001")[1].tolist() == [1.0000001, -0.0000001, 0.5, 1.0000001]
+
+
+def test_yolo2coco_inputs_that_are_not_utf8_are_one_line_errors(tmp_path, capsys):
+    latin1 = "names: ['café']\ntrain: images/train\n".encode("latin-1")
+    data = _ds(tmp_path / "y", {"a": b"0 0.5 0.5 0.2 0.2\n"}, yaml=latin1)
+    assert main(["data", "yolo2coco", "--yaml", str(data), "--out", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ssddet data: error: {data}: not UTF-8 text (byte 12: invalid continuation byte)\n"
+    data = _ds(tmp_path / "l", {"a": b"0 0.5 0.5 0.2 0.2\n"}, yaml=b"train: list.txt\nnames: [a]\n")
+    (tmp_path / "l" / "list.txt").write_bytes(b"images/train/a.png\n\xe9.png\n")
+    with pytest.raises(UserError, match=r"list\.txt: not UTF-8 text \(byte 19: invalid continuation byte\)$"):
+        yolo2coco(tmp_path / "o.json", yaml_path=data)
+    (tmp_path / "obj.names").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UserError, match=r"obj\.names: not UTF-8 text"):
+        yolo2coco(tmp_path / "o.json", images=tmp_path / "l", names=tmp_path / "obj.names")
+
+
+def test_yolo2coco_leaves_out_an_image_whose_label_file_is_not_utf8(tmp_path, caplog):
+    data = _ds(tmp_path / "ds", {"a": b"0 0.5 0.5 0.2 0.2 \xe9\n", "b": b"\xef\xbb\xbf0 0.5 0.5 0.25 0.5\r\n"})
+    coco = yolo2coco(tmp_path / "coco.json", yaml_path=data)
+    assert [im["file_name"] for im in coco["images"]] == ["ds/images/train/b.png"]
+    assert [a["bbox"] for a in coco["annotations"]] == [[240.0, 120.0, 160.0, 240.0]]  # a BOM is not a bad line
+    reason = "label file not UTF-8 text (its image left out)"
+    assert coco["info"]["ssddet_yolo2coco"]["skipped"] == {reason: 1}
+    assert f"skipped 1: {reason} (e.g. {tmp_path / 'ds/labels/train/a.txt'})" in caplog.text
+
+
+def test_yolo2coco_warns_about_images_in_more_than_one_split(ultralytics, tmp_path, caplog):
+    yolo2coco(tmp_path / "coco.json", yaml_path=ultralytics / "data.yaml")
+    assert "more than one split" not in caplog.text
+    (ultralytics / "val.txt").write_text("images/train/a.png\n")
+    (ultralytics / "data.yaml").write_text("train: images/train\nval: [images/val, val.txt]\ntest: images/train\n"
+                                           "names: [cell, platelet]\n")
+    coco = yolo2coco(tmp_path / "coco.json", yaml_path=ultralytics / "data.yaml")
+    assert [(im["file_name"], im["split"]) for im in coco["images"]] == [  # converted as listed, as before
+        ("ds/images/train/a.png", "train"), ("ds/images/train/b.jpg", "train"), ("ds/images/val/c.png", "val"),
+        ("ds/images/train/a.png", "val"), ("ds/images/train/a.png", "test"), ("ds/images/train/b.jpg", "test")]
+    assert (f"2 image(s) in more than one split (e.g. {(ultralytics / 'images/train/a.png').resolve()}: train, val, "
+            "test): each is converted once per split, so a model is evaluated on images it was trained on"
+            in caplog.text)

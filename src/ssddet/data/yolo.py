@@ -10,9 +10,12 @@ Class names come from the dataset YAML's `names` (a list, or a {index: name} map
 
 Boxes: COCO [x, y, w, h] = [(cx - w/2) W, (cy - h/2) H, w W, h H] in pixels, not rounded. After conversion
 every box is converted back and compared with its source line (`max_roundtrip_error` in the stats).
-Malformed lines, unknown classes and empty boxes are skipped and counted; unreadable images are skipped and
-counted; boxes reaching outside the image are clipped to it (counted: `clipped`), so that the output passes
-`ssddet check --strict`; the round-trip check compares the boxes before clipping.
+Malformed lines, unknown classes, empty boxes and values outside YOLO's normalised range (centre in [0, 1],
+size in (0, 1], up to `NORM_SLACK`) are skipped and counted; unreadable images, and images whose label file is
+not UTF-8 text, are skipped and counted; boxes reaching outside the image are clipped to it (counted:
+`clipped`), so that the output passes `ssddet check --strict`; the round-trip check compares the boxes before
+clipping. Any other text input that is not UTF-8 (the YAML, a names file, a split list) is a one-line error.
+An image listed under several splits is converted once per split, with a warning.
 """
 from __future__ import annotations
 
@@ -30,6 +33,20 @@ from .coco import MIN_BOX_SIDE, image_size_from_file
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Label tools write 1.0000001 for a box at the image edge (float32 arithmetic): such a box is kept (and clipped),
+# while anything further out is not a normalised value (pixels, a broken export) and is skipped.
+NORM_SLACK = 1e-6
+OUT_OF_RANGE = "values outside YOLO's normalised range (centre in [0, 1], size in (0, 1])"
+LABEL_NOT_UTF8 = "label file not UTF-8 text (its image left out)"
+
+
+def _read_text(p: Path) -> str:
+    """A text input's contents. Not UTF-8 (a Latin-1 or UTF-16 export) is a one-line error naming the file, not
+    a UnicodeDecodeError; a UTF-8 byte-order mark (Windows editors) is dropped, or it would spoil the first line."""
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def read_names(path: str | Path) -> list[str]:
@@ -39,7 +56,7 @@ def read_names(path: str | Path) -> list[str]:
         raise UserError(f"{p}: names file not found")
     if p.suffix.lower() in (".yaml", ".yml"):
         return _yaml_names(_read_yaml(p), p)
-    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in _read_text(p).splitlines() if line.strip()]
     if not names:
         raise UserError(f"{p}: no class names in the file")
     return names
@@ -49,7 +66,7 @@ def _read_yaml(p: Path) -> dict:
     import yaml
 
     try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        d = yaml.safe_load(_read_text(p))
     except yaml.YAMLError as e:
         raise UserError(f"{p}: not valid YAML ({e})") from None
     if not isinstance(d, dict):
@@ -81,7 +98,7 @@ def _list_images(entry, root: Path, p: Path) -> list[Path]:
         if q.is_dir():
             out += sorted(f for f in q.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         elif q.is_file() and q.suffix.lower() == ".txt":
-            for line in q.read_text(encoding="utf-8").splitlines():
+            for line in _read_text(q).splitlines():
                 if line.strip():
                     f = Path(line.strip())
                     out.append(f if f.is_absolute() else (q.parent / f if (q.parent / f).exists() else root / f))
@@ -132,9 +149,14 @@ def parse_line(line: str) -> tuple[int, np.ndarray] | str:
     else:
         pts = np.array(vals[1:], dtype=np.float64).reshape(-1, 2)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
-        box = np.concatenate([(lo + hi) / 2, hi - lo])
+        with np.errstate(over="ignore"):  # an overflow (points near +-1e308) is inf, rejected as out of range below
+            box = np.concatenate([(lo + hi) / 2, hi - lo])
     if box[2] <= 0 or box[3] <= 0:
         return "empty box (w or h <= 0)"
+    # finite values of any size pass the checks above, but 1e308 overflows to inf in pixels (a NaN bbox), and
+    # 1e200 loses the centre to rounding; also catches a segment whose extent overflows (hi - lo = inf)
+    if not (np.all(box >= -NORM_SLACK) and np.all(box <= 1 + NORM_SLACK)):
+        return OUT_OF_RANGE
     return int(vals[0]), box
 
 
@@ -150,6 +172,49 @@ def to_yolo_box(bbox: list[float], width: int, height: int) -> np.ndarray:
     return np.array([(x + w / 2) / width, (y + h / 2) / height, w / width, h / height])
 
 
+def _label_lines(lab: Path) -> list[str] | None:
+    """An image's label lines ([] without a label file), or None when the file is not UTF-8 text."""
+    if not lab.is_file():
+        return []
+    try:
+        return lab.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        return None
+
+
+def _line_bbox(line: str, n_names: int, w: int, h: int) -> tuple[int, list[float], float, bool] | str:
+    """One label line -> (class index, COCO bbox clipped to the image, round-trip error, clipped?) or the reason
+    it is skipped."""
+    got = parse_line(line)
+    if isinstance(got, str):
+        return got
+    cls, box = got
+    if cls >= n_names:
+        return f"class index outside the {n_names} names"
+    bbox = to_coco_box(box, w, h)
+    error = float(np.abs(to_yolo_box(bbox, w, h) - box).max())  # before clipping, which changes the box on purpose
+    inside = clip_to_image(xywh_to_xyxy(bbox), w, h, MIN_BOX_SIDE)
+    if inside is None:
+        return "box outside its image"
+    clipped = not np.array_equal(inside, xywh_to_xyxy(bbox))
+    return cls, xyxy_to_xywh(inside).tolist() if clipped else bbox, error, clipped
+
+
+def _warn_multi_split(splits: dict[str, list[Path]]) -> None:
+    """`train:` and `val:` naming one folder put its images in both splits, and nothing else would say so: each is
+    converted once per split (as listed), and a model is then evaluated on images it was trained on."""
+    where: dict[Path, list[str]] = {}
+    for split, paths in splits.items():
+        for path in paths:
+            seen = where.setdefault(path.resolve(), [])
+            if split not in seen:
+                seen.append(split)
+    multi = [(p, s) for p, s in where.items() if len(s) > 1]
+    if multi:
+        log.warning("%d image(s) in more than one split (e.g. %s: %s): each is converted once per split, so a model "
+                    "is evaluated on images it was trained on", len(multi), multi[0][0], ", ".join(multi[0][1]))
+
+
 def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict:
     """{split: image paths} + class names -> COCO dict (file_name relative to `base`; the counts and the
     round-trip check in info.ssddet_yolo2coco)."""
@@ -160,37 +225,31 @@ def convert(splits: dict[str, list[Path]], names: list[str], base: Path) -> dict
         skipped[reason] += 1
         examples.setdefault(reason, where)
 
+    _warn_multi_split(splits)
     for split, paths in splits.items():
         for path in paths:
             size = image_size_from_file(path)
             if size is None:
                 skip("unreadable or missing image", str(path))
                 continue
+            lab = label_path(path)
+            lines = _label_lines(lab)
+            if lines is None:  # left out: kept without its objects, it would teach that they are background
+                skip(LABEL_NOT_UTF8, str(lab))
+                continue
             (w, h), image_id = size, len(images) + 1
             images.append({"id": image_id, "file_name": Path(os.path.relpath(path.resolve(), base.resolve()))
                            .as_posix(), "width": w, "height": h, "split": split})
-            lab = label_path(path)
-            lines = lab.read_text(encoding="utf-8").splitlines() if lab.is_file() else []
             for n, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
-                got = parse_line(line)
+                got = _line_bbox(line, len(names), w, h)
                 if isinstance(got, str):
                     skip(got, f"{lab}:{n}")
                     continue
-                cls, box = got
-                if cls >= len(names):
-                    skip(f"class index outside the {len(names)} names", f"{lab}:{n}")
-                    continue
-                bbox = to_coco_box(box, w, h)
-                errors.append(float(np.abs(to_yolo_box(bbox, w, h) - box).max()))
-                inside = clip_to_image(xywh_to_xyxy(bbox), w, h, MIN_BOX_SIDE)
-                if inside is None:
-                    skip("box outside its image", f"{lab}:{n}")
-                    continue
-                if not np.array_equal(inside, xywh_to_xyxy(bbox)):
-                    clipped += 1
-                    bbox = xyxy_to_xywh(inside).tolist()
+                cls, bbox, error, was_clipped = got
+                errors.append(error)  # only for boxes written: a skipped line's numbers are not a converter bug
+                clipped += was_clipped
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": cls + 1, "bbox": bbox,
                              "area": bbox[2] * bbox[3], "iscrowd": 0})
     for reason, k in skipped.items():
