@@ -227,6 +227,37 @@ def test_counted_warnings(case, tmp_path, capsys, caplog):
     assert sorted(boxes) == [11, 12, 21, 41, 42, 51]  # the good boxes are all kept
 
 
+@pytest.mark.parametrize("true_bbox", [[1, 2], [30, 10, -5, 20], [1, float("nan"), 3, 4]])
+def test_an_invalid_true_bbox_is_a_counted_warning(tmp_path, true_bbox):
+    """The box itself is kept; its image's clean boxes become unknown, and that is said, not silent."""
+    from ssddet.data.coco import BAD_TRUE_BOX
+
+    coco = tiny_coco_dict()
+    for a in coco["annotations"]:
+        a["true_bbox"] = a["bbox"]
+    _ann_case(true_bbox=true_bbox)(coco)
+    data = load_coco(write_coco(tmp_path / "ds", coco))
+    assert data.warnings[BAD_TRUE_BOX] == 1 and data.warning_examples[BAD_TRUE_BOX] == [99]
+    image1 = next(r for r in data.records if r.image_id == 1)
+    assert 99 in image1.ann_ids.tolist() and image1.true_boxes is None
+    assert all(r.true_boxes is not None for r in data.records if len(r.boxes) and r.image_id != 1)
+
+
+def test_one_file_under_two_image_ids_is_a_counted_warning(tmp_path, capsys):
+    """The val image 4 names the training image's file: counted per image, shown with its id, fails --strict."""
+    from ssddet.data.coco import SHARED_FILE
+
+    coco = tiny_coco_dict()
+    coco["images"][3].update(file_name="images/./a.jpg", width=80, height=64)  # a.jpg, spelled differently
+    ann = write_coco(tmp_path / "ds", coco)
+    data = load_coco(ann)
+    assert data.warnings[SHARED_FILE] == 1 and data.warning_examples[SHARED_FILE] == [4]
+    rc, out, _ = run(["check", "--ann", ann], capsys)
+    assert rc == 0 and f"warning: 1 image(s): {SHARED_FILE} (e.g. ids [4])" in out.splitlines()
+    rc, out, _ = run(["check", "--ann", ann, "--strict"], capsys)
+    assert rc == 1 and out.splitlines()[-1] == f"FAILED --strict: 1 image(s) {SHARED_FILE}"
+
+
 def test_image_size_differs_from_json(tiny_coco, capsys):
     root, ann, _ = tiny_coco
     write_image(root / "images/a.jpg", 40, 128)  # JSON: 80x64

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 
 MIN_BOX_SIDE = 0.5  # px; thinner boxes (after clipping to the image) carry no trainable signal
 IMAGE_SIZE_FROM_FILE = "image width/height missing in JSON (read from the file)"  # a per-image warning
+# a per-image warning: one picture under two ids is seen twice by training, and across splits it is evaluated on
+SHARED_FILE = "file_name of an earlier image id (the same file twice; across splits, a train/val leak)"
+IMAGE_WARNINGS = (IMAGE_SIZE_FROM_FILE, SHARED_FILE)
 
 
 @dataclass
@@ -193,6 +197,7 @@ def image_size_from_file(path: Path) -> tuple[int, int] | None:
 
 def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) -> dict[int, dict]:
     images: dict[int, dict] = {}
+    files: set[str] = set()
     for i, im in enumerate(d["images"]):
         if not isinstance(im, dict) or isinstance(im.get("id"), bool) or not isinstance(im.get("id"), int):
             raise UserError(f"{src}: images[{i}] needs an integer 'id'")
@@ -204,6 +209,9 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
             raise UserError(f"{src}: image {iid} has no 'file_name'")
         w, h = finite_number(im.get("width")), finite_number(im.get("height"))
         path = root / fn
+        if os.path.normpath(path) in files:
+            _note(warn, examples, SHARED_FILE, iid, src)
+        files.add(os.path.normpath(path))
         if w is None or h is None or w < 1 or h < 1:
             size = image_size_from_file(path)
             if size is None:
@@ -247,6 +255,21 @@ def _note(warn: Counter, examples: dict, reason: str, ann_id: Any, src: str) -> 
     if warn[reason] <= 3:
         examples.setdefault(reason, []).append(ann_id)
         log.debug("%s: annotation %s: %s", src, ann_id, reason)
+
+
+BAD_TRUE_BOX = "true_bbox is not 4 finite numbers with positive width/height (its image's clean boxes unknown)"
+
+
+def _true_box(a: dict, warn: Counter, examples: dict, src: str) -> np.ndarray | None:
+    """An annotation's clean box (xyxy) if it has a valid `true_bbox`; a present but invalid one is counted, since
+    it silently turns off the clean-box statistics of its whole image (`ImageRecord.true_boxes`)."""
+    if "true_bbox" not in a:
+        return None
+    true = parse_box(a["true_bbox"])
+    if true is None or true[2] <= true[0] or true[3] <= true[1]:
+        _note(warn, examples, BAD_TRUE_BOX, a.get("id"), src)
+        return None
+    return true
 
 
 def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
@@ -293,7 +316,7 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
             slot["crowd"].append(box)
             slot["crowd_labels"].append(cat_to_label[a["category_id"]])
             continue
-        true = parse_box(a.get("true_bbox")) if "true_bbox" in a else None
+        true = _true_box(a, warn, examples, src)
         slot["boxes"].append(box)
         slot["labels"].append(cat_to_label[a["category_id"]])
         slot["ids"].append(keys[i])
@@ -312,7 +335,7 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
 
 def warning_unit(reason: str) -> str:
     """What a warning kind counts: images or annotations."""
-    return "image(s)" if reason == IMAGE_SIZE_FROM_FILE else "annotation(s)"
+    return "image(s)" if reason in IMAGE_WARNINGS else "annotation(s)"
 
 
 def _make_record(im: dict, slot: dict) -> ImageRecord:
