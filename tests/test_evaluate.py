@@ -60,6 +60,26 @@ def test_no_results_gives_zeros(tiny_gt):
     assert m["per_class"] == {"cat3": 0.0, "cat7": 0.0, "cat42": 0.0}
 
 
+def test_a_class_without_ground_truth_scores_zero_and_says_so(tiny_gt, caplog):
+    gt = copy.deepcopy(tiny_gt)
+    cat42 = next(c["id"] for c in gt["categories"] if c["name"] == "cat42")
+    gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] != cat42]
+    gt["images"] = gt["images"][:-1] + [dict(gt["images"][-1], id=999)]  # a new set: the warning is per set
+    m = coco_evaluate(gt, gt_as_results(gt))
+    assert m["AP"] == pytest.approx(1.0) and m["per_class"]["cat42"] == 0.0
+    assert "has no box of cat42: its AP is reported as 0" in caplog.text
+
+
+def test_crowd_only_ground_truth_gives_zeros_not_minus_one(tiny_gt, caplog):
+    gt = copy.deepcopy(tiny_gt)
+    for a in gt["annotations"]:
+        a["iscrowd"] = 1
+    gt["images"] = gt["images"] + [dict(gt["images"][-1], id=998)]
+    m = coco_evaluate(gt, gt_as_results(tiny_gt))
+    assert all(m[k] == 0.0 for k in STAT_NAMES) and set(m["per_class"].values()) == {0.0}
+    assert "has no box of cat3, cat7, cat42: their AP is reported as 0" in caplog.text
+
+
 def random_case(seed: int):
     rng = np.random.RandomState(seed)
     cats = [{"id": 1, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]

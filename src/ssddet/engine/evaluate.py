@@ -3,6 +3,7 @@ export."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -100,7 +101,9 @@ def coco_evaluate(gt: dict, results: list[dict]) -> dict:
     out = {k: 0.0 for k in STAT_NAMES}
     names = class_keys(gt["categories"])
     out["per_class"] = {n: 0.0 for n in names.values()}
-    if not results or not gt["annotations"]:
+    present = {a["category_id"] for a in gt["annotations"] if not a.get("iscrowd")}
+    _warn_once(len(gt["images"]), tuple(n for c, n in names.items() if c not in present))
+    if not results or not present:  # no box to match (all crowd: faster-coco-eval's -1): every metric is 0
         return out
     gt_coco = _coco(gt)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -115,6 +118,15 @@ def coco_evaluate(gt: dict, results: list[dict]) -> dict:
         p = precision[:, :, k, 0, -1]
         out["per_class"][names[cat_id]] = float(np.mean(p[p > -1])) if (p > -1).any() else 0.0
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _warn_once(num_images: int, absent: tuple[str, ...]) -> None:
+    """Say once per evaluation set that a class without ground truth scores 0, which reads like a class the model
+    missed (COCO has no AP for it)."""
+    if absent:
+        log.warning("the evaluation set (%d images) has no box of %s: %s AP is reported as 0", num_images,
+                    ", ".join(absent), "its" if len(absent) == 1 else "their")
 
 
 def _finite(v) -> bool:
