@@ -86,6 +86,20 @@ def test_predict_writes_results_and_pngs_of_the_source_size(run, tmp_path, caplo
     assert not (dst / "broken.png").exists()
 
 
+def test_colliding_names_keep_their_file_name_and_get_distinct_pngs(tmp_path):
+    """x.jpg and x.png, and a.jpg from two folders: the results' file_name is each input's own name (never an
+    invented x_2.png); only the drawn PNGs get a suffix, so none overwrites another."""
+    from ssddet.engine.predict import collect_images
+
+    for rel in ("x.jpg", "x.png", "d1/a.jpg", "d2/a.jpg"):
+        write_image(tmp_path / rel, 8, 8)
+    items = collect_images([tmp_path / "x.jpg", tmp_path / "x.png", tmp_path / "d1" / "a.jpg",
+                            tmp_path / "d2" / "a.jpg"])
+    assert [(n, png) for _, n, png in items] == [("x.jpg", "x.png"), ("x.png", "x_2.png"), ("a.jpg", "a.png"),
+                                                 ("a.jpg", "a_2.png")]
+    assert [p for p, _, _ in items][3] == tmp_path / "d2" / "a.jpg"
+
+
 def test_predict_api_applies_the_score_threshold(run):
     _, data, out = run
     model = ssddet.load_detector(out / "model_final.pt")

@@ -33,10 +33,11 @@ class PredictStats:
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
 
-def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
-    """Image files and folders -> [(path, name)] in argument order, each folder's images sorted. `name` is the
-    path relative to its folder argument (a file argument: its file name); names that would write the same
-    PNG (a.jpg and a.png, or the same name from two folders) get a numeric suffix."""
+def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str, str]]:
+    """Image files and folders -> [(path, name, png)] in argument order, each folder's images sorted. `name` is
+    the path relative to its folder argument (a file argument: its file name), the results' `file_name`; `png`
+    is the picture `predict` draws, relative to --out: `name` as .png, with a numeric suffix where two names
+    would write the same PNG (a.jpg and a.png, or the same name from two folders)."""
     items: list[tuple[Path, str]] = []
     for arg in inputs:
         p = Path(arg)
@@ -52,12 +53,11 @@ def collect_images(inputs: list[str | Path]) -> list[tuple[Path, str]]:
     seen: Counter = Counter()
     out = []
     for path, name in items:
-        key = png_name(name)
-        seen[key] += 1
-        if seen[key] > 1:
-            stem = Path(name)
-            name = stem.with_name(f"{stem.stem}_{seen[key]}{stem.suffix}").as_posix()
-        out.append((path, name))
+        png = png_name(name)
+        seen[png] += 1
+        if seen[png] > 1:
+            png = Path(png).with_name(f"{Path(png).stem}_{seen[png]}.png").as_posix()
+        out.append((path, name, png))
     return out
 
 
@@ -86,11 +86,11 @@ def draw_detections(image, out: dict, keep, names: dict[int, str]):
 
 
 @torch.no_grad()
-def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: torch.device, score: float,
+def predict_images(detector, items: list[tuple[Path, str, str]], meta: dict, device: torch.device, score: float,
                    out_dir: Path | None = None, draw: bool = True, progress: bool = True,
                    on_bad_image: str = "skip") -> tuple[list[dict], PredictStats]:
     """Run `detector` (eval mode, on `device`) over `items` from `collect_images` -> (COCO results records,
-    image ids 1..N in item order; stats). With `out_dir` and `draw`, writes out_dir/png_name(name). A file that
+    image ids 1..N in item order; stats). With `out_dir` and `draw`, writes each item's out_dir/png. A file that
     cannot be decoded is skipped and counted (on_bad_image "skip") or stops the run ("stop")."""
     from .inference import class_maps
 
@@ -100,7 +100,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
     results: list[dict] = []
     stats = PredictStats()
     with tqdm(items, desc="predict", disable=not progress) as bar:  # closed on errors too
-        for image_id, (path, name) in enumerate(bar, start=1):
+        for image_id, (path, name, png) in enumerate(bar, start=1):
             try:
                 image = read_rgb(path)
             except UnreadableImage as e:
@@ -119,7 +119,7 @@ def predict_images(detector, items: list[tuple[Path, str]], meta: dict, device: 
             recs, keep = detection_records(out, image_id, name, score, label_to_cat)
             results += recs
             if out_dir is not None and draw:
-                save_png(draw_detections(image, out, keep, names), out_dir / png_name(name))
+                save_png(draw_detections(image, out, keep, names), out_dir / png)
     for reason, n in stats.skipped.items():
         log.warning("skipped %d %s file(s), e.g. %s", n, reason, stats.examples[reason])
     return results, stats
