@@ -20,27 +20,19 @@ import torch
 from ssddet.data.boxes import aligned_iou
 from ssddet.data.dataset import load_image, record_target, training_records
 from ssddet.data.splits import load_train_val
-from ssddet.engine.refine import load_refiner_method
-
-
-def hflip(boxes: torch.Tensor, width: float) -> torch.Tensor:
-    """Tensor[M, 4] xyxy in an image of `width` -> the same boxes in the mirrored image."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+from ssddet.engine.refine import load_refiner_method, mirror_features, mirror_refine
 
 
 @torch.no_grad()
-def refine_view(method, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, flip: bool):
-    """Refined Tensor[M, 4] in the resized, unflipped frame, and the resize factors Tensor[4]."""
-    w0 = float(image.shape[-1])
-    img, b = (image.flip(-1), hflip(boxes, w0)) if flip else (image, boxes)
-    images, targets = method.detector.transform([img], [{"boxes": b, "labels": labels}])
-    features = method.detector.backbone(images.tensors)
-    refined = method.refiner(features, images.image_sizes, [targets[0]["boxes"]], [labels]).refined[0]
-    h1, w1 = images.image_sizes[0]
-    if flip:
-        refined = hflip(refined, float(w1))
-    h0 = float(image.shape[-2])
-    return refined, torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0])
+def both_views(method, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor):
+    """-> (refined in the image, refined in its mirror image and mapped back: Tensor[M, 4] each, the resized
+    frame; the resize factors Tensor[4])."""
+    images, targets = method.detector.transform([image], [{"boxes": boxes, "labels": labels}])
+    size, resized = images.image_sizes[0], targets[0]["boxes"]
+    plain = method.refiner(method.detector.backbone(images.tensors), [size], [resized], [labels]).refined[0]
+    mirrored = mirror_refine(method, mirror_features(method, image), size, resized, labels)
+    (h1, w1), (h0, w0) = size, image.shape[-2:]
+    return plain, mirrored, torch.tensor([w1 / w0, h1 / h0, w1 / w0, h1 / h0])
 
 
 def main() -> None:
@@ -62,8 +54,7 @@ def main() -> None:
         t = record_target(rec, sx, sy)
         if "true_boxes" not in t:
             raise SystemExit(f"{args.checkpoint}: the run's training boxes have no true boxes to compare with")
-        a, scale = refine_view(method, image, t["boxes"], t["labels"], flip=False)
-        b, _ = refine_view(method, image, t["boxes"], t["labels"], flip=True)
+        a, b, scale = both_views(method, image, t["boxes"], t["labels"])
         true, noisy = t["true_boxes"] * scale, t["boxes"] * scale
         for key, x, y in (("views", a, b), ("plain_true", a, true), ("flipped_true", b, true),
                           ("average_true", (a + b) / 2, true), ("noisy_true", noisy, true)):
