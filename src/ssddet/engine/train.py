@@ -118,8 +118,7 @@ class Trainer:
         lr = scaled_lr(cfg.train, self.world, self.main)
         self.optimizer = torch.optim.SGD(self.method.param_groups(lr), lr=lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
-        n = len(self.train_loader)
-        self.iters_per_epoch = min(n, cfg.train.max_iters_per_epoch or n)  # the cap for quick runs, if set
+        self.iters_per_epoch = min(len(self.train_loader), cfg.train.max_iters_per_epoch or len(self.train_loader))
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         # one schedule per parameter group: a group may carry its own decay points ("lr_steps")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
@@ -243,6 +242,7 @@ class Trainer:
                 if i >= self.iters_per_epoch:
                     break
                 images, targets = self.bad_images.take(batch)  # unreadable images: dropped, or stop (on_bad_image)
+                avg.add({"batch_images": float(len(images))})  # readable ones: 0 on every rank = nothing to learn
                 # a batch of unreadable images only: no step, on every rank (DDP's all-reduce needs all of them)
                 if any_rank(not images, self.device):
                     continue
@@ -334,7 +334,7 @@ class Trainer:
         while self.epoch < cfg.epochs:
             t0, bad_before = time.time(), self.bad_images.count
             train_means = self.train_epoch()
-            if not train_means:  # the same on every rank (mean_across_ranks): every batch was unreadable
+            if not train_means.get("batch_images"):  # every rank's every image unreadable (a collective mean)
                 raise TrainingError(f"epoch {self.epoch + 1}: no training step: no training image could be read")
             self.epoch += 1
             metrics = {}
