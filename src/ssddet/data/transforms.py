@@ -6,15 +6,18 @@ import torch
 BOX_KEYS = ("boxes", "true_boxes")
 
 
+def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """Tensor[M, 4] xyxy in an image `width` wide -> the same boxes in its mirror image (an involution)."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     """image: Tensor[3, H, W]; boxes xyxy in pixels -> mirrored image and boxes (x -> W - x)."""
     width = image.shape[-1]
     target = dict(target)
     for key in BOX_KEYS:
         if key in target:
-            b = target[key].clone()
-            b[:, [0, 2]] = width - target[key][:, [2, 0]]
-            target[key] = b
+            target[key] = hflip_boxes(target[key], width)
     target["flipped"] = not target.get("flipped", False)
     return image.flip(-1), target
 

@@ -18,6 +18,7 @@ from ..data.boxes import aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xy
 from ..data.coco import MIN_BOX_SIDE, internal_ann_ids, parse_box
 from ..data.dataset import load_image, record_target
 from ..data.images import BadImages, UnreadableImage
+from ..data.transforms import hflip_boxes
 from ..errors import UserError
 from ..models.detector import build_trained_detector
 from ..models.methods import build_method
@@ -86,11 +87,6 @@ def refine_chunks(method, records, device, chunk: int = 32, bad: BadImages | Non
                     res.refined = [(res.refined[0] + mirror_refine(method, mirror, images.image_sizes[0],
                                                                    boxes[part], labels[part])) / 2]
                 yield rec, part, res, back
-
-
-def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
-    """Tensor[M, 4] xyxy in an image `width` wide -> the same boxes in its mirror image (an involution)."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 def mirror_features(method, image: torch.Tensor) -> dict:
