@@ -92,15 +92,15 @@ def test_an_unwritable_output_fails_in_one_line_before_the_work(tmp_path, capsys
 
 
 def test_a_write_refused_during_the_work_is_one_line(monkeypatch, capsys):
-    """What the pre-flight check cannot see (a read-only mount, root's view of /sys) still ends in one line."""
+    """What the pre-flight check cannot see (a read-only mount, a file locked meanwhile) still ends in one line."""
     from ssddet import cli
 
     def refused(args):
-        raise PermissionError(13, "Permission denied", "/sys/x.json")
+        raise PermissionError(13, "Permission denied", "locked/x.json")
 
     monkeypatch.setitem(cli.COMMANDS, "plot", (cli.COMMANDS["plot"][0], refused))
     assert cli.main(["plot", "run"]) == 2
-    assert capsys.readouterr().err.strip() == "ssddet plot: error: /sys/x.json: Permission denied"
+    assert capsys.readouterr().err.strip() == "ssddet plot: error: locked/x.json: Permission denied"
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,

@@ -159,7 +159,6 @@ def finite_number(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-
 def _check_structure(d: dict, src: str) -> None:
     for key in ("images", "annotations", "categories"):
         if key not in d:
@@ -209,9 +208,10 @@ def _parse_images(d: dict, src: str, root: Path, warn: Counter, examples: dict) 
             raise UserError(f"{src}: image {iid} has no 'file_name'")
         w, h = finite_number(im.get("width")), finite_number(im.get("height"))
         path = root / fn
-        if os.path.normpath(path) in files:
+        key = os.path.normpath(path)
+        if key in files:
             _note(warn, examples, SHARED_FILE, iid, src)
-        files.add(os.path.normpath(path))
+        files.add(key)
         if w is None or h is None or w < 1 or h < 1:
             size = image_size_from_file(path)
             if size is None:

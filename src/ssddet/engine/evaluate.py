@@ -129,10 +129,6 @@ def _warn_once(num_images: int, absent: tuple[str, ...]) -> None:
                     ", ".join(absent), "its" if len(absent) == 1 else "their")
 
 
-def _finite(v) -> bool:
-    return finite_number(v) is not None
-
-
 def load_results(path: str | Path, gt: dict) -> list[dict]:
     """Read and validate a COCO results file against the ground truth's images and categories."""
     p = Path(path)
@@ -162,12 +158,12 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
                             f"(known: {sorted(cat_ids)})")
         if isinstance(iid, bool) or not isinstance(iid, int):
             raise UserError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(finite_number(v) is not None for v in bbox):
             raise UserError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
         if bbox[2] < 0 or bbox[3] < 0:  # xyxy written as xywh, most often
             raise UserError(f"{p}: entry {i} has a bbox of negative width or height {bbox!r} (COCO results are "
                             "[x, y, width, height])")
-        if not _finite(score):
+        if finite_number(score) is None:
             raise UserError(f"{p}: entry {i} has an invalid score {score!r}")
         if iid in image_ids:
             kept.append({**r, "bbox": [float(v) for v in bbox], "score": float(score)})

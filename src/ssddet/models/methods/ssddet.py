@@ -90,10 +90,9 @@ class SSDDetMethod(DetectionMethod):
         if not found.any():
             return boxes
         m = float(self.cfg.target_momentum)
-        f = found.to(boxes.device)
-        out = boxes.clone()
-        out[f] = m * from_unit(banked[found].to(boxes), size, flipped) + (1.0 - m) * boxes[f]
-        return out
+        f = found.to(boxes.device)  # `boxes` is the caller's indexed copy: written in place
+        boxes[f] = m * from_unit(banked[found].to(boxes), size, flipped) + (1.0 - m) * boxes[f]
+        return boxes
 
     def banked_boxes(self, targets, sizes) -> list:
         """Per image Tensor[B_i, 4] in its (resized, flipped) frame: the bank's boxes of its annotations that
