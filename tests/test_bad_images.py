@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -145,7 +146,8 @@ def truncated_run(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "ssddet.cli", "train", "--data", str(data), "--workers", "1",
                            "--out", str(root / "run"), *TINY_TRAIN], capture_output=True, text=True,
                           env=subprocess_env())
-    return data, root / "run", proc.returncode, proc.stderr
+    yield data, root / "run", proc.returncode, proc.stderr
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints (see conftest._drop_tmp_path_of_passed_tests)
 
 
 def test_training_skips_a_truncated_jpeg_and_counts_it(truncated_run):

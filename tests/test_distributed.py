@@ -165,7 +165,8 @@ def two_ranks(tmp_path_factory) -> tuple[Path, Path, list[dict]]:
     root = tmp_path_factory.mktemp("ddp")
     data = _dataset(root / "data")
     mp.spawn(_rank_worker, args=([_free_port() for _ in range(4)], data, root), nprocs=WORLD, join=True)
-    return data, root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    yield data, root, [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints (see conftest._drop_tmp_path_of_passed_tests)
 
 
 def test_box_bank_is_one_bank_across_ranks(two_ranks):

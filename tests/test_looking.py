@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -28,7 +29,8 @@ def run(tmp_path_factory):
     metrics = ssddet.train(data=str(data), noise=0.3, epochs=1, min_size=64, max_size=96, num_workers=0,
                            batch_size=2, output=str(root / "run"), **{"ssddet.trunk_dim": 32})
     assert "AP" in metrics
-    return root, data, root / "run"
+    yield root, data, root / "run"
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints (see conftest._drop_tmp_path_of_passed_tests)
 
 
 def test_import_is_cheap_and_the_api_is_exported():

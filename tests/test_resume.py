@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
         assert main(train_args(data, out, "vanilla", 1, 2, "--max-iters-per-epoch", "1")) == 0
     finally:
         torch.set_num_threads(n)
-    return data, out
+    yield data, out
+    shutil.rmtree(root, ignore_errors=True)  # its checkpoints (see conftest._drop_tmp_path_of_passed_tests)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
