@@ -181,14 +181,31 @@ def same_spec(recorded: dict, expected: dict) -> bool:
     from ssddet.config_overrides import PREDATED as CHANGED_DEFAULTS
 
     defaults = spec_of(json.loads(json.dumps(dataclasses.asdict(Config()))))  # tuples as JSON lists
+    if _refiner_schedule(recorded) != _refiner_schedule(expected):
+        return False
     for sec, fields in expected.items():
         for k, v in fields.items():
+            if (sec, k) == ("ssddet", "refiner_decay_epochs"):  # compared by its effect, above
+                continue
             # a field whose default changed since: what the recorded run trained with
             then = CHANGED_DEFAULTS.get((sec, k), defaults.get(sec, {}).get(k, object()))
             old = recorded.get(sec, {}).get(k, then)
             if old != v:
                 return False
     return True
+
+
+def _refiner_schedule(spec: dict) -> list | None:
+    """The refiner's effective LR decay points of an SSD-Det spec (None for other methods): a run that predates
+    `ssddet.refiner_decay_epochs` decayed at `train.lr_steps`, which the field changes only for long schedules,
+    so the 6-epoch cells stay current and the 12-epoch ones do not."""
+    from ssddet.models.methods.ssddet import refiner_lr_steps
+
+    if "ssddet" not in spec:
+        return None
+    train = spec.get("train", {})
+    decay = spec["ssddet"].get("refiner_decay_epochs", 0.0)
+    return refiner_lr_steps(train.get("lr_steps", []), train.get("epochs", 0), decay)
 
 
 def finished_run(run: Path, spec: dict) -> bool:

@@ -239,17 +239,20 @@ def test_training_fractions_must_lie_in_0_1():
 
 def test_resuming_a_run_that_predates_a_changed_default_goes_on_as_it_started(tmp_path):
     """A config.json without model.box_bg_iou_thresh was trained at torchvision's 0.5: resuming keeps 0.5, where a
-    fresh SSD-Det run gets 0.4."""
+    fresh SSD-Det run gets 0.4 (and so for every config_overrides.PREDATED field)."""
     run = tmp_path / "old_run"
     run.mkdir()
     saved = Config().to_dict()
     saved["train"]["output"] = str(run)
-    del saved["model"]["box_bg_iou_thresh"]
+    del saved["model"]["box_bg_iou_thresh"], saved["ssddet"]["refiner_decay_epochs"]
     (run / "config.json").write_text(json.dumps(saved))
     assert _resolve("--out", str(run), "--resume").model.box_bg_iou_thresh == 0.5
     saved["model"]["box_bg_iou_thresh"] = None  # written by this version: the method's value
     (run / "config.json").write_text(json.dumps(saved))
     assert _resolve("--out", str(run), "--resume").model.box_bg_iou_thresh == 0.4
+    # the refiner's early decay: a run that predates it decays at train.lr_steps
+    assert _resolve("--out", str(run), "--resume").ssddet.refiner_decay_epochs == 0.0
+    assert _resolve("--out", str(tmp_path / "new")).ssddet.refiner_decay_epochs == 4.0
 
 
 @pytest.mark.parametrize("content, problem", [

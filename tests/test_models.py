@@ -345,6 +345,31 @@ def test_param_groups_give_the_refiner_its_lr_multiplier():
     assert only["lr"] == 0.01
 
 
+def test_refiner_decays_after_refiner_decay_epochs_at_the_latest():
+    """ssddet.refiner_decay_epochs E: the refiner's first decay point is min(train.lr_steps[0], E / epochs); the
+    detector keeps train.lr_steps (or det_lr_steps). Schedules of <= 6 epochs with the default steps are unchanged."""
+    from ssddet.engine.train import lr_factor
+    from ssddet.models.methods.ssddet import refiner_lr_steps
+
+    steps = [8 / 12, 11 / 12]
+    assert refiner_lr_steps(steps, 12, 4.0) == [4 / 12, 11 / 12]
+    assert refiner_lr_steps(steps, 6, 4.0) == steps and refiner_lr_steps(steps, 4, 4.0) == steps
+    assert refiner_lr_steps(steps, 12, 0.0) == steps  # off
+    assert refiner_lr_steps([0.9, 0.5], 10, 1.0) == [0.1, 0.9]  # the earliest point moves, in any order
+    cfg = Config()
+    cfg.train.epochs, cfg.train.warmup_iters = 12, 0
+    det, ref = build_method(cfg, build_detector(_cheap_model_cfg(), K), K).param_groups(0.01, cfg.train)
+    assert "lr_steps" not in det and ref["lr_steps"] == [4 / 12, 11 / 12]
+    # 120 iterations (10 per epoch): the refiner's LR drops after epoch 4, the detector's after epoch 8
+    refiner_lr = [lr_factor(it, 120, cfg.train, ref["lr_steps"]) for it in (39, 40, 79, 80, 110)]
+    detector_lr = [lr_factor(it, 120, cfg.train, det.get("lr_steps")) for it in (39, 40, 79, 80, 110)]
+    assert refiner_lr == pytest.approx([1, 0.1, 0.1, 0.1, 0.01])
+    assert detector_lr == pytest.approx([1, 1, 1, 0.1, 0.01])
+    for bad in ("-1", "nan", "inf", "true"):
+        with pytest.raises(UserError, match="refiner_decay_epochs"):
+            config_from_args(build_parser().parse_args(["train", "--set", f"ssddet.refiner_decay_epochs={bad}"]))
+
+
 def test_l1_box_loss_is_the_released_configs(tmp_path):
     """train.box_loss="l1": same sampled RoIs and classifier loss as torchvision's head, the box term is L1."""
     images, targets = _batch(tmp_path)

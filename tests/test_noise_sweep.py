@@ -181,6 +181,20 @@ def test_same_spec_tolerates_fields_added_with_their_default(sweep):
     assert not sweep.same_spec({"model": {}}, {"model": {"box_bg_iou_thresh": 0.4}})
 
 
+def test_same_spec_compares_the_refiners_decay_by_its_effect(sweep):
+    """A cell that predates ssddet.refiner_decay_epochs decayed the refiner at train.lr_steps: still current
+    where the field changes nothing (6 epochs, decay at epoch 4 either way), out of date where it does (12)."""
+    steps = [8 / 12, 11 / 12]
+
+    def spec(epochs, **ssddet):
+        return {"train": {"method": "ssddet", "epochs": epochs, "lr_steps": steps}, "ssddet": ssddet}
+
+    assert sweep.same_spec(spec(6), spec(6, refiner_decay_epochs=4.0))
+    assert not sweep.same_spec(spec(12), spec(12, refiner_decay_epochs=4.0))
+    assert sweep.same_spec(spec(12), spec(12, refiner_decay_epochs=0.0))
+    assert not sweep.same_spec(spec(6, refiner_decay_epochs=2.0), spec(6, refiner_decay_epochs=4.0))
+
+
 def test_fr_cell_is_stale_once_its_ssddet_run_is_retrained(sweep, tmp_path):
     """A +FR cell's own spec (a vanilla run on the export) cannot see its SSD-Det run change: modification
     times do, and an adopted SSD-Det run counts as its parent."""

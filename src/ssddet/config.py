@@ -120,6 +120,10 @@ class SSDDetConfig:
     # the detector's LR decay points (fractions of training) under SSD-Det; null: train.lr_steps. The refiner's
     # heads keep train.lr_steps (docs/method.md 3.2)
     det_lr_steps: list | None = None
+    # the refiner's heads decay (x train.lr_gamma) after this many epochs at the latest: their first
+    # train.lr_steps point moves here when that is earlier (multistep schedule; 0: off). Held at the high LR for
+    # long, the refiner drifts back towards the noisy boxes (docs/method.md 3.2)
+    refiner_decay_epochs: float = 4.0
     # the detector's losses (RPN, R-CNN) ramp 0 -> 1 over this fraction of training, so it learns little from the
     # early targets the refiner has barely moved (0: off; docs/method.md 3.2)
     det_ramp: float = 0.0
@@ -171,10 +175,10 @@ def resolved_model(cfg: Config) -> ModelConfig:
     return dataclasses.replace(cfg.model, box_bg_iou_thresh=thresh)
 
 
-# The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks).
+# The released code's cost settings (every object, P=125, 500 negatives, 12544-1024-1024 trunks) and schedule.
 PAPER_REFINER = {"sampler": "large", "num_negatives": 500, "max_objects_per_image": 0, "keep_given": False,
                  "trunk_dim": 1024, "trunk_reduce": 0, "pool_sampling_ratio": 2, "warmup_frac": 0.0,
-                 "detach_features": False, "refiner_lr_mult": 1.0}
+                 "detach_features": False, "refiner_lr_mult": 1.0, "refiner_decay_epochs": 0.0}
 
 
 @dataclass

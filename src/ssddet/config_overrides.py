@@ -187,7 +187,7 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
 
 # Fields whose default changed, with what a run whose config.json predates the field trained with: resuming it
 # must go on as it started.
-PREDATED = {("model", "box_bg_iou_thresh"): 0.5}
+PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
@@ -330,6 +330,9 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.target_momentum must be in [0, 1) (0: off), got {m!r}")
     if m > 0 and not s.bank:
         raise UserError("ssddet.target_momentum averages over the bank's boxes: it needs ssddet.bank=true")
+    e = s.refiner_decay_epochs
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < float("inf"):
+        raise UserError(f"ssddet.refiner_decay_epochs must be a number of epochs >= 0 (0: off), got {e!r}")
     if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":
         # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD 20 %
         # noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8

@@ -116,7 +116,7 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
         lr = scaled_lr(cfg.train, self.world, self.main)
-        self.optimizer = torch.optim.SGD(self.method.param_groups(lr), lr=lr, momentum=cfg.train.momentum,
+        self.optimizer = torch.optim.SGD(self.method.param_groups(lr, cfg.train), lr=lr, momentum=cfg.train.momentum,
                                          weight_decay=cfg.train.weight_decay)
         self.iters_per_epoch = min(len(self.train_loader), cfg.train.max_iters_per_epoch or len(self.train_loader))
         self.total_iters = self.iters_per_epoch * cfg.train.epochs

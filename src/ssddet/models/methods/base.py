@@ -53,8 +53,9 @@ class DetectionMethod(nn.Module):
         """The loss that is optimised: the `forward` terms weighed by `loss_weights`."""
         return weighted_total(losses, self.loss_weights)
 
-    def param_groups(self, lr: float) -> list[dict]:
-        """Optimizer parameter groups (trainable parameters only); one group at the base LR by default."""
+    def param_groups(self, lr: float, train=None) -> list[dict]:
+        """Optimizer parameter groups (trainable parameters only); one group at the base LR by default.
+        `train`: the run's TrainConfig, for methods whose groups follow their own schedule."""
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def forward(self, images: list[torch.Tensor], targets: list[dict], progress: float = 0.0):

@@ -156,17 +156,34 @@ class SSDDetMethod(DetectionMethod):
             return None
         return [-self.bank.last_refined(t["ann_ids"].cpu()).float() for t in targets]
 
-    def param_groups(self, lr: float) -> list[dict]:
+    def param_groups(self, lr: float, train=None) -> list[dict]:
         """The refiner's heads start from random weights however the backbone starts, and their losses carry
         weights of 0.25 (docs/method.md §3.2), tuned for ~90k COCO iterations. `refiner_lr_mult` lets them
-        learn within a short schedule without raising the detector's LR."""
+        learn within a short schedule without raising the detector's LR. `train` (TrainConfig): the refiner's
+        first decay comes after `refiner_decay_epochs` at the latest (`refiner_lr_steps`)."""
         refiner = [p for p in self.refiner.parameters() if p.requires_grad]
         ids = {id(p) for p in refiner}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
         det = {"params": rest, "lr": lr}
         if self.cfg.det_lr_steps is not None:  # the detector decays later than the refiner (method.md 3.2)
             det["lr_steps"] = [float(s) for s in self.cfg.det_lr_steps]
-        return [det, {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}]
+        ref = {"params": refiner, "lr": lr * self.cfg.refiner_lr_mult}
+        if train is not None:
+            ref["lr_steps"] = refiner_lr_steps(train.lr_steps, train.epochs, self.cfg.refiner_decay_epochs)
+        return [det, ref]
+
+
+def refiner_lr_steps(lr_steps: list, epochs: int, decay_epochs: float) -> list[float]:
+    """The refiner's multistep decay points (fractions of training): `lr_steps` with its first point moved to
+    `decay_epochs` / `epochs` when that is earlier (`decay_epochs` <= 0: `lr_steps` as given).
+
+    Why: held at the high LR for long, the refiner drifts back towards the noisy boxes it regresses to (BCCD
+    40 %, 12 epochs: refined IoU 0.64 after epoch 6, 0.56-0.58 after; docs/benchmarks.md), so its first decay is
+    tied to how often it has seen each object, not to the length of the schedule."""
+    steps = sorted(float(s) for s in lr_steps)
+    if decay_epochs > 0 and steps and epochs > 0:
+        steps[0] = min(steps[0], decay_epochs / epochs)
+    return steps
 
 
 def reset_heads(detector: FasterRCNN, seed: int = 0) -> None:
