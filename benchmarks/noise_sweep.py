@@ -201,9 +201,9 @@ def _refiner_schedule(spec: dict) -> list | None:
     so the 6-epoch cells stay current and the 12-epoch ones do not."""
     from ssddet.models.methods.ssddet import refiner_lr_steps
 
-    if "ssddet" not in spec:
-        return None
     train = spec.get("train", {})
+    if train.get("method") != "ssddet" or "ssddet" not in spec:
+        return None
     decay = spec["ssddet"].get("refiner_decay_epochs", 0.0)
     return refiner_lr_steps(train.get("lr_steps", []), train.get("epochs", 0), decay)
 

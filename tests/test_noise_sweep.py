@@ -186,13 +186,14 @@ def test_same_spec_compares_the_refiners_decay_by_its_effect(sweep):
     where the field changes nothing (6 epochs, decay at epoch 4 either way), out of date where it does (12)."""
     steps = [8 / 12, 11 / 12]
 
-    def spec(epochs, **ssddet):
-        return {"train": {"method": "ssddet", "epochs": epochs, "lr_steps": steps}, "ssddet": ssddet}
+    def spec(epochs, method="ssddet", **ssddet):
+        return {"train": {"method": method, "epochs": epochs, "lr_steps": steps}, "ssddet": ssddet}
 
     assert sweep.same_spec(spec(6), spec(6, refiner_decay_epochs=4.0))
     assert not sweep.same_spec(spec(12), spec(12, refiner_decay_epochs=4.0))
     assert sweep.same_spec(spec(12), spec(12, refiner_decay_epochs=0.0))
     assert not sweep.same_spec(spec(6, refiner_decay_epochs=2.0), spec(6, refiner_decay_epochs=4.0))
+    assert sweep.same_spec(spec(12, "vanilla"), sweep.spec_of(spec(12, "vanilla", refiner_decay_epochs=4.0)))
 
 
 def test_fr_cell_is_stale_once_its_ssddet_run_is_retrained(sweep, tmp_path):
