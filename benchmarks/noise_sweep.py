@@ -28,7 +28,6 @@ Gap recovered = (method - noisy vanilla) / (clean vanilla - noisy vanilla), on m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fnmatch
 import json
 import os
@@ -43,6 +42,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from ssddet.config import METHOD_BG_IOU_THRESH
+from ssddet.config_overrides import PREDATED as RESUME_PREDATED
 from ssddet.models.ssddet.keep import PROBE_THRESHOLDS
 
 METHODS = ("vanilla", "oamil", "ssddet", "ssddet+fr")
@@ -63,7 +64,8 @@ class Cell:
     noise: float
     method: str
     seed: int
-    # "": the preset; "user": trained on a noisy JSON written by `ssddet noise`, without --noise; "eN": N epochs
+    # "": the preset; "user": trained on a noisy JSON written by `ssddet noise`, without --noise; "eN": N epochs;
+    # "band": a baseline given SSD-Det's R-CNN ignore band (`BAND`), so that the two compare on equal terms
     variant: str = ""
 
     @property
@@ -83,17 +85,23 @@ class Cell:
 
 
 LONG_METHODS = ("vanilla", "oamil", "ssddet")  # the longer-schedule row
+BAND_METHODS = ("oamil",)  # baselines shown a second time with SSD-Det's ignore band, at every noise level
+BAND = METHOD_BG_IOU_THRESH["ssddet"]  # model.box_bg_iou_thresh an SSD-Det run resolves to
 
 
-def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epochs: int = 12) -> list[Cell]:
+def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epochs: int = 12,
+         band: bool = True) -> list[Cell]:
     """Cells of the sweep: every (noise, method) with every seed; at the top noise level also the user path
-    (SSD-Det) and the `long_epochs` schedule (LONG_METHODS, and clean vanilla as its reference; 0: none).
+    (SSD-Det) and the `long_epochs` schedule (LONG_METHODS, and clean vanilla as its reference; 0: none); with
+    `band`, BAND_METHODS again at every level with SSD-Det's ignore band.
 
     The top noise level comes first and 0 % next, so that a partial sweep has the rows that matter most; the
     extra rows come last."""
     top = max(noises)
-    cells = [Cell(noise, m, s) for noise in sorted(noises, key=lambda n: (n != top, n != 0, n))
-             for m in METHODS for s in seeds]
+    order = sorted(noises, key=lambda n: (n != top, n != 0, n))
+    cells = [Cell(noise, m, s) for noise in order for m in METHODS for s in seeds]
+    if band:
+        cells += [Cell(noise, m, s, "band") for noise in order for m in BAND_METHODS for s in seeds]
     if user_path and top > 0:
         cells += [Cell(top, "ssddet", s, "user") for s in seeds]
     if long_epochs:  # with its own clean reference, so its gap recovered compares like with like
@@ -140,6 +148,8 @@ def train_args(cell: Cell, a, out: Path) -> list[str]:
     method = "vanilla" if cell.method == "ssddet+fr" else cell.method
     args = ["train", "--method", method, "--seed", str(cell.seed), "--out", str(out), *PRESETS[a.preset],
             *a.extra.split(), *(["--epochs", str(cell.epochs)] if cell.epochs else [])]
+    if cell.variant == "band":
+        args += ["--set", f"model.box_bg_iou_thresh={BAND}"]
     if cell.variant == "user":  # no --noise: the boxes come from the file, as a user's own do
         return args + ["--train-ann", str(out.parent / f"n{round(cell.noise * 100):02d}_noisy_train.json"),
                        "--val-ann", str(Path(a.data) / "annotations.json"), "--images", a.data]
@@ -173,26 +183,86 @@ def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:
     return spec_of(json.loads(out))
 
 
-def same_spec(recorded: dict, expected: dict) -> bool:
-    """Whether a recorded spec asks for what `expected` asks for. A field the recorded run predates counts as
-    equal when the expected value is that field's default (the run trained with the behaviour the default names);
-    a field that no longer exists is ignored."""
-    from ssddet.config import Config
-    from ssddet.config_overrides import PREDATED as CHANGED_DEFAULTS
+# What a recorded run trained with, for each config field it predates (the field did not exist when it ran): the
+# value that names what the code then did. A field missing from a recorded spec and absent here makes its cell
+# stale (tests/test_noise_sweep.py covers every entry).
+PREDATED_FIELDS = {
+    **RESUME_PREDATED,  # model.box_bg_iou_thresh 0.5 (no ignore band), ssddet.refiner_decay_epochs 0 (none)
+    ("data", "on_bad_image"): "stop",  # an unreadable image ended the run (before 2988e3d)
+    ("data", "aspect_groups"): -1,  # batches were not grouped by aspect ratio (before 9e651ee)
+    ("train", "lr_ref_batch"): 0,  # --lr was used as given (before 9e651ee)
+    ("train", "amp_dtype"): "fp16",  # AMP meant float16 (before 9e651ee)
+    ("train", "sync_bn"): False,  # no SyncBatchNorm (before 9e651ee)
+    ("ssddet", "selection"): "random",  # the cap drew objects at random (before the field)
+    ("ssddet", "keep_given"): False,  # no keep-the-box step (before 812b852)
+    ("ssddet", "keep_iou"): 0.0,  # the keep step had no IoU arm (before fef56de)
+    ("ssddet", "trust_agreement"): 0.0,  # ... and no dataset-wide trust (before 46041b0)
+    ("ssddet", "w_det"): 4.0,  # the released detector-loss weight (before the field)
+    ("ssddet", "det_ramp"): 0.0,  # ablation switches, off until they existed (da7f5dd, ec98423, 700f383)
+    ("ssddet", "band_until"): 1.0,
+    ("ssddet", "det_reset"): 0.0,
+    ("ssddet", "target_momentum"): 0.0,
+}
 
-    defaults = spec_of(json.loads(json.dumps(dataclasses.asdict(Config()))))  # tuples as JSON lists
-    if _refiner_schedule(recorded) != _refiner_schedule(expected):
-        return False
+
+def same_spec(recorded: dict, expected: dict, data: str | None = None) -> bool:
+    """Whether a recorded spec trains what `expected` trains. Every field of `expected` is compared: a field the
+    recorded run predates takes its `PREDATED_FIELDS` value, and one not listed there makes the cell stale; a
+    field that no longer exists is ignored. A few fields are compared by their effect on this sweep's runs
+    (`effect`; with `data`, the dataset directory, also the aspect-ratio grouping)."""
+    old = {}
     for sec, fields in expected.items():
-        for k, v in fields.items():
-            if (sec, k) == ("ssddet", "refiner_decay_epochs"):  # compared by its effect, above
-                continue
-            # a field whose default changed since: what the recorded run trained with
-            then = CHANGED_DEFAULTS.get((sec, k), defaults.get(sec, {}).get(k, object()))
-            old = recorded.get(sec, {}).get(k, then)
-            if old != v:
+        old[sec] = {}
+        for k in fields:
+            if k in recorded.get(sec, {}):
+                old[sec][k] = recorded[sec][k]
+            elif (sec, k) in PREDATED_FIELDS:
+                old[sec][k] = PREDATED_FIELDS[(sec, k)]
+            else:
                 return False
-    return True
+    # A finished run under "stop" met no unreadable image, so skipping them would have skipped nothing.
+    if old.get("data", {}).get("on_bad_image") == "stop" and expected.get("data", {}).get("on_bad_image") == "skip":
+        old["data"]["on_bad_image"] = "skip"
+    return effect(old, data) == effect(expected, data)
+
+
+def effect(spec: dict, data: str | None = None) -> dict:
+    """`spec` with the fields that change nothing in a one-process sweep run, or change it only through another
+    value, replaced by what they decide: the effective learning rate (linear scaling rule), the refiner's decay
+    points, AMP's dtype only under AMP, no SyncBatchNorm (one process), and with `data` the aspect-ratio groups
+    of the training images (one bucket: the same batches as no grouping, data/batching.py)."""
+    out = json.loads(json.dumps(spec))
+    train = out.get("train", {})
+    if "lr_ref_batch" in train:
+        ref = train.pop("lr_ref_batch")
+        if ref and "lr" in train:
+            train["lr"] = train["lr"] * train.get("batch_size", ref) / ref
+    if not train.get("amp", False):
+        train.pop("amp_dtype", None)
+    train.pop("sync_bn", None)
+    if "ssddet" in out:
+        out["ssddet"].pop("refiner_decay_epochs", None)
+        out["refiner_schedule"] = _refiner_schedule(spec)
+    if data is not None and "aspect_groups" in out.get("data", {}):
+        out["data"]["aspect_groups"] = _groups(data, out["data"].get("train_split", "train"),
+                                               out["data"]["aspect_groups"])
+    return out
+
+
+def _groups(data: str, split: str, factor: int) -> int | None:
+    """What aspect-ratio grouping does to the training split's batches: None (nothing: off, or every image in one
+    bucket, where the batches are exactly a plain BatchSampler's), else the factor."""
+    from ssddet.data.batching import aspect_ratio_groups
+    from ssddet.data.coco import load_coco
+
+    if factor < 0:
+        return None
+    if (data, split) not in _RECORDS:
+        _RECORDS[(data, split)] = load_coco(Path(data) / "annotations.json").select(split)
+    return None if len(set(aspect_ratio_groups(_RECORDS[(data, split)], factor))) <= 1 else factor
+
+
+_RECORDS: dict = {}  # (dataset dir, split) -> its image records, read once per sweep
 
 
 def _refiner_schedule(spec: dict) -> list | None:
@@ -208,11 +278,37 @@ def _refiner_schedule(spec: dict) -> list | None:
     return refiner_lr_steps(train.get("lr_steps", []), train.get("epochs", 0), decay)
 
 
-def finished_run(run: Path, spec: dict) -> bool:
-    """A run directory that completed its schedule with exactly this spec."""
+def finished_run(run: Path, spec: dict, data: str | None = None) -> bool:
+    """A run directory that completed its schedule with exactly this spec, and whose log holds exactly that
+    schedule's epochs (a run resumed or re-run by hand into the folder appends to its log: refused)."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
-    return same_spec(spec_of(json.loads((run / "config.json").read_text())), spec)
+    if not same_spec(spec_of(json.loads((run / "config.json").read_text())), spec, data):
+        return False
+    return logged_epochs(run) == spec.get("train", {}).get("epochs")
+
+
+def logged_epochs(run: Path) -> int:
+    """How many epoch records a run's log.jsonl holds (0 without one)."""
+    log = run / "log.jsonl"
+    return sum('"kind": "epoch"' in x for x in log.read_text().splitlines()) if log.is_file() else 0
+
+
+def sound(cell: dict) -> bool:
+    """A recorded cell whose epoch trace fits its spec's schedule; one with more epochs is left out of the tables
+    (with a message): its run folder was appended to by another run."""
+    epochs, spec = len(cell.get("epochs", [])), cell.get("spec", {}).get("train", {}).get("epochs")
+    if spec is not None and epochs > spec:
+        print(f"[sweep] {cell['cell']}: left out: its log holds {epochs} epochs, its spec {spec}; re-run it",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def current_cell(cell: dict, expected: dict, data: str | None = None) -> bool:
+    """Whether a recorded cell stands: its spec matches and its epoch trace has no more epochs than its spec
+    (more means its run folder was appended to by another run, and its numbers are not the spec's)."""
+    return sound(cell) and same_spec(cell["spec"], expected, data)
 
 
 def export_ious(path: Path) -> tuple[float, float]:
@@ -268,9 +364,10 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
             if run == runs / cell.name and newer(refined, run / "metrics.json"):
                 shutil.rmtree(run, ignore_errors=True)  # trained on the old export: retrain
     spec = expected_spec(cell, a, runs, threads)
-    if not finished_run(run, spec):
+    if not finished_run(run, spec, a.data):
         if run != runs / cell.name:
-            raise RuntimeError(f"--adopt {cell.name}={run}: not a finished run with this cell's config")
+            raise RuntimeError(f"--adopt {cell.name}={run}: not a finished run with this cell's config "
+                               f"({logged_epochs(run)} epochs logged, {spec['train']['epochs']} in its spec)")
         shutil.rmtree(run, ignore_errors=True)  # a crashed run or another spec's: `ssddet train` starts afresh
         _ssddet(train_args(cell, a, run), threads, log)
         (run / "wall_seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
@@ -290,7 +387,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
             "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
             "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
-            "device": _device(), "commit": _commit()}
+            "device": _device(), "machine": machine(), "commit": _commit()}
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
@@ -330,9 +427,19 @@ def _device() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
 
 
+def machine() -> dict:
+    """The machine a cell ran on: host name, CPU cores, platform, Python and torch."""
+    import torch
+
+    return {"host": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(terse=True),
+            "python": platform.python_version(), "torch": torch.__version__}
+
+
 def _commit() -> str:
+    """HEAD's short hash, "-dirty" when the package's sources differ from it (the run is not that commit's)."""
     res = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return res.stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout
+    return res.stdout.strip() + ("-dirty" if dirty.strip() else "")
 
 
 def schedule(cells: list[Cell], jobs: int, work) -> dict[str, str]:
@@ -472,13 +579,39 @@ def ssddet_settings(cells: list[dict]) -> str:
 
 
 def _footer(summary: dict) -> str:
-    m = summary["machine"]
-    threads = sorted({c["threads"] for c in summary.get("cells", []) if c.get("threads")})
+    cells = summary.get("cells", [])
+    threads = sorted({c["threads"] for c in cells if c.get("threads")})
     per_run = f", {'/'.join(map(str, threads))} thread(s) per run" if threads else ""
     return (f"Cells trained with preset `{summary['preset']}` (`{' '.join(summary['preset_args'])}`) on "
-            f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']}){per_run}; {summary['n_cells']} of "
-            f"{summary['n_planned']} planned cells; {summary['cell_hours']:.1f} run-hours (wall time of each run, "
-            "machine shared).")
+            f"{machines(cells)}{per_run}; {summary['n_cells']} of {summary['n_planned']} planned cells; "
+            f"{summary['cell_hours']:.1f} run-hours (wall time of each run, machine shared).")
+
+
+def cores(cells: list[dict]) -> str:
+    """The CPU core counts the cells recorded (machine, or the older `device` field), e.g. "2 CPU cores"."""
+    import re
+
+    known, unknown = set(), 0
+    for c in cells:
+        m = (c.get("machine") or {}).get("cpus")
+        found = re.search(r"\((\d+) cores\)", c.get("device", ""))
+        if m or found:
+            known.add(int(m or found.group(1)))
+        else:
+            unknown += 1
+    text = "/".join(map(str, sorted(known))) + " CPU cores" if known else "machines"
+    return text + (f" ({unknown} cells predate the machine record)" if unknown else "")
+
+
+def machines(cells: list[dict]) -> str:
+    """The machines the cells recorded, with how many cells each (cells older than the record: counted apart)."""
+    seen: dict[str, int] = {}
+    for c in cells:
+        m = c.get("machine")
+        key = (f"{m['cpus']} CPU cores ({m['platform']}, torch {m['torch']})" if m
+               else "a machine not recorded (cells older than the record)")
+        seen[key] = seen.get(key, 0) + 1
+    return "; ".join(f"{k}: {n} cells" for k, n in sorted(seen.items())) or "no cells"
 
 
 def audit_lines(path: Path) -> list[str]:
@@ -546,7 +679,7 @@ def headline(summary: dict) -> str:
     settings = ssddet_settings(summary.get("cells", []))
     preset = f"`{summary['preset']}` (`{' '.join(summary['preset_args'])}`)"
     out += ["", f"Test AP on the clean test split, mean ± SD over the seeds run ({summary['n_cells']} of "
-                f"{summary['n_planned']} cells); preset {preset} on {summary['machine']['cpus']} CPU cores."
+                f"{summary['n_planned']} cells); preset {preset} on {cores(summary.get('cells', []))}."
                 + (f" SSD-Det settings: {settings}." if settings else ""), "",
             f"Reproduce: `python benchmarks/noise_sweep.py --preset {summary['preset']}` (`--jobs N`: N cells side by "
             "side); every cell, per-class AP and the seed spread: "
@@ -629,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="threads per run (default: CPU cores / jobs)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables from the cell JSONs")
+    ap.add_argument("--dry-run", action="store_true", help="say which cells are current and which would run")
     ap.add_argument("--readme", help="replace this README's sweep block with the headline table")
     ap.add_argument("--docs", help="replace this page's sweep-full block with the full table (default with --readme: "
                     "docs/benchmarks.md beside the README, if it exists)")
@@ -647,32 +781,30 @@ def main(argv: list[str] | None = None) -> int:
     def work(c: Cell) -> None:
         path = cell_file(c)
         if (path.is_file() and not fr_stale(c, a, runs, path)
-                and same_spec(json.loads(path.read_text())["spec"], expected_spec(c, a, runs, threads))):
+                and current_cell(json.loads(path.read_text()), expected_spec(c, a, runs, threads), a.data)):
             print(f"[sweep] {c.name}: done already", flush=True)
             return
-        print(f"[sweep] {c.name}: running", flush=True)
+        print(f"[sweep] {c.name}: {'stale or missing' if a.dry_run else 'running'}", flush=True)
+        if a.dry_run:
+            return
         path.write_text(json.dumps(run_cell(c, a, runs, threads), indent=2) + "\n")
         print(f"[sweep] {c.name}: finished", flush=True)
 
     t0 = time.time()
     errors = {} if a.report_only else schedule(todo, a.jobs, work)
+    if a.dry_run:
+        return 1 if errors else 0
     for name, err in errors.items():
         print(f"[sweep] {name}: FAILED: {err}", file=sys.stderr)
     found = [backfill_epochs(json.loads(cell_file(c).read_text()), runs, cell_file(c))
              for c in cells if cell_file(c).is_file()]
-    import torch
-
+    found = [c for c in found if sound(c)]
     summary = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
                "preset": a.preset, "preset_args": PRESETS[a.preset], "extra": a.extra, "jobs": a.jobs,
                "threads": threads, "n_planned": len(cells), "n_cells": len(found),
                "cell_hours": sum((c["wall_s"] or 0) for c in found) / 3600, "elapsed_s": time.time() - t0,
-               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(terse=True),
-                           "torch": torch.__version__},
+               "table_machine": machine(),  # the one writing the table; each cell records its own
                "rows": aggregate(found), "cells": found, "audit": a.audit}
-    previous = Path(f"{results}.json")
-    if a.report_only and previous.is_file():  # the machine the cells ran on, not the one writing the table
-        old = json.loads(previous.read_text())
-        summary.update({k: old[k] for k in ("machine",) if k in old})
     Path(f"{results}.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = markdown(summary)
     Path(f"{results}.md").write_text(md + "\n")

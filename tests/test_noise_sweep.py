@@ -25,16 +25,20 @@ def sweep():
 def test_plan_seeds_and_order(sweep):
     cells = sweep.plan([0.0, 0.2, 0.4], [0, 1])
     names = [c.name for c in cells]
-    # 3 levels x 4 methods x 2 seeds, then the user path (2) and the 12-epoch row (3 methods + clean vanilla) x 2
-    assert len(cells) == 24 + 2 + 8 and len(set(names)) == len(names)
+    # 3 levels x 4 methods x 2 seeds, OA-MIL with the ignore band (3 x 2), then the user path (2) and the 12-epoch
+    # row (3 methods + clean vanilla) x 2
+    assert len(cells) == 24 + 6 + 2 + 8 and len(set(names)) == len(names)
     assert names[:2] == ["n40_vanilla_s0", "n40_vanilla_s1"]
     assert {c.noise for c in cells[:8]} == {0.4} and {c.noise for c in cells[8:16]} == {0.0}
+    assert names[24:30] == ["n40_oamil-band_s0", "n40_oamil-band_s1", "n00_oamil-band_s0", "n00_oamil-band_s1",
+                            "n20_oamil-band_s0", "n20_oamil-band_s1"]
+    del names[24:30], cells[24:30]
     assert names[24:] == ["n40_ssddet-user_s0", "n40_ssddet-user_s1", "n40_vanilla-e12_s0", "n40_vanilla-e12_s1",
                           "n40_oamil-e12_s0", "n40_oamil-e12_s1", "n40_ssddet-e12_s0", "n40_ssddet-e12_s1",
                           "n00_vanilla-e12_s0", "n00_vanilla-e12_s1"]
     assert cells[-1].epochs == 12 and cells[0].epochs is None and cells[24].epochs is None
     assert sweep.Cell(0.2, "ssddet+fr", 3).parent == sweep.Cell(0.2, "ssddet", 3)
-    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0)) == 2 * 4 * 3
+    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0, band=False)) == 2 * 4 * 3
 
 
 def test_only_selects_cells_by_shell_pattern(sweep):

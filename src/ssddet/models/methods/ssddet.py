@@ -120,10 +120,12 @@ class SSDDetMethod(DetectionMethod):
             # no average while the refiner trusts the given boxes: they are the targets, exact (sampling_band)
             smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth)
+        # A training decision, taken here (after the keep step has updated its trust, before the R-CNN samples):
+        # the statistics below only report it.
+        band = self.sampling_band(progress)
         a = self.blend(progress)
         det_targets = [{**t, "boxes": a * r + (1 - a) * n} for t, r, n in zip(targets, refined, noisy)]
-        stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank)),
-                 "ignore_band": float(self.sampling_band(progress))}
+        stats = {**out.stats, "refine_blend": a, "bank_size": float(len(self.bank)), "ignore_band": float(band)}
         if true is not None:
             boxes, clean = torch.cat([t["boxes"] for t in det_targets]), torch.cat(true)
             if len(boxes):
