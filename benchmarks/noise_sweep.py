@@ -473,7 +473,9 @@ def _mean_sd(values: list[float]) -> tuple[float, float, int]:
 
 
 def variant_label(variant: str) -> str:
-    """How a row's variant reads in the tables: "" (the preset), "user path", "12 epochs"."""
+    """How a row's variant reads in the tables: "" (the preset), "user path", "12 epochs", "ignore band 0.4"."""
+    if variant == "band":
+        return f"ignore band {BAND:g}"
     return "" if not variant else "user path" if variant == "user" else f"{variant[1:]} epochs"
 
 
@@ -503,7 +505,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         rows.append(row)
 
     def vanilla(noise: float, variant: str) -> float | None:
-        ref = "" if variant == "user" else variant
+        ref = "" if variant in ("user", "band") else variant
         return next((r["AP"][0] for r in rows if r["noise"] == noise and r["method"] == "vanilla"
                      and r["variant"] == ref), None)
 
@@ -534,9 +536,11 @@ def comparisons(rows: list[dict]) -> list[str]:
         by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
         label = variant_label(variant)
         where = f"- {noise:.0%} noise" + (f", {label}" if label else "")
+        ref = next((r for r in rows if r["noise"] == noise and r["variant"] == "" and r["method"] == "ssddet"), None)
+        if variant == "band":  # the baseline given SSD-Det's ignore band, against SSD-Det
+            lines += [_versus(f"{where}: SSD-Det − {m} ({label})", ref, by[m]) for m in by if ref is not None]
+            continue
         if variant == "user":
-            ref = next((r for r in rows if r["noise"] == noise and r["variant"] == "" and r["method"] == "ssddet"),
-                       None)
             if "ssddet" in by and ref is not None:
                 lines.append(_versus(f"{where}: SSD-Det (no --noise) − SSD-Det (--noise)", by["ssddet"], ref))
             continue
@@ -556,10 +560,6 @@ def _f(v, pct=False) -> str:
     return "–" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.3f}")
 
 
-# SSD-Det settings a cell's recorded spec may predate, with the value that names what the code then did.
-PREDATED = {"selection": "random", "keep_given": False, "w_det": 4.0}
-
-
 def ssddet_settings(cells: list[dict]) -> str:
     """What the SSD-Det cells (and so their +FR exports) were trained with, per noise level, from their recorded
     specs: the bag, the per-image cap and its selection, the keep-the-box step."""
@@ -567,14 +567,18 @@ def ssddet_settings(cells: list[dict]) -> str:
     for c in cells:
         if c["method"] != "ssddet":
             continue
-        s = {**PREDATED, **c.get("spec", {}).get("ssddet", {})}
-        band = c.get("spec", {}).get("model", {}).get("box_bg_iou_thresh", 0.5)  # predates the field: 0.5
+        then = {k: v for (sec, k), v in PREDATED_FIELDS.items() if sec == "ssddet"}  # what older cells ran
+        s = {**then, **c.get("spec", {}).get("ssddet", {})}
+        band = c.get("spec", {}).get("model", {}).get("box_bg_iou_thresh",
+                                                       PREDATED_FIELDS[("model", "box_bg_iou_thresh")])
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
             f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                if s["keep_given"] else ""))
+    if len({frozenset(v) for v in by_noise.values()}) == 1:  # the same at every level: said once
+        return f"every level: {' / '.join(sorted(next(iter(by_noise.values()))))}"
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
 
 
@@ -663,28 +667,53 @@ HEADLINE_METHODS = {"vanilla": "Faster R-CNN", "oamil": "OA-MIL", "ssddet": "SSD
 
 
 def headline(summary: dict) -> str:
-    """The README's compact table: test AP per noise level (rows) and method (columns), SSD-Det's boxes, the
-    settings the SSD-Det cells were trained with, and the command that reproduces the sweep."""
+    """The README's compact table: test AP per noise level (rows) and method (columns; OA-MIL also with SSD-Det's
+    ignore band), SSD-Det's boxes, the settings the SSD-Det cells were trained with, what the user-path row is,
+    and the command that reproduces the sweep."""
     rows = summary["rows"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    head = ["box noise", *(f"{HEADLINE_METHODS[m]} test AP" for m in methods), "SSD-Det boxes: IoU noisy → refined"]
+    cols = [(m, v) for m in METHODS for v in ("", "band") if any(r["method"] == m and r["variant"] == v for r in rows)]
+    twins = user_twins(summary.get("cells", []))
+    head = ["box noise", *(f"{HEADLINE_METHODS[m]}{' + band' if v else ''} test AP" for m, v in cols),
+            "SSD-Det boxes: IoU noisy → refined"]
     out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
-    for noise, variant in sorted({(r["noise"], r["variant"]) for r in rows}, key=lambda k: (k[0], _variant_rank(k[1]))):
-        by = {r["method"]: r for r in rows if r["noise"] == noise and r["variant"] == variant}
-        ssd = by.get("ssddet")
+    keys = {(r["noise"], r["variant"]) for r in rows if r["variant"] != "band" and not (r["variant"] == "user"
+                                                                                      and twins)}
+    for noise, variant in sorted(keys, key=lambda k: (k[0], _variant_rank(k[1]))):
+        by = {(r["method"], r["variant"]): r for r in rows if r["noise"] == noise}
+        ssd = by.get(("ssddet", variant))
         iou = f"{_f(ssd['iou_noisy'])} → {_f(ssd['iou_refined'])}" if ssd and ssd["iou_noisy"] is not None else "–"
         label = variant_label(variant)
+        cells = [by.get((m, "band" if v else variant)) if not v or not variant else None for m, v in cols]
         out.append("| " + " | ".join([f"{noise:.0%}" + (f" ({label})" if label else ""),
-                                      *(_ms(by[m]["AP"]) if m in by else "–" for m in methods), iou]) + " |")
+                                      *(_ms(r["AP"]) if r else "–" for r in cells), iou]) + " |")
     settings = ssddet_settings(summary.get("cells", []))
     preset = f"`{summary['preset']}` (`{' '.join(summary['preset_args'])}`)"
+    band = (f" OA-MIL is shown twice: with torchvision's R-CNN sampling, as published, and \"+ band\" with SSD-Det's "
+            f"ignore band (`model.box_bg_iou_thresh={BAND:g}`: proposals of IoU [{BAND:g}, 0.5) with every box are "
+            "neither object nor background), which SSD-Det trains with by default."
+            if any(v for _, v in cols) else "")
     out += ["", f"Test AP on the clean test split, mean ± SD over the seeds run ({summary['n_cells']} of "
-                f"{summary['n_planned']} cells); preset {preset} on {cores(summary.get('cells', []))}."
-                + (f" SSD-Det settings: {settings}." if settings else ""), "",
+                f"{summary['n_planned']} cells); preset {preset} on {cores(summary.get('cells', []))}.{band}"
+                + (f" {twins}" if twins else "") + (f" SSD-Det settings: {settings}." if settings else ""), "",
             f"Reproduce: `python benchmarks/noise_sweep.py --preset {summary['preset']}` (`--jobs N`: N cells side by "
             "side); every cell, per-class AP and the seed spread: "
             "[docs/benchmarks.md](docs/benchmarks.md#the-noise-sweep)."]
     return "\n".join(out)
+
+
+def user_twins(cells: list[dict]) -> str:
+    """One sentence when every user-path cell scores exactly what its `--noise` twin (same level and seed) scores:
+    the two paths train on the same boxes, so the row is a determinism check, not a separate result ("" when a
+    user cell differs or has no twin: then it stays a row of its own)."""
+    plain = {(c["noise"], c["seed"]): c["test"]["AP"] for c in cells
+             if c["method"] == "ssddet" and not c.get("variant")}
+    user = [c for c in cells if c["method"] == "ssddet" and c.get("variant") == "user"]
+    if not user or any(plain.get((c["noise"], c["seed"])) != c["test"]["AP"] for c in user):
+        return ""
+    levels = "/".join(f"{n:.0%}" for n in sorted({c["noise"] for c in user}))
+    return (f"The user path (`ssddet noise` writes the noisy boxes, `ssddet train --train-ann` trains on them without "
+            f"`--noise`) gives the {levels} SSD-Det cells' test AP exactly, seed for seed ({len(user)} of "
+            f"{len(user)}): a determinism check of the two paths, not a separate result.")
 
 
 def plot(summary: dict, path: Path) -> None:

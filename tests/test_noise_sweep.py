@@ -120,9 +120,10 @@ def test_full_table_and_headline(sweep):
             "0.500 → 0.650 | 10 |") in md
     assert "seed spread not measured (1 seed)" in md and "4 of 17 planned cells" in md
     # the settings each SSD-Det cell trained with, from its recorded spec (predated fields: what the code then did)
-    assert ("40%: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, `w_det=4`, "
-            "`model.box_bg_iou_thresh=0.5` / `sampler=large`, `max_objects_per_image=8`, `selection=oldest`, "
-            "`keep_given=true`, `w_det=1`, `model.box_bg_iou_thresh=0.4`") in md
+    assert ("every level: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, "
+            "`w_det=4`, `model.box_bg_iou_thresh=0.5` / `sampler=large`, `max_objects_per_image=8`, "
+            "`selection=oldest`, `keep_given=true`, `w_det=1`, `model.box_bg_iou_thresh=0.4`, `keep_iou=0`, "
+            "`trust_agreement=0`") in md
     head = sweep.headline(summary)
     lines = head.splitlines()
     assert lines[0] == ("| box noise | Faster R-CNN test AP | SSD-Det test AP | SSD-Det boxes: IoU noisy → refined |")
@@ -174,15 +175,77 @@ def test_export_ious(sweep, tmp_path):
     assert sweep.export_ious(path) == pytest.approx((1.0, 0.5))
 
 
-def test_same_spec_tolerates_fields_added_with_their_default(sweep):
-    recorded = {"train": {"seed": 0, "lr": 0.005}}
-    assert sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 2}})  # 2 is the default
-    assert not sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "lr_ref_batch": 8}})
-    assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005}})
-    assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})
-    # a field whose default changed since counts as what the code then did (the ignore band: 0.5, none)
+def test_same_spec_compares_every_field_and_a_missing_one_only_through_the_table(sweep):
+    recorded = {"train": {"seed": 0, "lr": 0.005, "batch_size": 2}}
+    assert sweep.same_spec(recorded, {"train": {"seed": 0, "lr": 0.005, "batch_size": 2}})
+    assert not sweep.same_spec(recorded, {"train": {"seed": 1, "lr": 0.005, "batch_size": 2}})
+    assert sweep.same_spec({"train": {"seed": 0, "gone": 1}}, {"train": {"seed": 0}})  # a removed field: ignored
+    # a field missing from the recorded spec and not in the table: stale, whatever its value
+    assert ("train", "new_knob") not in sweep.PREDATED_FIELDS
+    assert not sweep.same_spec({"train": {"seed": 0}}, {"train": {"seed": 0, "new_knob": 0}})
+    # in the table: the value that run trained with (no ignore band then: 0.5)
     assert sweep.same_spec({"model": {}}, {"model": {"box_bg_iou_thresh": 0.5}})
     assert not sweep.same_spec({"model": {}}, {"model": {"box_bg_iou_thresh": 0.4}})
+    # the keep step predates: off; the ablation switches predate: off
+    assert not sweep.same_spec({"ssddet": {}}, {"ssddet": {"keep_given": True}})
+    assert sweep.same_spec({"ssddet": {}}, {"ssddet": {"target_momentum": 0.0, "det_ramp": 0.0, "band_until": 1.0,
+                                                      "det_reset": 0.0}})
+    assert not sweep.same_spec({"ssddet": {}}, {"ssddet": {"trust_agreement": 0.68}})
+
+
+def test_predated_fields_cover_every_field_the_recorded_cells_lack(sweep):
+    """Every committed sweep cell's spec, filled from PREDATED_FIELDS, names every field the current config has
+    (so strictness does not depend on luck), and each entry is a field that exists today."""
+    import dataclasses
+
+    from ssddet.config import Config
+
+    config = json.loads(json.dumps(dataclasses.asdict(Config())))
+    for sec, key in sweep.PREDATED_FIELDS:
+        assert key in config[sec], (sec, key)
+    for path in sorted((ROOT / "benchmarks" / "results" / "sweep" / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        expected = sweep.spec_of({**config, "train": {**config["train"], "method": cell["spec"]["train"]["method"]}})
+        for sec, fields in expected.items():
+            for k in fields:
+                assert k in cell["spec"].get(sec, {}) or (sec, k) in sweep.PREDATED_FIELDS, (path.name, sec, k)
+
+
+def test_same_spec_compares_fields_by_their_effect(sweep, tmp_path):
+    base = {"train": {"lr": 0.005, "batch_size": 2, "amp": False}}
+    # the linear scaling rule: --lr as given (0) at batch 2 is the default's 0.005 for 2 images
+    assert sweep.same_spec({"train": {**base["train"], "lr_ref_batch": 0}},
+                           {"train": {**base["train"], "lr_ref_batch": 2}})
+    assert not sweep.same_spec({"train": {**base["train"], "lr_ref_batch": 0}},
+                               {"train": {**base["train"], "lr_ref_batch": 4}})
+    # AMP's dtype only under AMP; SyncBatchNorm never in a one-process sweep run
+    assert sweep.same_spec({"train": {**base["train"]}}, {"train": {**base["train"], "amp_dtype": "bf16",
+                                                                    "sync_bn": False}})
+    amp = {**base["train"], "amp": True}
+    assert not sweep.same_spec({"train": {**amp, "amp_dtype": "fp16"}}, {"train": {**amp, "amp_dtype": "bf16"}})
+    # a finished run under on_bad_image=stop read every image: the same as skip; not the other way round
+    assert sweep.same_spec({"data": {"on_bad_image": "stop"}}, {"data": {"on_bad_image": "skip"}})
+    assert not sweep.same_spec({"data": {"on_bad_image": "skip"}}, {"data": {"on_bad_image": "stop"}})
+    # aspect-ratio grouping changes nothing where every training image is in one bucket
+    from PIL import Image
+
+    def dataset(name, sizes):
+        d = tmp_path / name
+        d.mkdir()
+        images = []
+        for i, (w, h) in enumerate(sizes):
+            Image.new("RGB", (w, h)).save(d / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "width": w, "height": h, "split": "train"})
+        anns = [{"id": i + 1, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}
+                for i in range(len(sizes))]
+        (d / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                        "categories": [{"id": 1, "name": "a"}]}))
+        return str(d)
+
+    one, two = dataset("one", [(64, 48), (64, 48)]), dataset("two", [(64, 48), (48, 64)])
+    old, new = {"data": {"aspect_groups": -1}}, {"data": {"aspect_groups": 3}}
+    assert sweep.same_spec(old, new, one) and not sweep.same_spec(old, new, two)
+    assert not sweep.same_spec(old, new)  # without the dataset: by value
 
 
 def test_same_spec_compares_the_refiners_decay_by_its_effect(sweep):
@@ -279,3 +342,65 @@ def test_audit_lines_set_the_estimate_against_the_truth(sweep, tmp_path):
         "n00_ssddet_s0": {"noise": 0.0, "iou_given_clean": 1.0, "iou_estimate": 0.97, "flagged": 0.01}}))
     lines = sweep.audit_lines(path)
     assert "| 0% | 1 | 1.000 | 0.970 | 1.0% |" in lines and "| 40% | 2 | 0.465 | 0.470 | 35.0% |" in lines
+
+
+def test_a_tampered_cell_is_re_run(sweep, tmp_path, monkeypatch):
+    """A run folder whose log holds more epochs than its spec (another run appended to it) is not adopted, and a
+    recorded cell whose trace has more epochs than its spec is not taken as done: the sweep trains it again and
+    the new cell has the spec's epochs, its machine and its commit."""
+    spec = {"train": {"method": "vanilla", "epochs": 2, "seed": 0}}
+    calls = []
+
+    def fake_ssddet(args, threads, log):
+        calls.append(args[0])
+        if args[0] == "train":
+            run = Path(args[args.index("--out") + 1])
+            run.mkdir(parents=True, exist_ok=True)
+            write_run(run, 2)
+            return ""
+        return json.dumps({"AP": 0.5, "AP50": 0.8, "AP75": 0.4, "per_class": {"a": 0.5}})
+
+    def write_run(run, n):
+        (run / "config.json").write_text(json.dumps(spec))
+        (run / "metrics.json").write_text(json.dumps({"val": {"AP": 0.4}}))
+        (run / "log.jsonl").write_text("".join(json.dumps({"kind": "epoch", "epoch": e + 1, "train": {}}) + "\n"
+                                               for e in range(n)))
+
+    monkeypatch.setattr(sweep, "_ssddet", fake_ssddet)
+    monkeypatch.setattr(sweep, "expected_spec", lambda cell, a, runs, threads: spec)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    name = "n00_vanilla_s0"
+    (results / "cells").mkdir(parents=True)
+    (runs / name).mkdir(parents=True)
+    write_run(runs / name, 4)  # a second run appended its epochs to the folder
+    tampered = {"cell": name, "noise": 0.0, "method": "vanilla", "seed": 0, "spec": spec, "wall_s": 1.0,
+                "test": {"AP": 0.9, "AP50": 0.9, "AP75": 0.9, "per_class": {}},
+                "epochs": [{"epoch": e + 1} for e in range(4)]}
+    (results / "cells" / f"{name}.json").write_text(json.dumps(tampered))
+    argv = ["--noise", "0", "--seeds", "0", "--methods", "vanilla", "--no-user-path", "--long-epochs", "0",
+            "--results", str(results), "--runs", str(runs), "--data", str(tmp_path)]
+    assert not sweep.finished_run(runs / name, spec)
+    assert sweep.main(argv) == 0
+    assert calls == ["train", "eval"]
+    cell = json.loads((results / "cells" / f"{name}.json").read_text())
+    assert cell["test"]["AP"] == 0.5 and len(cell["epochs"]) == 2
+    assert cell["machine"]["cpus"] and "commit" in cell
+    calls.clear()
+    assert sweep.main(argv) == 0 and calls == []  # now current: nothing runs
+
+
+def test_headline_shows_oamil_both_ways_and_the_user_path_as_a_determinism_check(sweep):
+    def cell(noise, method, seed, ap, variant=""):
+        return {**_cell(noise, method, seed, ap), **({"variant": variant} if variant else {})}
+
+    cells = [cell(0.4, "vanilla", 0, 0.1), cell(0.4, "oamil", 0, 0.2), cell(0.4, "oamil", 0, 0.25, "band"),
+             cell(0.4, "ssddet", 0, 0.3), cell(0.4, "ssddet", 0, 0.3, "user")]
+    head = sweep.headline(_summary(sweep, cells)).splitlines()
+    assert head[0] == ("| box noise | Faster R-CNN test AP | OA-MIL test AP | OA-MIL + band test AP | SSD-Det test AP "
+                       "| SSD-Det boxes: IoU noisy → refined |")
+    assert head[2] == "| 40% | 0.100 | 0.200 | 0.250 | 0.300 | 0.500 → – |" and "user path" not in head[3]
+    text = "\n".join(head)
+    assert "a determinism check" in text and "model.box_bg_iou_thresh=0.4" in text
+    assert "SSD-Det − oamil (ignore band 0.4) = +0.050" in sweep.markdown(_summary(sweep, cells))
+    cells[-1]["test"] = {**cells[-1]["test"], "AP": 0.31}  # no longer the same: a row of its own
+    assert "| 40% (user path) |" in sweep.headline(_summary(sweep, cells))
