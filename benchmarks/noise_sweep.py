@@ -190,6 +190,10 @@ PREDATED_FIELDS = {
     **RESUME_PREDATED,  # model.box_bg_iou_thresh 0.5 (no ignore band), ssddet.refiner_decay_epochs 0 (none)
     ("data", "on_bad_image"): "stop",  # an unreadable image ended the run (before 2988e3d)
     ("data", "aspect_groups"): -1,  # batches were not grouped by aspect ratio (before 9e651ee)
+    ("data", "noise_fraction"): 1.0,  # box noise reached every box, no label errors (before the fields)
+    ("data", "noise_missing"): 0.0,
+    ("data", "noise_spurious"): 0.0,
+    ("data", "noise_swap"): 0.0,
     ("train", "lr_ref_batch"): 0,  # --lr was used as given (before 9e651ee)
     ("train", "amp_dtype"): "fp16",  # AMP meant float16 (before 9e651ee)
     ("train", "sync_bn"): False,  # no SyncBatchNorm (before 9e651ee)

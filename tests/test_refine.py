@@ -287,12 +287,17 @@ def test_refine_unreadable_checkpoint_is_one_line_error(tmp_path, capsys):
 def test_a_noisy_copy_is_not_noised_again(tmp_path):
     import json
 
-    from ssddet.api import _holds_true_boxes
+    from ssddet.api import _holds_simulated_noise
 
     noisy, clean = tmp_path / "noisy.json", tmp_path / "clean.json"
     noisy.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4], "true_bbox": [0, 0, 5, 5]}]}))
     clean.write_text(json.dumps({"annotations": [{"bbox": [0, 0, 4, 4]}]}))
-    assert _holds_true_boxes(noisy) and not _holds_true_boxes(clean)
+    assert _holds_simulated_noise(noisy) and not _holds_simulated_noise(clean)
+    for marked in ({"annotations": [{"bbox": [0, 0, 4, 4], "category_id": 1, "true_category_id": 2}]},
+                   {"annotations": [{"bbox": [0, 0, 4, 4], "spurious": True}]},
+                   {"annotations": [], "missing_annotations": [{"bbox": [0, 0, 4, 4]}]}):
+        noisy.write_text(json.dumps(marked))
+        assert _holds_simulated_noise(noisy), marked
 
 
 def test_refine_exports_boxes_whatever_their_ids_and_checks_the_categories(tiny_ssddet_run, tmp_path, capsys):

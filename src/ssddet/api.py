@@ -178,10 +178,10 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     if data or train_ann:
         cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
         cfg.data.images = images
-        if train_ann and cfg.data.noise and _holds_true_boxes(train_ann):
-            log.info("%s already holds noisy boxes (it has true_bbox): the run's noise %.2f is not applied "
-                     "again", train_ann, cfg.data.noise)
-            cfg.data.noise = None
+        if train_ann and (cfg.data.noise or _label_noise_on(cfg.data)) and _holds_simulated_noise(train_ann):
+            log.info("%s already holds simulated noise (true_bbox, true_category_id, spurious or "
+                     "missing_annotations): the run's noise is not applied again", train_ann)
+            cfg.data.noise, cfg.data.noise_missing, cfg.data.noise_spurious, cfg.data.noise_swap = None, 0.0, 0.0, 0.0
     elif images:
         cfg.data.images = images
     if split:
@@ -207,26 +207,37 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     return d
 
 
-def _holds_true_boxes(path) -> bool:
-    """Whether a COCO file is a noisy copy (`ssddet noise` keeps the clean box as `true_bbox`)."""
+def _label_noise_on(data_cfg) -> bool:
+    return any(getattr(data_cfg, f"noise_{kind}") for kind in ("missing", "spurious", "swap"))
+
+
+def _holds_simulated_noise(path) -> bool:
+    """Whether a COCO file is a noisy copy (`ssddet noise` keeps the clean box as `true_bbox`, the class before a
+    swap as `true_category_id`, marks added boxes `spurious` and keeps removed ones in `missing_annotations`)."""
     from .data.coco import read_json
 
-    anns = read_json(path).get("annotations")  # malformed lists are parse_coco's to report
-    return isinstance(anns, list) and any(isinstance(a, dict) and "true_bbox" in a for a in anns)
+    raw = read_json(path)
+    anns = raw.get("annotations")  # malformed lists are parse_coco's to report
+    marks = ("true_bbox", "true_category_id", "spurious")
+    return "missing_annotations" in raw or (isinstance(anns, list) and any(
+        isinstance(a, dict) and any(m in a for m in marks) for a in anns))
 
 
 def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str | None = None, images=None,
-          out=None) -> dict:
+          out=None, fraction: float = 1.0, missing: float = 0.0, spurious: float = 0.0, swap: float = 0.0) -> dict:
     """A noisy copy of a COCO file, `ann` or `data`/annotations.json (OA-MIL protocol: `bbox` noisy, `true_bbox`
     clean; the count and mean IoU of the perturbed boxes in info.box_noise), written to `out` if given. The same
-    generator as `train(noise=level, noise_seed=seed)`."""
+    generator as `train(noise=level, noise_seed=seed)`. `fraction`: the share of the boxes noised (`noised` flag
+    on each annotation when < 1); `missing`, `spurious`, `swap`: label errors (data/label_noise.py), as
+    `train(noise_missing=..., noise_spurious=..., noise_swap=...)`."""
     import json
 
     from .data.coco import read_json
     from .data.noise import noisy_copy
 
     src, root = _dataset_ann(ann, data, images)
-    noisy, _ = noisy_copy(read_json(src), level, seed, root or src.parent, split, src=str(src))
+    noisy, _ = noisy_copy(read_json(src), level, seed, root or src.parent, split, src=str(src), fraction=fraction,
+                          missing=missing, spurious=spurious, swap=swap)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(noisy))

@@ -19,6 +19,13 @@ class DataConfig:
     # clean-data run logs the same statistics; None: the boxes as given, nothing known about their quality
     noise: float | None = None
     noise_seed: int = 45
+    # the share of the eligible training boxes that box noise reaches (a seeded subset; the rest stay exact)
+    noise_fraction: float = 1.0
+    # label errors in the training split, shares of its annotations (data/label_noise.py; 0: off): annotations
+    # removed, boxes added on background with a random class, classes swapped for another
+    noise_missing: float = 0.0
+    noise_spurious: float = 0.0
+    noise_swap: float = 0.0
     keep_empty: bool = False  # keep training images with no boxes (negatives only)
     flip: float = 0.5  # horizontal-flip probability for training
     num_workers: int = 2

@@ -41,6 +41,20 @@ def noise_level(s: str) -> float:
     return v
 
 
+def noise_share(s: str) -> float:
+    """argparse type of a share of boxes or annotations (partial box noise, label errors): a number in [0, 1]."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got '{s}'") from None
+    if not (0.0 <= v <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {s}")
+    return v
+
+
+NOISE_SHARES = ("noise_fraction", "noise_missing", "noise_spurious", "noise_swap")  # data.*, each in [0, 1]
+
+
 def train_flags() -> list[tuple[str, str, dict]]:
     """`ssddet train` options that set one config field: (flag, "section.key", add_argument options).
 
@@ -65,6 +79,15 @@ def train_flags() -> list[tuple[str, str, dict]]:
                                        "the training split; the clean boxes are kept for the IoU statistics, so 0 logs "
                                        "them for clean data (default: none, the boxes as given)")),
         ("--noise-seed", "data.noise_seed", dict(type=int, help="seed of the box-noise generator")),
+        ("--noise-fraction", "data.noise_fraction", dict(type=noise_share, metavar="F", help="share of the "
+                                                         "training boxes that --noise perturbs (a seeded subset)")),
+        ("--noise-missing", "data.noise_missing", dict(type=noise_share, metavar="P", help="remove this share of "
+                                                       "the training annotations")),
+        ("--noise-spurious", "data.noise_spurious", dict(type=noise_share, metavar="P", help="add this share of "
+                                                         "spurious boxes (background, random class) to the training "
+                                                         "split")),
+        ("--noise-swap", "data.noise_swap", dict(type=noise_share, metavar="P", help="change the class of this "
+                                                 "share of the training annotations")),
         ("--device", "train.device", dict(help="auto | cpu | cuda | cuda:N")),
         ("--backbone", "model.backbone", dict(choices=BACKBONES, help="detector backbone")),
         ("--pretrained", "model.pretrained", dict(choices=PRETRAINED, help="imagenet: the ImageNet weights the "
@@ -287,6 +310,9 @@ def train_config(config=None, *, fields: dict | None = None, sets=(), refiner: s
         cfg.train.output = f"runs/{cfg.train.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     apply_overrides(cfg, list(sets))
     validate(cfg, resume=resume, output_given=output is not None or isinstance(config, Config))
+    from .engine.device_defaults import apply_device_defaults, given_fields  # the fields the user did not set
+
+    apply_device_defaults(cfg, given_fields(config, fields, sets, refiner))  # on a GPU only: engine/device_defaults
     return cfg
 
 
@@ -307,6 +333,12 @@ def _check_train_numbers(cfg: Config) -> None:
     if noise is not None and (isinstance(noise, bool) or not isinstance(noise, (int, float))
                               or not 0.0 <= noise < 1.0):
         raise UserError(f"data.noise must be a noise level in [0, 1) or null, got {noise!r}")
+    for name in NOISE_SHARES:
+        value = getattr(d, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UserError(f"data.{name} must be a fraction in [0, 1], got {value!r}")
+    if d.noise_fraction < 1 and noise is None:
+        log.warning("data.noise_fraction=%g has no effect without data.noise (a box-noise level)", d.noise_fraction)
 
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:

@@ -5,6 +5,10 @@ Per kept box (x1, y1, x2, y2) of image (W, H) and level r, four draws in this or
 The new box keeps the moved centre, is clipped to [0, W-1] x [0, H-1], and falls back to the clean box when
 degenerate. Images go in JSON order, boxes in annotation order; boxes the official parser drops (crowd,
 area<=0, w<1 or h<1, no overlap with the image, unknown category) consume no draws and are left untouched.
+
+Partial noise (`fraction` < 1): a subset of round(fraction x eligible boxes), chosen by a generator of its own
+(`derived_rng`), is perturbed from that same stream, in the same order; the other boxes consume no draws. The
+label errors (missing, spurious, class-swapped annotations) are in `label_noise.py`.
 """
 from __future__ import annotations
 
@@ -38,7 +42,44 @@ def perturb_box(box: np.ndarray, level: float, width: float, height: float,
     return out
 
 
-def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
+# One derived generator per kind of simulated error, so that turning one on changes nothing another does.
+DERIVED_STREAMS = {"fraction": 1, "missing": 2, "spurious": 3, "swap": 4}
+
+
+def derived_rng(seed: int, kind: str) -> np.random.RandomState:
+    """The seeded generator of one error kind, derived from the noise seed (SeedSequence of (seed, kind)), apart
+    from the OA-MIL stream itself: legacy `RandomState`, whose streams numpy keeps frozen across versions."""
+    state = np.random.SeedSequence([seed, DERIVED_STREAMS[kind]]).generate_state(1)[0]
+    return np.random.RandomState(int(state))
+
+
+def check_fraction(what: str, value) -> float:
+    """A share of boxes or annotations: a number in [0, 1] (a UserError naming `what` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f"{what} must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def share_count(fraction: float, n: int) -> int:
+    """round(fraction x n), halves rounded up (Python's round() would take 0.5 x 5 to 2 but 0.5 x 7 to 4)."""
+    return int(np.floor(fraction * n + 0.5))
+
+
+def pick(n: int, fraction: float, rng: np.random.RandomState) -> list[int]:
+    """The sorted positions of a seeded share of n items (no draws for none or all of them)."""
+    k = share_count(fraction, n)
+    if k in (0, n):
+        return list(range(k))
+    return sorted(int(i) for i in rng.permutation(n)[:k])
+
+
+def check_seed(seed) -> None:
+    """What `RandomState` and `SeedSequence` accept, as a UserError rather than numpy's ValueError mid-run."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
+        raise UserError(f"noise seed must be an integer in [0, 2**32), got {seed!r}")
+
+
+def official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
     """The official (mmdet CocoDataset) parser's filter; boxes it drops are never perturbed."""
     if is_crowd(ann.get("iscrowd", 0)) or is_crowd(ann.get("ignore", 0)):
         return False
@@ -60,7 +101,7 @@ def _official_keeps(ann: dict, img: dict, cat_ids: set) -> bool:
     return _key(ann.get("category_id")) in cat_ids
 
 
-def _check_noise_input(coco, src: str) -> None:
+def check_noise_input(coco, src: str) -> None:
     """The structure the generator walks (a clear error instead of a crash on a malformed file)."""
     if not isinstance(coco, dict):
         raise UserError(f"{src}: top level must be a JSON object with images/annotations/categories")
@@ -93,54 +134,88 @@ def _key(x):
 
 
 def add_box_noise(coco: dict, level: float, seed: int = 45, image_ids: Iterable[int] | None = None,
-                  src: str = "<dict>") -> tuple[dict, np.ndarray]:
+                  src: str = "<dict>", fraction: float = 1.0) -> tuple[dict, np.ndarray]:
     """Return (noisy COCO dict, IoU of each perturbed box with its clean box).
 
     `bbox` becomes the noisy box and `true_bbox` keeps the clean one (an existing `true_bbox` is kept, so
     re-noising a noisy file still remembers the original clean box). `image_ids` limits noise to those images
-    (e.g. the train split); the others are copied unchanged and consume no draws.
+    (e.g. the train split); the others are copied unchanged and consume no draws. `fraction` < 1 perturbs only
+    a seeded share of the eligible boxes and marks every annotation of those images `noised` true/false (for
+    evaluation); 1 leaves the output as it always was, without the flag.
     """
     if not (0.0 <= level < 1.0) or not np.isfinite(level):
         raise UserError(f"noise level must be in [0, 1), got {level}")
-    _check_noise_input(coco, src)
+    fraction = check_fraction("noise fraction", fraction)
+    check_seed(seed)
+    check_noise_input(coco, src)
     out = copy.deepcopy(coco)
-    selected = None if image_ids is None else set(image_ids)
-    images = [im for im in out.get("images", []) if selected is None or im.get("id") in selected]
-    by_image: dict = {}
-    for ann in out.get("annotations", []):
-        by_image.setdefault(_key(ann.get("image_id")), []).append(ann)
+    pairs = _image_annotations(out, image_ids, src)
     cat_ids = {_key(c.get("id")) for c in out.get("categories", [])} - {None}
+    for _, ann in pairs:
+        bbox = ann.get("bbox")
+        ann.setdefault("true_bbox", list(bbox) if isinstance(bbox, list) else bbox)
+    eligible = [(im, ann) for im, ann in pairs if official_keeps(ann, im, cat_ids)]
+    chosen = [eligible[i] for i in pick(len(eligible), fraction, derived_rng(seed, "fraction"))]
+    if fraction < 1:
+        noised = {id(ann) for _, ann in chosen}
+        for _, ann in pairs:
+            ann["noised"] = id(ann) in noised
     rng = np.random.RandomState(seed)  # seeded once per output file, as the official generator
-    ious = []
-    for im in images:
+    ious = [] if level == 0 else [_perturb_ann(ann, im, level, rng) for im, ann in chosen]
+    _record_box_noise(out, level, seed, ious, fraction, len(eligible))
+    return out, np.asarray(ious)
+
+
+def _image_annotations(coco: dict, image_ids: Iterable[int] | None, src: str) -> list[tuple[dict, dict]]:
+    """(image, annotation) of the images to noise (all, or those of `image_ids`), images in JSON order and each
+    image's annotations in annotation order: the order of the OA-MIL stream."""
+    selected = None if image_ids is None else set(image_ids)
+    by_image: dict = {}
+    for ann in coco.get("annotations", []):
+        by_image.setdefault(_key(ann.get("image_id")), []).append(ann)
+    pairs = []
+    for im in coco.get("images", []):
+        if selected is not None and im.get("id") not in selected:
+            continue
         if not isinstance(im.get("width"), (int, float)) or not isinstance(im.get("height"), (int, float)):
             raise UserError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise")
-        for ann in by_image.get(im.get("id"), []):
-            bbox = ann.get("bbox")
-            ann.setdefault("true_bbox", list(bbox) if isinstance(bbox, list) else bbox)
-            if level == 0 or not _official_keeps(ann, im, cat_ids):
-                continue
-            clean = xywh_to_xyxy(ann["bbox"])
-            noisy = perturb_box(clean, level, im["width"], im["height"], rng)
-            ann["bbox"] = [float(v) for v in xyxy_to_xywh(noisy)]
-            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            ious.append(float(aligned_iou_np(noisy, clean)))
+        pairs += [(im, ann) for ann in by_image.get(im.get("id"), [])]
+    return pairs
+
+
+def _perturb_ann(ann: dict, im: dict, level: float, rng: np.random.RandomState) -> float:
+    """Perturb one annotation's box in place (4 draws) -> its IoU with the clean box."""
+    clean = xywh_to_xyxy(ann["bbox"])
+    noisy = perturb_box(clean, level, im["width"], im["height"], rng)
+    ann["bbox"] = [float(v) for v in xyxy_to_xywh(noisy)]
+    ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    return float(aligned_iou_np(noisy, clean))
+
+
+def _record_box_noise(out: dict, level: float, seed: int, ious: list, fraction: float, eligible: int) -> None:
+    """info.box_noise; the partial-noise keys only when noise is partial (a full run's file is as it always was)."""
     info = dict(out.get("info") or {}) if isinstance(out.get("info"), dict) else {}
     info["box_noise"] = {"level": level, "seed": seed, "generator": "OA-MIL (RandomState, 4 draws/box)",
                          "ssddet_version": __version__, "boxes_perturbed": len(ious),
                          "mean_iou": float(np.mean(ious)) if ious else None}
+    if fraction < 1:
+        info["box_noise"].update(fraction=fraction, boxes_eligible=eligible)
     out["info"] = info
-    return out, np.asarray(ious)
 
 
-def noisy_copy(raw: dict, level: float, seed: int, root: str | Path, split: str | None = None,
-               src: str = "<dict>") -> tuple[dict, np.ndarray]:
-    """`add_box_noise` as both `train --noise` and `ssddet noise` apply it: width/height missing from the JSON
-    are read from the image files under `root` (as the loader does), and only the images of `split` are
-    perturbed (None: all; the others are copied unchanged and consume no draws).
+def noisy_copy(raw: dict, level: float | None, seed: int, root: str | Path, split: str | None = None,
+               src: str = "<dict>", *, fraction: float = 1.0, missing: float = 0.0, spurious: float = 0.0,
+               swap: float = 0.0) -> tuple[dict, np.ndarray]:
+    """`add_box_noise` and the label errors of `label_noise.add_label_noise`, as both `train --noise` and `ssddet
+    noise` apply them: width/height missing from the JSON are read from the image files under `root` (as the
+    loader does), and only the images of `split` are touched (None: all; the others are copied unchanged and
+    consume no draws). `level` None: no box noise (the label errors only). The label errors are drawn from the
+    clean input, so box noise and each kind of error are independent of one another.
 
     Returns (noisy COCO dict, with the image sizes filled in; IoU of each perturbed box with its clean box)."""
-    _check_noise_input(raw, src)
+    from .label_noise import apply_label_plan, plan_label_noise
+
+    check_noise_input(raw, src)
     raw = fill_image_sizes(raw, Path(root))
     ids = None if split is None else split_image_ids(raw, split, src)
     for im in raw["images"]:
@@ -148,7 +223,12 @@ def noisy_copy(raw: dict, level: float, seed: int, root: str | Path, split: str 
             raise UserError(f"{src}: image {im.get('id')} needs numeric width/height to add box noise: none in "
                             f"the JSON, and {Path(root) / str(im.get('file_name'))} cannot be read (image root: "
                             "--images DIR)")
-    return add_box_noise(raw, level, seed, ids, src=src)
+    plan = plan_label_noise(raw, seed, ids, missing=missing, spurious=spurious, swap=swap, src=src)
+    if level is None:
+        noisy, ious = copy.deepcopy(raw), np.zeros(0)
+    else:
+        noisy, ious = add_box_noise(raw, level, seed, ids, src=src, fraction=fraction)
+    return apply_label_plan(noisy, plan, mark_noised=level is not None and fraction < 1), ious
 
 
 def split_image_ids(raw: dict, split: str, src: str) -> list:

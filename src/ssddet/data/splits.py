@@ -84,7 +84,7 @@ def _train_json(cfg: DataConfig, train_path: Path, root: Path, by_split: bool) -
     """-> (training JSON with the run's noise applied, select its training split by the `split` field)."""
     raw = read_json(train_path)
     by_split = _uses_split(raw, by_split)
-    if cfg.noise is not None:
+    if simulates_noise(cfg):
         raw = _noisy(raw, cfg, str(train_path), root, by_split)
     return raw, by_split
 
@@ -103,7 +103,7 @@ def load_train_val(cfg: DataConfig) -> Splits:
     train_path, val_path, root, by_split = _sources(cfg)
     train_raw, train_by_split = _train_json(cfg, train_path, root, by_split)
     train = parse_coco(train_raw, str(train_path), root)
-    if val_path == train_path and cfg.noise is None:
+    if val_path == train_path and not simulates_noise(cfg):
         val, val_by_split = train, train_by_split
     else:
         val_raw = read_json(val_path)
@@ -117,12 +117,24 @@ def load_train_val(cfg: DataConfig) -> Splits:
     return Splits(train, train_recs, val, val_recs)
 
 
+def simulates_noise(cfg: DataConfig) -> bool:
+    """Whether the run noises its training split: box noise (`data.noise`) or any label error."""
+    return cfg.noise is not None or any((cfg.noise_missing, cfg.noise_spurious, cfg.noise_swap))
+
+
 def _noisy(raw: dict, cfg: DataConfig, src: str, root: Path, by_split: bool) -> dict:
     """Noise the training images only (the evaluation split always stays clean)."""
-    noisy, ious = noisy_copy(raw, cfg.noise, cfg.noise_seed, root, cfg.train_split if by_split else None, src)
+    noisy, ious = noisy_copy(raw, cfg.noise, cfg.noise_seed, root, cfg.train_split if by_split else None, src,
+                             fraction=cfg.noise_fraction, missing=cfg.noise_missing, spurious=cfg.noise_spurious,
+                             swap=cfg.noise_swap)
     if cfg.noise == 0:
         log.info("box noise 0: the given training boxes are taken as clean (statistics only)")
-    else:
+    elif cfg.noise is not None:
         log.info("box noise %.2f (seed %d) on %d training boxes: mean IoU with clean %.3f", cfg.noise,
                  cfg.noise_seed, len(ious), float(ious.mean()) if len(ious) else float("nan"))
+    labels = (noisy.get("info") or {}).get("label_noise")
+    if labels:
+        log.info("label noise (seed %d): %d of %d training annotations missing, %d swapped, %d spurious boxes added",
+                 cfg.noise_seed, labels["annotations_missing"], labels["annotations_eligible"],
+                 labels["annotations_swapped"], labels["boxes_spurious"])
     return noisy
