@@ -360,7 +360,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     """Train (unless a finished matching run exists), score the final model on the test split, return the cell."""
     run = Path(a.adopt.get(cell.name, runs / cell.name))
     log = runs / f"{cell.name}.log"
-    t0 = time.time()
+    t0, commit = time.time(), _commit()  # the code the run starts with
     if cell.method == "ssddet+fr":
         ckpt, refined = parent_checkpoint(cell, a, runs), runs / f"{cell.name}.refined.json"
         if newer(ckpt, refined):  # no export yet, or one of an earlier SSD-Det run
@@ -391,7 +391,7 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
             "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
             "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
-            "device": _device(), "machine": machine(), "commit": _commit()}
+            "device": _device(), "machine": machine(), "commit": commit}
 
 
 TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou_refined_medium",
