@@ -65,7 +65,8 @@ class Cell:
     method: str
     seed: int
     # "": the preset; "user": trained on a noisy JSON written by `ssddet noise`, without --noise; "eN": N epochs;
-    # "band": a baseline given SSD-Det's R-CNN ignore band (`BAND`), so that the two compare on equal terms
+    # "band": a baseline given SSD-Det's R-CNN ignore band (`BAND`), so that the two compare on equal terms;
+    # "fNN": box noise on NN % of the boxes only, the rest exact; "mNN": box noise and NN % of the annotations missing
     variant: str = ""
 
     @property
@@ -79,6 +80,11 @@ class Cell:
         return int(self.variant[1:]) if self.variant.startswith("e") else None
 
     @property
+    def share(self) -> float | None:
+        """The fraction of an "fNN" / "mNN" cell (None for other variants)."""
+        return int(self.variant[1:]) / 100 if self.variant[:1] in ("f", "m") and self.variant[1:].isdigit() else None
+
+    @property
     def parent(self) -> Cell | None:
         """The SSD-Det cell whose refined boxes a `ssddet+fr` cell re-trains on."""
         return Cell(self.noise, "ssddet", self.seed, self.variant) if self.method == "ssddet+fr" else None
@@ -86,14 +92,17 @@ class Cell:
 
 LONG_METHODS = ("vanilla", "oamil", "ssddet")  # the longer-schedule row
 BAND_METHODS = ("oamil",)  # baselines shown a second time with SSD-Det's ignore band, at every noise level
+MIXED_METHODS = ("vanilla", "oamil", "ssddet")  # the partial-noise and missing-box rows
 BAND = METHOD_BG_IOU_THRESH["ssddet"]  # model.box_bg_iou_thresh an SSD-Det run resolves to
 
 
 def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epochs: int = 12,
-         band: bool = True) -> list[Cell]:
+         band: bool = True, partial: tuple[float, ...] = (0.2, 0.5), missing: tuple[float, ...] = (0.2,)) -> list[Cell]:
     """Cells of the sweep: every (noise, method) with every seed; at the top noise level also the user path
     (SSD-Det) and the `long_epochs` schedule (LONG_METHODS, and clean vanilla as its reference; 0: none); with
-    `band`, BAND_METHODS again at every level with SSD-Det's ignore band.
+    `band`, BAND_METHODS again at every level with SSD-Det's ignore band; at the top level, MIXED_METHODS with box
+    noise on a `partial` share of the boxes only (the rest exact: most boxes right, some badly off) and with a
+    `missing` share of the annotations removed besides.
 
     The top noise level comes first and 0 % next, so that a partial sweep has the rows that matter most; the
     extra rows come last."""
@@ -102,6 +111,9 @@ def plan(noises: list[float], seeds: list[int], user_path: bool = True, long_epo
     cells = [Cell(noise, m, s) for noise in order for m in METHODS for s in seeds]
     if band:
         cells += [Cell(noise, m, s, "band") for noise in order for m in BAND_METHODS for s in seeds]
+    if top > 0:
+        cells += [Cell(top, m, s, f"f{round(f * 100)}") for f in partial for m in MIXED_METHODS for s in seeds]
+        cells += [Cell(top, m, s, f"m{round(f * 100)}") for f in missing for m in MIXED_METHODS for s in seeds]
     if user_path and top > 0:
         cells += [Cell(top, "ssddet", s, "user") for s in seeds]
     if long_epochs:  # with its own clean reference, so its gap recovered compares like with like
@@ -150,6 +162,8 @@ def train_args(cell: Cell, a, out: Path) -> list[str]:
             *a.extra.split(), *(["--epochs", str(cell.epochs)] if cell.epochs else [])]
     if cell.variant == "band":
         args += ["--set", f"model.box_bg_iou_thresh={BAND}"]
+    if cell.share is not None:
+        args += ["--noise-fraction" if cell.variant[0] == "f" else "--noise-missing", f"{cell.share:g}"]
     if cell.variant == "user":  # no --noise: the boxes come from the file, as a user's own do
         return args + ["--train-ann", str(out.parent / f"n{round(cell.noise * 100):02d}_noisy_train.json"),
                        "--val-ann", str(Path(a.data) / "annotations.json"), "--images", a.data]
@@ -336,6 +350,29 @@ def export_ious(path: Path) -> tuple[float, float]:
     return mean_iou(noisy), mean_iou(ref)
 
 
+def export_ious_by_flag(path: Path) -> dict:
+    """For an export of partly noised boxes (`noised` on each annotation): per group ("untouched", "noised"), the
+    count and the mean IoU with the clean box of the given box and of the refined box."""
+    import torch
+    from torchvision.ops import box_convert, box_iou
+
+    anns = [x for x in json.loads(path.read_text())["annotations"]
+            if "noisy_bbox" in x and "true_bbox" in x and "noised" in x]
+
+    def mean_iou(group: list[dict], key: str) -> float | None:
+        if not group:
+            return None
+        xyxy = [box_convert(torch.tensor([x[k] for x in group], dtype=torch.float64), "xywh", "xyxy")
+                for k in (key, "true_bbox")]
+        return float(box_iou(*xyxy).diagonal().mean())
+
+    out = {}
+    for name, flag in (("untouched", False), ("noised", True)):
+        group = [x for x in anns if bool(x["noised"]) is flag]
+        out[name] = {"n": len(group), "given": mean_iou(group, "noisy_bbox"), "refined": mean_iou(group, "bbox")}
+    return out
+
+
 def parent_checkpoint(cell: Cell, a, runs: Path) -> Path | None:
     """The checkpoint of the SSD-Det run a `ssddet+fr` cell exports from (None for other cells)."""
     if cell.parent is None:
@@ -382,6 +419,12 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
     iou_noisy, iou = train.get("iou_noisy"), train.get("iou_refined")
     if cell.method == "ssddet+fr":  # the boxes it trained on are the export's
         iou_noisy, iou = export_ious(runs / f"{cell.name}.refined.json")
+    by_kind = None
+    if cell.method == "ssddet" and cell.variant.startswith("f"):  # the exact boxes kept? the noised ones lifted?
+        export = runs / f"{cell.name}.refined.json"
+        if newer(run / "checkpoint.pt", export):
+            _ssddet(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--out", str(export)], threads, log)
+        by_kind = export_ious_by_flag(export)
     wall = run / "wall_seconds.txt"
     if not wall.is_file():  # a run trained while no sweep process waited on it: its epochs' own seconds
         wall.write_text(f"{sum(e.get('seconds', 0.0) for e in epochs):.0f}\n")
@@ -389,7 +432,8 @@ def run_cell(cell: Cell, a, runs: Path, threads: int) -> dict:
             **({"variant": cell.variant} if cell.variant else {}), "spec": spec,
             "test": {k: test[k] for k in ("AP", "AP50", "AP75", "per_class")},
             "val_final": json.loads((run / "metrics.json").read_text())["val"],
-            "iou_noisy": iou_noisy, "iou_refined": iou, "epochs": epoch_trace(epochs),
+            "iou_noisy": iou_noisy, "iou_refined": iou, **({"export_iou": by_kind} if by_kind else {}),
+            "epochs": epoch_trace(epochs),
             "wall_s": float(wall.read_text()) if wall.is_file() else None, "threads": threads,
             "device": _device(), "machine": machine(), "commit": commit}
 
@@ -480,6 +524,10 @@ def variant_label(variant: str) -> str:
     """How a row's variant reads in the tables: "" (the preset), "user path", "12 epochs", "ignore band 0.4"."""
     if variant == "band":
         return f"ignore band {BAND:g}"
+    if variant[:1] == "f":
+        return f"on {variant[1:]} % of the boxes"
+    if variant[:1] == "m":
+        return f"+ {variant[1:]} % missing"
     return "" if not variant else "user path" if variant == "user" else f"{variant[1:]} epochs"
 
 
@@ -506,18 +554,42 @@ def aggregate(cells: list[dict]) -> list[dict]:
         noisy = [c["iou_noisy"] for c in cs if c.get("iou_noisy") is not None]
         row["iou_noisy"] = statistics.fmean(noisy) if noisy else None
         row["minutes"] = statistics.fmean((c["wall_s"] or 0) / 60 for c in cs)
+        row["export_iou"] = _mean_export_iou([c["export_iou"] for c in cs if c.get("export_iou")])
         rows.append(row)
 
     def vanilla(noise: float, variant: str) -> float | None:
-        ref = "" if variant in ("user", "band") else variant
         return next((r["AP"][0] for r in rows if r["noise"] == noise and r["method"] == "vanilla"
-                     and r["variant"] == ref), None)
+                     and r["variant"] == variant), None)
 
     for r in rows:
-        clean, noisy = vanilla(0.0, r["variant"]), vanilla(r["noise"], r["variant"])
+        v = r["variant"]
+        # the clean reference of the same schedule; the noisy one of the same boxes (user path, band: the preset's)
+        clean = vanilla(0.0, v if v.startswith("e") else "")
+        noisy = vanilla(r["noise"], "" if v in ("user", "band") else v)
         gap = None if clean is None or noisy is None else clean - noisy
         r["gap_recovered"] = (r["AP"][0] - noisy) / gap if gap and r["noise"] > 0 else None
     return rows
+
+
+def _mean_export_iou(records: list[dict]) -> dict | None:
+    """`export_iou` averaged over seeds: {group: {"given", "refined"}} (None without records)."""
+    if not records:
+        return None
+    return {g: {k: statistics.fmean(r[g][k] for r in records) for k in ("given", "refined")}
+            for g in ("untouched", "noised") if all(r.get(g) and r[g]["given"] is not None for r in records)}
+
+
+def export_lines(rows: list[dict]) -> list[str]:
+    """Per partly noised SSD-Det row: what its export did to the exact boxes and to the noised ones."""
+    lines = []
+    for r in rows:
+        e = r.get("export_iou")
+        if not e:
+            continue
+        parts = [f"{g} boxes {_f(v['given'])} → {_f(v['refined'])}" for g, v in e.items()]
+        lines.append(f"- {r['noise']:.0%} noise {variant_label(r['variant'])}, SSD-Det's export (IoU with the clean "
+                     f"box, given → refined, mean over seeds {','.join(map(str, r['seeds']))}): {'; '.join(parts)}.")
+    return lines
 
 
 def _versus(head: str, a: dict, b: dict) -> str:
@@ -660,7 +732,7 @@ def markdown(summary: dict) -> str:
                                       *(_f(r["per_class"][c]) for c in classes), _f(r["gap_recovered"], True),
                                       iou, f"{r['minutes']:.0f}"]) + " |")
     settings = ssddet_settings(summary.get("cells", []))
-    out += [*audit_lines(Path(summary.get("audit", ""))), "", *comparisons(rows), "",
+    out += [*audit_lines(Path(summary.get("audit", ""))), "", *comparisons(rows), *export_lines(rows), "",
             _footer(summary) + f" Table written by `{summary['command']}`. Mean ± sample SD over the seeds listed; "
             "test split, final epoch. Gap recovered = (method − noisy vanilla) / (clean vanilla − noisy vanilla) on "
             "mean test AP." + (f" SSD-Det settings per noise level: {settings}." if settings else "")]
@@ -781,6 +853,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="leave out the user-path row (SSD-Det on `ssddet noise` boxes, without --noise)")
     ap.add_argument("--long-epochs", type=int, default=12,
                     help="the longer-schedule row at the top noise level (vanilla at 0 %% too); 0: none")
+    ap.add_argument("--partial", type=float, nargs="*", default=[0.2, 0.5],
+                    help="rows at the top noise level with box noise on this share of the boxes only (none: no rows)")
+    ap.add_argument("--missing", type=float, nargs="*", default=[0.2],
+                    help="rows at the top noise level with this share of the annotations removed besides")
     ap.add_argument("--audit", default="benchmarks/results/audit_calibration.json",
                     help="benchmarks/audit_calibration.py's results, shown under the full table if present")
     ap.add_argument("--plot", help="write the sweep picture here (default with --readme: docs/images/sweep.png)")
@@ -805,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
     results, runs = Path(a.results), Path(a.runs)
     (results / "cells").mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in plan(a.noise, a.seeds, a.user_path, a.long_epochs) if c.method in a.methods]
+    cells = [c for c in plan(a.noise, a.seeds, a.user_path, a.long_epochs, partial=tuple(a.partial),
+                             missing=tuple(a.missing)) if c.method in a.methods]
     todo = select(cells, a.only)  # --only narrows what runs, not what the tables show
 
     def cell_file(c: Cell) -> Path:

@@ -25,20 +25,25 @@ def sweep():
 def test_plan_seeds_and_order(sweep):
     cells = sweep.plan([0.0, 0.2, 0.4], [0, 1])
     names = [c.name for c in cells]
-    # 3 levels x 4 methods x 2 seeds, OA-MIL with the ignore band (3 x 2), then the user path (2) and the 12-epoch
-    # row (3 methods + clean vanilla) x 2
-    assert len(cells) == 24 + 6 + 2 + 8 and len(set(names)) == len(names)
+    # 3 levels x 4 methods x 2 seeds, OA-MIL with the ignore band (3 x 2), the partial-noise and missing-box rows
+    # (3 x 3 methods x 2), then the user path (2) and the 12-epoch row (3 methods + clean vanilla) x 2
+    assert len(cells) == 24 + 6 + 18 + 2 + 8 and len(set(names)) == len(names)
     assert names[:2] == ["n40_vanilla_s0", "n40_vanilla_s1"]
     assert {c.noise for c in cells[:8]} == {0.4} and {c.noise for c in cells[8:16]} == {0.0}
     assert names[24:30] == ["n40_oamil-band_s0", "n40_oamil-band_s1", "n00_oamil-band_s0", "n00_oamil-band_s1",
                             "n20_oamil-band_s0", "n20_oamil-band_s1"]
-    del names[24:30], cells[24:30]
+    assert names[30:33] == ["n40_vanilla-f20_s0", "n40_vanilla-f20_s1", "n40_oamil-f20_s0"]
+    assert names[42:48] == ["n40_vanilla-m20_s0", "n40_vanilla-m20_s1", "n40_oamil-m20_s0", "n40_oamil-m20_s1",
+                            "n40_ssddet-m20_s0", "n40_ssddet-m20_s1"]
+    assert cells[30].share == 0.2 and cells[36].share == 0.5 and cells[0].share is None
+    del names[24:48], cells[24:48]
     assert names[24:] == ["n40_ssddet-user_s0", "n40_ssddet-user_s1", "n40_vanilla-e12_s0", "n40_vanilla-e12_s1",
                           "n40_oamil-e12_s0", "n40_oamil-e12_s1", "n40_ssddet-e12_s0", "n40_ssddet-e12_s1",
                           "n00_vanilla-e12_s0", "n00_vanilla-e12_s1"]
     assert cells[-1].epochs == 12 and cells[0].epochs is None and cells[24].epochs is None
     assert sweep.Cell(0.2, "ssddet+fr", 3).parent == sweep.Cell(0.2, "ssddet", 3)
-    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0, band=False)) == 2 * 4 * 3
+    assert len(sweep.plan([0.0, 0.4], [0, 1, 2], user_path=False, long_epochs=0, band=False, partial=(),
+                          missing=())) == 2 * 4 * 3
 
 
 def test_only_selects_cells_by_shell_pattern(sweep):
@@ -59,6 +64,10 @@ def test_user_path_and_long_cells_train_as_a_user_would(sweep, tmp_path):
     assert "--noise" not in user and user[user.index("--train-ann") + 1] == str(tmp_path / "n40_noisy_train.json")
     plain = sweep.train_args(sweep.Cell(0.4, "ssddet", 1), a, tmp_path / "n40_ssddet_s1")
     assert plain[plain.index("--noise") + 1] == "0.4" and "--train-ann" not in plain
+    part = sweep.train_args(sweep.Cell(0.4, "ssddet", 0, "f20"), a, tmp_path / "x")
+    assert part[part.index("--noise-fraction") + 1] == "0.2" and part[part.index("--noise") + 1] == "0.4"
+    miss = sweep.train_args(sweep.Cell(0.4, "vanilla", 0, "m20"), a, tmp_path / "x")
+    assert miss[miss.index("--noise-missing") + 1] == "0.2" and "--noise-fraction" not in miss
     long = sweep.train_args(sweep.Cell(0.4, "oamil", 0, "e12"), a, tmp_path / "x")
     assert long[len(long) - 1 - long[::-1].index("--epochs") + 1] == "12"  # the last --epochs wins
 
@@ -404,3 +413,25 @@ def test_headline_shows_oamil_both_ways_and_the_user_path_as_a_determinism_check
     assert "SSD-Det − oamil (ignore band 0.4) = +0.050" in sweep.markdown(_summary(sweep, cells))
     cells[-1]["test"] = {**cells[-1]["test"], "AP": 0.31}  # no longer the same: a row of its own
     assert "| 40% (user path) |" in sweep.headline(_summary(sweep, cells))
+
+
+def test_partial_rows_report_the_exact_and_the_noised_boxes_apart(sweep, tmp_path):
+    def ann(given, refined, true, noised):
+        return {"noisy_bbox": given, "bbox": refined, "true_bbox": true, "noised": noised}
+
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps({"annotations": [
+        ann([0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], False),  # kept exactly
+        ann([0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 10], False),  # an exact box made worse: IoU 0.5
+        ann([0, 0, 10, 5], [0, 0, 10, 10], [0, 0, 10, 10], True)]}))  # a noised box repaired
+    by = sweep.export_ious_by_flag(path)
+    assert by["untouched"] == {"n": 2, "given": 1.0, "refined": 0.75}
+    assert by["noised"] == {"n": 1, "given": 0.5, "refined": 1.0}
+    cells = [{**_cell(0.4, "ssddet", 0, 0.3), "variant": "f20", "export_iou": by},
+             {**_cell(0.4, "vanilla", 0, 0.2), "variant": "f20"}, _cell(0.0, "vanilla", 0, 0.5)]
+    rows = sweep.aggregate(cells)
+    ssd = next(r for r in rows if r["method"] == "ssddet")
+    assert ssd["gap_recovered"] == pytest.approx((0.3 - 0.2) / (0.5 - 0.2))  # clean: the preset's 0 % vanilla
+    assert sweep.export_lines(rows) == [
+        "- 40% noise on 20 % of the boxes, SSD-Det's export (IoU with the clean box, given → refined, mean over "
+        "seeds 0): untouched boxes 1.000 → 0.750; noised boxes 0.500 → 1.000."]
