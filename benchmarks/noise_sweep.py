@@ -442,7 +442,10 @@ TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou
          "iou_refined_large", "keep_rate", "iou_merged", "iou_given_merged", "agreement", "given_trusted",
          "ignore_band",
          "loss_spsd1",
-         *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")))
+         *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")),
+         # the exact given boxes and the noised ones apart (partly noised cells)
+         *(f"{k}_{g}" for g in ("exact", "noised") for k in ("iou_keep", "keep_rate")),
+         *(f"iou_keep_t{round(t * 100)}_{g}" for g in ("exact", "noised") for t in PROBE_THRESHOLDS))
 
 
 def epoch_trace(epochs: list[dict]) -> list[dict]:

@@ -144,3 +144,24 @@ def test_a_dataset_the_refiner_agrees_with_keeps_every_given_box():
     del state["keep.agreement"]  # a checkpoint from before the running mean: nothing known, nothing trusted
     fresh.load_state_dict(state)
     assert torch.isnan(fresh.keep.agreement) and not fresh.keep.trusted(None)
+
+
+def test_statistics_come_apart_for_the_exact_and_the_noised_given_boxes():
+    """Hand-built: object 0's given box is exact and kept; object 1's is off (IoU 0.5) and replaced by an exact
+    merged box. The split statistics say so; the decision is the same as without the clean boxes."""
+
+    clean = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10]])
+    cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]],  # b* exact, b̃ IoU 0.8 with it
+                         [[0.0, 0, 10, 5], [0, 0, 10, 10]]])  # b* IoU 0.5, b̃ exact
+    cls = torch.tensor([[0.9, 0.5], [0.2, 0.9]])
+    box, stats = keep_the_box(cand, cls, None, keep_iou=0.0, clean=clean)
+    blind, _ = keep_the_box(cand, cls, None, keep_iou=0.0)
+    assert torch.equal(box, clean) and torch.equal(blind, box)
+    assert stats["keep_rate_exact"] == 1.0 and stats["keep_rate_noised"] == 0.0
+    assert stats["iou_keep_exact"] == 1.0 and stats["iou_keep_noised"] == 1.0
+    # IoU arm at 0.7 would keep object 0 (agreement 0.8) and replace object 1 (0.5): both right; at 0.9 it moves
+    # the exact box to b̃ (IoU 0.8 with the clean box)
+    assert stats["iou_keep_t70_exact"] == 1.0 and stats["iou_keep_t70_noised"] == 1.0
+    assert stats["iou_keep_t90_exact"] == pytest.approx(0.8) and stats["iou_keep_t50_noised"] == 0.5
+    _, no_noised = keep_the_box(cand[:1], cls[:1], None, keep_iou=0.0, clean=clean[:1])
+    assert "iou_keep_noised" not in no_noised and "iou_keep_exact" in no_noised

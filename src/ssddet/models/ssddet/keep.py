@@ -24,6 +24,10 @@ from ...data.boxes import aligned_iou
 # with the clean box had b* been kept wherever IoU(b*, b̃) >= 0.XX, and `keep_tXX`, the share kept), so one run
 # shows what every threshold would have given at its noise level (docs/method.md 3.1 step 8)
 PROBE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# With clean boxes the same statistics also come apart for the objects whose given box is exact (IoU with the
+# clean box >= EXACT_IOU: `_exact`) and for the others (`_noised`), so a run on partly noised boxes shows what each
+# rule does to the right boxes and to the wrong ones (statistics only; the decision never sees the clean boxes)
+EXACT_IOU = 0.99
 
 
 @torch.no_grad()
@@ -65,7 +69,24 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
             k = agree >= t
             stats[f"iou_keep_t{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
             stats[f"keep_t{round(t * 100)}"] = k.float().mean()
+        stats.update(_by_exactness(q, keep, agree))
     return torch.where(keep[:, None], cand[:, 0], cand[:, 1]), stats
+
+
+def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor) -> dict[str, Tensor]:
+    """Statistics of the exact given boxes and of the others apart. q: Tensor[M, 2] IoU of (b*, b̃) with the clean
+    box; keep: Bool[M] the decision; agree: Tensor[M] IoU(b*, b̃). -> iou_keep_G, keep_rate_G and, per
+    PROBE_THRESHOLDS, iou_keep_tXX_G for G in (exact, noised), a group without objects left out."""
+    exact = q[:, 0] >= EXACT_IOU
+    out = {}
+    for name, m in (("exact", exact), ("noised", ~exact)):
+        if not m.any():
+            continue
+        out[f"iou_keep_{name}"] = torch.where(keep, q[:, 0], q[:, 1])[m].mean()
+        out[f"keep_rate_{name}"] = keep[m].float().mean()
+        for t in PROBE_THRESHOLDS:
+            out[f"iou_keep_t{round(t * 100)}_{name}"] = torch.where(agree >= t, q[:, 0], q[:, 1])[m].mean()
+    return out
 
 
 class KeepTheBox(nn.Module):
