@@ -164,49 +164,128 @@ def _audit_set(root):
     return write_coco(root, coco), [[x, y, x + w, y + h] for x, y, w, h in clean.values()]
 
 
-def test_audit_ranks_a_hand_corrupted_box_first(run, tmp_path, monkeypatch, capsys):
-    """A refiner that moves every box onto its clean box (the real one, with its real confidences, then the
-    boxes snapped): the one wrong box has the only IoU(given, refined) < 1, so it ranks first."""
+def _snap_refiner(monkeypatch, clean):
+    """The real refiner (with its real confidences), then every box snapped onto its clean box."""
+    from torchvision.ops import box_iou
+
     from ssddet.models.ssddet.refiner import SSDDetRefiner
 
-    _, _, out = run
-    ann, clean = _audit_set(tmp_path / "audit")
     clean = torch.tensor(clean, dtype=torch.float32)
     real = SSDDetRefiner.forward
 
     def snapping(self, features, sizes, boxes, labels, *args, **kwargs):
         res = real(self, features, sizes, boxes, labels, *args, **kwargs)
         assert [tuple(s) for s in sizes] == [(64, 64)]  # so the JSON frame is the refiner's frame
-        from torchvision.ops import box_iou
-
         res.refined = [clean[box_iou(b, clean).argmax(dim=1)] for b in boxes]
         return res
 
     monkeypatch.setattr(SSDDetRefiner, "forward", snapping)
+
+
+def test_audit_ranks_a_hand_corrupted_box_first(run, tmp_path, monkeypatch, capsys):
+    """A refiner that moves every box onto its clean box (the real one, with its real confidences, then the
+    boxes snapped): the one wrong box has the only IoU(given, refined) < 1, so it ranks first."""
+    _, _, out = run
+    ann, clean = _audit_set(tmp_path / "audit")
+    _snap_refiner(monkeypatch, clean)
     csv_path, html = tmp_path / "audit.csv", tmp_path / "audit.html"
     assert main(["audit", "--checkpoint", str(out / "checkpoint.pt"), "--ann", str(ann), "--out", str(csv_path),
                  "--html", str(html)]) == 0
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    every = list(csv.DictReader(csv_path.open()))
+    rows = [r for r in every if r["kind"] != "missing"]  # the annotations; the missing objects follow them
+    assert [int(r["rank"]) for r in every] == list(range(1, len(every) + 1)) and every[:6] == rows
     assert rows[0]["annotation_id"] == "22" and float(rows[0]["score"]) > 0
     assert float(rows[0]["iou_given_clean"]) < 0.5 and all(float(r["score"]) == 0 for r in rows[1:])
     assert [float(rows[0][k]) for k in ("refined_x", "refined_y", "refined_w", "refined_h")] == [40, 4, 18, 18]
     text = capsys.readouterr().out
     assert "ranking precision: 1.000 of the top 10% (1 boxes)" in text and "base rate of 0.167 (6.00x)" in text
     assert "16.7% flagged (IoU < 0.5 with it)" in text  # the one moved box, of 6
-    assert html.read_text().count("<img src=\"data:image/png;base64,") == 6
+    missing = len(every) - 6  # the tiny detector's confident detections off the annotations
+    assert html.read_text().count("<img src=\"data:image/png;base64,") == 6 + min(200, missing)
 
 
 def test_audit_api_with_the_real_refiner(run, tmp_path):
     _, data, out = run
     ann, _ = _audit_set(tmp_path / "audit")
     rep = ssddet.audit(out / "checkpoint.pt", ann)
-    scores = [r["score"] for r in rep.rows]
-    assert len(rep.rows) == 6 and scores == sorted(scores, reverse=True)
-    assert all(0.0 <= r["confidence"] <= 1.0 and np.isfinite(r["refined"]).all() for r in rep.rows)
+    anns = [r for r in rep.rows if r["kind"] != "missing"]  # the missing objects follow the annotations
+    scores = [r["score"] for r in anns]
+    assert len(anns) == 6 and scores == sorted(scores, reverse=True)
+    assert all(r["kind"] == "missing" for r in rep.rows[6:])
+    assert all(0.0 <= r["confidence"] <= 1.0 and np.isfinite(r["refined"]).all() for r in anns)
     assert rep.summary["with_clean"] == 6 and rep.summary["base_rate"] == pytest.approx(1 / 6)
     with pytest.raises(UserError, match="needs an ssddet run|not a training checkpoint"):
         ssddet.audit(out / "model_final.pt", ann)
+
+
+def test_audit_kinds_in_the_csv_html_and_api(run, tmp_path):
+    """Every annotation carries the three scores and the kind they name; missing objects are rows of their own; each
+    kind is ranked 1..n by its score; the HTML page filters by kind, a picture per row, no external asset; the API
+    returns the rows the CSV holds."""
+    from collections import Counter
+
+    from ssddet.engine.audit import CSV_FIELDS, KIND_SCORE
+    from ssddet.engine.audit_kinds import annotation_kind
+
+    _, _, out = run
+    ann, _ = _audit_set(tmp_path / "audit")
+    csv_path, html = tmp_path / "audit.csv", tmp_path / "audit.html"
+    assert main(["audit", "--checkpoint", str(out / "checkpoint.pt"), "--ann", str(ann), "--out", str(csv_path),
+                 "--html", str(html), "--html-top", "3", "--missing-score", "0.3"]) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert tuple(rows[0]) == CSV_FIELDS
+    anns, missing = rows[:6], rows[6:]
+    for r in anns:
+        s = {k: float(r[k]) for k in ("score", "wrong_class_score", "spurious_score")}
+        assert all(0.0 <= v <= 1.0 for v in s.values()) and r["kind"] != "missing"
+        assert r["kind"] == annotation_kind(s["score"], s["wrong_class_score"], s["spurious_score"])
+        assert r["suggested_category"] in ("cat3", "cat7", "cat42") and r["suggested_category"] != r["category"]
+        assert r["missing_score"] == r["detected_x"] == ""
+    for r in missing:
+        assert r["kind"] == "missing" and float(r["missing_score"]) >= 0.3 and float(r["detected_w"]) > 0
+        assert r["annotation_id"] == r["score"] == r["given_x"] == r["spurious_score"] == ""
+    for kind, key in KIND_SCORE.items():
+        of = sorted((r for r in rows if r["kind"] == kind), key=lambda r: int(r["kind_rank"]))
+        assert [int(r["kind_rank"]) for r in of] == list(range(1, len(of) + 1))
+        assert [float(r[key]) for r in of] == sorted((float(r[key]) for r in of), reverse=True)
+    assert all(r["kind_rank"] == "" for r in rows if r["kind"] == "ok")
+    rep = ssddet.audit(out / "checkpoint.pt", ann, missing_score=0.3)
+    assert [(r["kind"], r["kind_rank"], r["category"]) for r in rep.rows] == \
+        [(r["kind"], int(r["kind_rank"]) if r["kind_rank"] else None, r["category"]) for r in rows]
+    kinds = Counter(r["kind"] for r in rows)
+    assert rep.summary["kinds"] == {k: kinds[k] for k in ("misplaced", "wrong_class", "spurious", "missing", "ok")}
+    assert "likely missing objects: " + str(kinds["missing"]) in str(rep)
+    assert set(rep.detections) == {1, 2, 3} and rep.of_kind("missing") == [r for r in rep.rows[6:]]
+    page = html.read_text()
+    shown = sum(min(3, n) for n in kinds.values())
+    assert page.count("<tr data-kind=") == page.count('<img src="data:image/png;base64,') == shown
+    for kind in ("all", "misplaced", "wrong_class", "spurious", "missing", "ok"):
+        assert f"<button data-k='{kind}'" in page
+    assert "function show(k)" in page and "http" not in page.replace("http-equiv", "") and "<link" not in page
+
+
+def test_audit_reports_a_confident_detection_no_annotation_covers(run, tmp_path, monkeypatch):
+    """Hand-built detections in image 1 (boxes a, b at [4, 4, 24, 24] and [36, 36, 60, 60]): one off every box
+    (reported, with its class and score), a less confident copy of it in another class (merged), one on box a (not
+    reported), one off every box below the threshold (not reported)."""
+    from ssddet.engine import audit_kinds
+
+    _, _, out = run
+    ann, clean = _audit_set(tmp_path / "audit")
+    _snap_refiner(monkeypatch, clean)
+
+    def detect(detector, view):
+        found = {1: ([[40, 4, 60, 24], [41, 5, 61, 25], [4, 4, 24, 24], [2, 40, 20, 60]], [0.9, 0.8, 0.95, 0.3],
+                     [2, 3, 1, 3])}.get(view.rec.image_id, ([], [], []))
+        return {"boxes": torch.tensor(found[0], dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.tensor(found[1], dtype=torch.float32), "labels": torch.tensor(found[2]).long()}
+
+    monkeypatch.setattr(audit_kinds, "detect", detect)
+    rep = ssddet.audit(out / "checkpoint.pt", ann)
+    (m,) = rep.of_kind("missing")
+    assert (m["image_id"], m["category"], m["missing_score"], m["kind_rank"]) == (1, "cat7", pytest.approx(0.9), 1)
+    assert m["detected"].tolist() == [40, 4, 60, 24] and m["annotation_id"] is None
+    assert rep.summary["kinds"]["missing"] == 1 and rep.detections[1]["category_ids"].tolist() == [7, 42, 3, 42]
 
 
 def test_ranking_precision_on_a_hand_built_case():

@@ -16,7 +16,8 @@ from ssddet.config_overrides import train_config
 from ssddet.data.boxes import aligned_iou_np, xywh_to_xyxy
 from ssddet.data.coco import parse_coco
 from ssddet.data.label_noise import SPURIOUS_MAX_IOU, add_label_noise
-from ssddet.data.noise import add_box_noise, noisy_copy, perturb_box
+from ssddet.data.noise import add_box_noise, perturb_box
+from ssddet.data.simulate import noisy_copy
 from ssddet.data.splits import load_train_val
 from ssddet.errors import UserError
 

@@ -233,7 +233,7 @@ def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str
     import json
 
     from .data.coco import read_json
-    from .data.noise import noisy_copy
+    from .data.simulate import noisy_copy
 
     src, root = _dataset_ann(ann, data, images)
     noisy, _ = noisy_copy(read_json(src), level, seed, root or src.parent, split, src=str(src), fraction=fraction,
@@ -317,19 +317,27 @@ def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
 
 
 def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = None, out=None, html=None,
-          html_top: int = 200, device: str = "auto", on_bad_image: str = "skip"):
-    """Rank every annotation of `ann` (or `data`/annotations.json) by how likely its box is wrong (engine/audit.py
-    explains the score) -> AuditReport (rows worst first, summary with the ranking precision when `true_bbox` is
-    known; str() is what `ssddet audit` prints); CSV to `out`, HTML to `html` if given. The annotations of an
-    unreadable image are left out with a counted warning (on_bad_image "skip") or stop it ("stop")."""
+          html_top: int = 200, device: str = "auto", on_bad_image: str = "skip", missing_score: float = 0.5):
+    """Rank every annotation of `ann` (or `data`/annotations.json) by how likely it is wrong, in four kinds
+    (engine/audit.py and engine/audit_kinds.py explain the scores): misplaced, wrong class and spurious per
+    annotation, and the objects each image likely misses (detections with score >= `missing_score` that no
+    annotation covers) -> AuditReport (rows: annotations worst misplaced first, then the missing objects; each
+    row's `kind` and `kind_rank`; summary with each kind's share and the ranking precision when `true_bbox` is
+    known; detections: every detection of the run's detector; str() is what `ssddet audit` prints); CSV to `out`,
+    HTML to `html` if given. The annotations of an unreadable image are left out with a counted warning
+    (on_bad_image "skip") or stop it ("stop")."""
     from .data.coco import load_coco
     from .data.images import BadImages
-    from .engine.audit import AuditReport, rank_annotations, refine_with_confidence, summarise, write_csv, write_html
+    from .engine.audit import AuditReport, rank_annotations, report_detections, summarise, write_csv
+    from .engine.audit_html import write_html
+    from .engine.audit_kinds import gather_evidence
     from .engine.device import resolve_device
     from .engine.evaluate import readable
     from .engine.refine import load_refiner_method
     from .errors import UserError
 
+    if not 0.0 <= missing_score <= 1.0:
+        raise UserError(f"missing score must be in [0, 1], got {missing_score}")
     src, root = _dataset_ann(ann, data, images)
     dev = resolve_device(device)
     method, _, meta = load_refiner_method(checkpoint, dev)
@@ -338,11 +346,13 @@ def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = N
     if cats and [c["id"] for c in cats] != [c["id"] for c in dataset.categories]:
         raise UserError(f"{checkpoint}: trained on category ids {[c['id'] for c in cats]}, but {src} has "
                         f"{[c['id'] for c in dataset.categories]}")
-    records = [r for r in dataset.select(split) if len(r.boxes)]
+    records = dataset.select(split)  # images without annotations too: they may miss objects
     bad = BadImages(on_bad_image)
-    refined = refine_with_confidence(method, records, dev, bad)
-    rows = rank_annotations(readable(records, bad.files), refined, dataset.class_names)
-    rep = AuditReport(rows, {**summarise(rows), "skipped_images": len(bad.files)})
+    evidence = gather_evidence(method, records, dev, bad)
+    records = readable(records, bad.files)
+    rows = rank_annotations(records, evidence, dataset.class_names, missing_score)
+    rep = AuditReport(rows, {**summarise(rows, missing_score), "skipped_images": len(bad.files)},
+                      report_detections(records, evidence, dataset.label_to_cat))
     if out:
         write_csv(rows, out)
     if html:

@@ -100,7 +100,7 @@ def apply_label_plan(coco: dict, plan: LabelPlan, mark_noised: bool = False) -> 
 
 def add_label_noise(coco: dict, seed: int = 45, image_ids: Iterable[int] | None = None, *, missing: float = 0.0,
                     spurious: float = 0.0, swap: float = 0.0, src: str = "<dict>") -> dict:
-    """The label errors alone, on a copy of `coco` (`noise.noisy_copy` combines them with box noise)."""
+    """The label errors alone, on a copy of `coco` (`simulate.noisy_copy` combines them with box noise)."""
     plan = plan_label_noise(coco, seed, image_ids, missing=missing, spurious=spurious, swap=swap, src=src)
     return apply_label_plan(copy.deepcopy(coco), plan)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..errors import UserError
 from .coco import CocoData, ImageRecord, check_image_files, parse_coco, read_json
-from .noise import noisy_copy
+from .simulate import noisy_copy
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,15 @@
-"""`ssddet audit`'s work: rank every annotation of a dataset by how likely its box is wrong, using a trained SSD-Det
-refiner, worst first, as CSV (and HTML with thumbnails).
+"""`ssddet audit`'s work: rank every annotation of a dataset by how likely it is wrong, and every image by the
+objects it likely misses, using a trained SSD-Det run (its refiner and its detector), as CSV (and HTML with a
+picture per finding; engine/audit_html.py).
 
-Score: the refiner refines each given box (every object, no per-image cap, no keep-the-box step) into b̃, and
+Four kinds of error, each with its own score and ranking (how each score is made, and why the scores are comparable
+within a kind: engine/audit_kinds.py): `misplaced` (the box is off its object), `wrong_class`, `spurious` (no object
+there) for every annotation, and `missing` (a confident detection that no annotation covers) per image. Every
+annotation row carries the three annotation scores and `kind`, the first of spurious, wrong_class, misplaced whose
+score passes 0.5 (`ok` when none does); each missing object is a row of its own (kind `missing`).
+
+The misplaced score is the one `audit` always had: the refiner refines each given box (every object, no per-image
+cap, no keep-the-box step) into b̃, and
     wrong = 1 - IoU(given, b̃),
 the further the refiner moves a box, the more likely it is wrong. The refiner's confidence c in b̃ is reported
 beside it (CSV column `confidence`: the mean, over the top-k proposals merged into b̃, of the score the final
@@ -14,106 +22,118 @@ box, against that share over all annotations (the base rate), and the precision 
 ranking beside it."""
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.boxes import aligned_iou_np, xyxy_to_xywh
-from ..viz.draw import CLEAN, NOISY, REFINED, draw_boxes, read_rgb, thumbnail
+from .audit_kinds import KINDS, OK, annotation_kind, class_view, missing_objects, spurious_score, wrong_class_score
 
 log = logging.getLogger(__name__)
 TOP_FRACTION, WRONG_IOU = 0.1, 0.5  # the precision check: top 10 %, "wrong" = IoU < 0.5 with the clean box
+# the score each kind is ranked by (`kind_rank`); `ok` rows have no kind rank
+KIND_SCORE = {"misplaced": "score", "wrong_class": "wrong_class_score", "spurious": "spurious_score",
+              "missing": "missing_score"}
 
 
 @dataclass
 class AuditReport:
-    rows: list[dict]  # one per annotation, worst first (see `CSV_FIELDS`)
+    rows: list[dict]  # annotations worst (misplaced) first, then the missing objects, most confident first
     summary: dict = field(default_factory=dict)
+    # {image id: {"boxes": xyxy [D, 4] JSON frame, "scores": [D], "category_ids": [D]}}: every detection of the
+    # trained detector (its own score threshold), the ones the missing-object findings were drawn from
+    detections: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         """The summary `ssddet audit` prints (`format_summary`)."""
         return format_summary(self.summary)
 
+    def of_kind(self, kind: str) -> list[dict]:
+        """The rows whose `kind` is `kind`, most likely first (by `kind_rank`)."""
+        return sorted((r for r in self.rows if r["kind"] == kind), key=lambda r: r["kind_rank"] or 0)
+
 
 CSV_FIELDS = ("rank", "score", "iou_given_refined", "confidence", "annotation_id", "image_id", "file_name",
               "category", "given_x", "given_y", "given_w", "given_h", "refined_x", "refined_y", "refined_w",
-              "refined_h", "iou_given_clean", "iou_refined_clean")
-
-
-def refiner_confidence(bags: dict, top_k: int) -> torch.Tensor:
-    """Tensor[M] in [0, 1]: mean of the top-k scores the refiner's final merge weighs (stage-II class
-    probability x SISD spatial confidence; without SISD the class probability; a one-stage refiner: the
-    stage-I score)."""
-    from ..models.ssddet.sisd import spatial_confidence
-
-    if "cls2" in bags:
-        s = bags["cls2"].float()
-        if "sisd" in bags:
-            s = s * spatial_confidence(bags["sisd"])
-    else:
-        s = bags["q1"].float()
-    return s.topk(min(int(top_k), s.shape[1]), dim=1).values.mean(dim=1)
+              "refined_h", "iou_given_clean", "iou_refined_clean",
+              # the kinds (engine/audit_kinds.py)
+              "kind", "kind_rank", "wrong_class_score", "suggested_category", "spurious_score", "missing_score",
+              "detected_x", "detected_y", "detected_w", "detected_h")
 
 
 def wrong_score(iou: np.ndarray) -> np.ndarray:
-    """1 - IoU(given, refined), the ranking score (module docstring)."""
+    """1 - IoU(given, refined), the misplaced score (module docstring)."""
     return 1.0 - iou
 
 
-def refine_with_confidence(method, records, device, bad=None) -> dict[int, tuple[np.ndarray, float]]:
-    """-> {annotation id: (refined xyxy box in the JSON's pixel frame, confidence)}. Objects the refiner
-    skips (degenerate boxes) keep their box with confidence 0; unreadable images (`bad`: a data.images.BadImages)
-    have no entries."""
-    from .refine import refine_chunks
-
-    top_k = method.refiner.cfg.top_k
-    # the merged box b̃ itself: the keep-the-box step would hand back the given box wherever it is close to b̃ (or
-    # every given box of a dataset it trusts), and the audit asks how far the refiner would move each box
-    method.refiner.cfg.keep_given = False
-    out: dict[int, tuple[np.ndarray, float]] = {}
-    for rec, part, res, back in refine_chunks(method, records, device, bad=bad):
-        sel = res.selected[0].cpu()
-        conf = torch.zeros(len(sel))
-        if sel.any():
-            conf[sel] = refiner_confidence(res.bags, top_k).cpu()
-        for aid, box, c in zip(rec.ann_ids[part].tolist(), (res.refined[0] * back).cpu().numpy(), conf.tolist()):
-            out[int(aid)] = (box.astype(np.float64), float(c))
-    return out
-
-
-def rank_annotations(records, refined: dict[int, tuple[np.ndarray, float]], class_names: list[str]) -> list[dict]:
-    """One row per annotation (CSV_FIELDS; the clean-box IoUs None without true_bbox), sorted worst first
-    (ties: annotation order)."""
+def annotation_rows(rec, ev, class_names: list[str]) -> list[dict]:
+    """The rows of one image's annotations (CSV_FIELDS; the clean-box IoUs None without true_bbox) from its
+    audit_kinds.ImageEvidence `ev`."""
+    wrong, other = wrong_class_score(class_view(ev.probs_given, ev.probs_refined), rec.labels)
+    spurious = spurious_score(ev.probs_given, ev.probs_refined)
     rows = []
-    for rec in records:
-        for j, aid in enumerate(rec.ann_ids.tolist()):
-            given = rec.boxes[j].astype(np.float64)
-            box, conf = refined[int(aid)]
-            iou = float(aligned_iou_np(given, box))
-            row = {"score": float(wrong_score(np.float64(iou))), "iou_given_refined": iou,
-                   "confidence": conf, "annotation_id": rec.source_ids[j] if rec.source_ids else int(aid),
-                   "image_id": rec.image_id,
-                   "file_name": str(rec.path), "category": class_names[int(rec.labels[j]) - 1],
-                   "given": given, "refined": box, "clean": None, "iou_given_clean": None,
-                   "iou_refined_clean": None}
-            if rec.true_boxes is not None:
-                clean = rec.true_boxes[j].astype(np.float64)
-                row.update(clean=clean, iou_given_clean=float(aligned_iou_np(given, clean)),
-                           iou_refined_clean=float(aligned_iou_np(box, clean)))
-            rows.append(row)
-    order = sorted(range(len(rows)), key=lambda i: -rows[i]["score"])  # stable: ties keep annotation order
-    rows = [rows[i] for i in order]
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
+    for j, aid in enumerate(rec.ann_ids.tolist()):
+        given, box = rec.boxes[j].astype(np.float64), ev.refined[j]
+        iou = float(aligned_iou_np(given, box))
+        row = {"score": float(wrong_score(np.float64(iou))), "iou_given_refined": iou,
+               "confidence": float(ev.confidence[j]), "annotation_id": rec.source_ids[j] if rec.source_ids else aid,
+               "image_id": rec.image_id, "file_name": str(rec.path), "category": class_names[int(rec.labels[j]) - 1],
+               "label": int(rec.labels[j]), "given": given, "refined": box, "clean": None, "iou_given_clean": None,
+               "iou_refined_clean": None, "wrong_class_score": float(wrong[j]),
+               "suggested_category": class_names[int(other[j]) - 1] if len(class_names) > 1 else None,
+               "spurious_score": float(spurious[j]),
+               "missing_score": None, "detected": None, "probs_given": ev.probs_given[j],
+               "probs_refined": ev.probs_refined[j]}
+        row["kind"] = annotation_kind(row["score"], row["wrong_class_score"], row["spurious_score"])
+        if rec.true_boxes is not None:
+            clean = rec.true_boxes[j].astype(np.float64)
+            row.update(clean=clean, iou_given_clean=float(aligned_iou_np(given, clean)),
+                       iou_refined_clean=float(aligned_iou_np(box, clean)))
+        rows.append(row)
     return rows
+
+
+def missing_rows(rec, ev, class_names: list[str], min_score: float) -> list[dict]:
+    """One row per likely missing object of the image (audit_kinds.missing_objects)."""
+    covered = np.concatenate([rec.boxes.reshape(-1, 4), ev.refined.reshape(-1, 4), rec.crowd_boxes.reshape(-1, 4)])
+    blank = dict.fromkeys(("score", "iou_given_refined", "confidence", "annotation_id", "given", "refined", "clean",
+                           "iou_given_clean", "iou_refined_clean", "wrong_class_score", "suggested_category",
+                           "spurious_score", "probs_given", "probs_refined"))
+    return [{**blank, "kind": "missing", "image_id": rec.image_id, "file_name": str(rec.path),
+             "category": class_names[int(ev.det_labels[d]) - 1], "label": int(ev.det_labels[d]),
+             "missing_score": float(ev.det_scores[d]), "detected": ev.det_boxes[d]}
+            for d in missing_objects(ev.det_boxes, ev.det_scores, covered, min_score)]
+
+
+def rank_annotations(records, evidence: dict, class_names: list[str], missing_score: float) -> list[dict]:
+    """Every annotation of `records` with evidence (audit_kinds.gather_evidence), worst (misplaced score) first
+    (ties: annotation order), then the likely missing objects, most confident first; `rank` is the row's place,
+    `kind_rank` its place within its kind (by that kind's score)."""
+    rows, missing = [], []
+    for rec in records:
+        ev = evidence.get(rec.image_id)
+        if ev is not None:
+            rows += annotation_rows(rec, ev, class_names)
+            missing += missing_rows(rec, ev, class_names, missing_score)
+    rows = sorted(rows, key=lambda r: -r["score"]) + sorted(missing, key=lambda r: -r["missing_score"])  # stable
+    for rank, row in enumerate(rows, start=1):
+        row["rank"], row["kind_rank"] = rank, None
+    for kind in KINDS:
+        key = KIND_SCORE[kind]
+        for k, row in enumerate(sorted((r for r in rows if r["kind"] == kind), key=lambda r: -r[key]), start=1):
+            row["kind_rank"] = k
+    return rows
+
+
+def report_detections(records, evidence: dict, label_to_cat: dict[int, int]) -> dict:
+    """AuditReport.detections from the evidence."""
+    return {r.image_id: {"boxes": ev.det_boxes, "scores": ev.det_scores,
+                         "category_ids": np.array([label_to_cat[int(k)] for k in ev.det_labels], np.int64)}
+            for r in records if (ev := evidence.get(r.image_id)) is not None}
 
 
 def ranking_precision(scores: np.ndarray, iou_clean: np.ndarray, frac: float = TOP_FRACTION,
@@ -126,15 +146,18 @@ def ranking_precision(scores: np.ndarray, iou_clean: np.ndarray, frac: float = T
     return float(wrong[top].mean()), float(wrong.mean()), k
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Counts, and with clean boxes the ranking precision (also of the confidence-weighted (1 - IoU) x c
-    ranking, for reference) against the base rate."""
-    s = {"annotations": len(rows)}
-    if not rows:
+def summarise(rows: list[dict], missing_score: float | None = None) -> dict:
+    """Counts and the share of each kind; with clean boxes the ranking precision (also of the confidence-weighted
+    (1 - IoU) x c ranking, for reference) against the base rate."""
+    anns = [r for r in rows if r["kind"] != "missing"]
+    s = {"annotations": len(anns), "kinds": {k: sum(r["kind"] == k for r in rows) for k in (*KINDS, OK)}}
+    if missing_score is not None:
+        s["missing_min_score"] = missing_score
+    if not anns:
         return s
-    s["mean_confidence"] = float(np.mean([r["confidence"] for r in rows]))
-    s.update(box_quality(np.array([r["iou_given_refined"] for r in rows])))
-    known = [r for r in rows if r["iou_given_clean"] is not None]
+    s["mean_confidence"] = float(np.mean([r["confidence"] for r in anns]))
+    s.update(box_quality(np.array([r["iou_given_refined"] for r in anns])))
+    known = [r for r in anns if r["iou_given_clean"] is not None]
     if known:
         clean = np.array([r["iou_given_clean"] for r in known])
         prec, base, k = ranking_precision(np.array([r["score"] for r in known]), clean)
@@ -169,6 +192,18 @@ def box_quality(iou_given_refined: np.ndarray) -> dict:
             "flagged": float((iou_given_refined < WRONG_IOU).mean())}
 
 
+def format_kinds(s: dict) -> str:
+    """The estimated share of each kind: of the annotations, and the missing objects against their count."""
+    n, kinds = s["annotations"], s["kinds"]
+    share = ", ".join(f"{k.replace('_', ' ')} {kinds[k]} ({kinds[k] / n:.1%})" for k in ("misplaced", "wrong_class",
+                                                                                         "spurious", OK))
+    at = f" (detections with score >= {s['missing_min_score']:g} that overlap no annotation)" \
+        if "missing_min_score" in s else ""
+    return (f"kinds of the annotations (the first of spurious, wrong class, misplaced whose score passes 0.5): {share}"
+            f"; likely missing objects: {kinds['missing']}{at}, as many as {kinds['missing'] / n:.1%} of the "
+            "annotations")
+
+
 def format_summary(s: dict) -> str:
     lines = [f"audited {s['annotations']} annotations" + (f" (mean refiner confidence {s['mean_confidence']:.3f})"
                                                          if "mean_confidence" in s else "")]
@@ -176,6 +211,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"box quality: the given boxes have mean IoU {s['iou_given_refined']:.3f} with their "
                      f"refinement; {s['flagged']:.1%} flagged (IoU < {WRONG_IOU} with it); estimated mean IoU with "
                      f"the true boxes {s['iou_estimate']:.2f} (calibrated on BCCD, docs/results.md)")
+    if "kinds" in s and s["annotations"]:
+        lines.append(format_kinds(s))
     if "precision" in s:
         lift = s["precision"] / s["base_rate"] if s["base_rate"] > 0 else float("inf")
         lines.append(f"ranking precision: {s['precision']:.3f} of the top {TOP_FRACTION:.0%} ({s['top']} boxes) have "
@@ -192,6 +229,10 @@ def _fmt(v) -> str:
     return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
 
 
+def _xywh(names: tuple[str, ...], box) -> dict:
+    return dict(zip(names, [None] * 4 if box is None else xyxy_to_xywh(np.asarray(box)).tolist()))
+
+
 def write_csv(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,64 +240,8 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
         w = csv.writer(f)
         w.writerow(CSV_FIELDS)
         for r in rows:
-            g, b = xyxy_to_xywh(r["given"]), xyxy_to_xywh(r["refined"])
-            flat = {**r, **dict(zip(("given_x", "given_y", "given_w", "given_h"), g.tolist())),
-                    **dict(zip(("refined_x", "refined_y", "refined_w", "refined_h"), b.tolist()))}
+            flat = {**r, **_xywh(("given_x", "given_y", "given_w", "given_h"), r["given"]),
+                    **_xywh(("refined_x", "refined_y", "refined_w", "refined_h"), r["refined"]),
+                    **_xywh(("detected_x", "detected_y", "detected_w", "detected_h"), r["detected"])}
             w.writerow([_fmt(flat[k]) for k in CSV_FIELDS])
-    return path
-
-
-def crop_thumbnail(image: torch.Tensor, row: dict, size: int = 160) -> str:
-    """The given (vermillion), refined (blue) and clean (green) boxes drawn on the image, cropped around them
-    with a margin -> base64 PNG data of at most size x size px."""
-    h, w = image.shape[-2:]
-    sx, sy = w / row["width"], h / row["height"]
-    boxes = [b * np.array([sx, sy, sx, sy]) for b in (row["clean"], row["given"], row["refined"]) if b is not None]
-    colours = ([CLEAN] if row["clean"] is not None else []) + [NOISY, REFINED]
-    drawn = image
-    for b, c in zip(boxes, colours):
-        drawn = draw_boxes(drawn, b[None], c, width=2)
-    allb = np.stack(boxes)
-    x0, y0 = allb[:, :2].min(axis=0)
-    x1, y1 = allb[:, 2:].max(axis=0)
-    m = max(x1 - x0, y1 - y0, 16) * 0.4
-    x0, y0 = int(max(0, x0 - m)), int(max(0, y0 - m))
-    x1, y1 = int(min(w, x1 + m + 1)), int(min(h, y1 + m + 1))
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(thumbnail(drawn[:, y0:y1, x0:x1], size).permute(1, 2, 0).numpy()).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def write_html(rows: list[dict], records, summary: dict, path: str | Path, top: int = 200) -> Path:
-    """A self-contained page (thumbnails inlined) of the `top` worst annotations."""
-    sizes = {r.image_id: (r.width, r.height) for r in records}
-    cache: dict[str, torch.Tensor] = {}
-    body = []
-    for r in rows[:top]:
-        if r["file_name"] not in cache:
-            cache.clear()  # rows are not grouped by image: keep one decoded image, not all of them
-            cache[r["file_name"]] = read_rgb(r["file_name"])
-        wh = sizes[r["image_id"]]
-        png = crop_thumbnail(cache[r["file_name"]], {**r, "width": wh[0], "height": wh[1]})
-        clean = "" if r["iou_given_clean"] is None else f"{r['iou_given_clean']:.2f}"
-        body.append(f"<tr><td>{r['rank']}</td><td>{r['score']:.3f}</td><td>{r['iou_given_refined']:.2f}</td>"
-                    f"<td>{r['confidence']:.2f}</td><td>{clean}</td><td>{r['annotation_id']}</td>"
-                    f"<td>{r['image_id']}</td><td>{html.escape(r['category'])}</td>"
-                    f"<td>{html.escape(Path(r['file_name']).name)}</td>"
-                    f"<td><img src=\"data:image/png;base64,{png}\"></td></tr>")
-    head = ("<tr><th>rank</th><th>score</th><th>IoU given/refined</th><th>confidence</th><th>IoU given/clean</th>"
-            "<th>annotation</th><th>image</th><th>category</th><th>file</th><th>boxes</th></tr>")
-    key = (f"<span style='color:rgb{NOISY}'>given</span>, <span style='color:rgb{REFINED}'>refined</span>, "
-           f"<span style='color:rgb{CLEAN}'>clean</span>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ssddet audit</title><style>"
-            "body{font-family:sans-serif} td,th{border-bottom:1px solid #ddd;padding:4px;text-align:left}"
-            "</style></head><body><h2>ssddet audit: most likely wrong boxes first</h2>"
-            f"<pre>{html.escape(format_summary(summary))}</pre><p>score = 1 - IoU(given, refined). Boxes: {key}. "
-            f"Top {min(top, len(rows))} of {len(rows)}.</p>"
-            f"<table>{head}{''.join(body)}</table></body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,42 @@ def load_refiner_method(path: str | Path, device: torch.device):
     return method.to(device).eval(), cfg, ck["meta"]
 
 
+class ImageView(NamedTuple):
+    """One image as the refiner and the detector see it (`image_views`)."""
+
+    rec: object  # its data.coco.ImageRecord
+    image: torch.Tensor  # float Tensor[3, H, W] as loaded, on the device
+    images: object  # the detector transform's ImageList (resized, batched)
+    boxes: torch.Tensor  # Tensor[M, 4] its given boxes, resized frame
+    labels: torch.Tensor  # Int64[M] in 1..K
+    features: dict  # FPN features of `images`
+    back: torch.Tensor  # Tensor[4]: a box of the resized frame times `back` is in the JSON's pixel frame
+
+
+@torch.no_grad()
+def image_views(method, records, device, bad: BadImages | None = None, empty: bool = False, desc: str = "refine"):
+    """Yield an `ImageView` of each readable record (with `empty`, those without boxes too). Unreadable images are
+    handled by `bad` (default: skipped with a warning; its `files` lists them)."""
+    bad = bad if bad is not None else BadImages()
+    with tqdm(records, desc=desc, leave=False) as bar:  # closed on errors too
+        for rec in bar:
+            if len(rec.boxes) == 0 and not empty:
+                continue
+            try:
+                image, sx, sy = load_image(rec)
+            except UnreadableImage as e:
+                bad.add(e)
+                continue
+            target = record_target(rec, sx, sy)
+            image = image.to(device)
+            images, targets = method.detector.transform([image], [{k: v.to(device) if torch.is_tensor(v) else v
+                                                                   for k, v in target.items()}])
+            features = method.detector.backbone(images.tensors)
+            (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
+            back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
+            yield ImageView(rec, image, images, targets[0]["boxes"], targets[0]["labels"], features, back)
+
+
 @torch.no_grad()
 def refine_chunks(method, records, device, chunk: int = 32, bad: BadImages | None = None,
                   flip_average: bool = False):
@@ -61,32 +98,23 @@ def refine_chunks(method, records, device, chunk: int = 32, bad: BadImages | Non
 
     Yields (record, slice of its objects, RefinerOutput of that chunk, back: Tensor[4]); multiplying a
     refiner box (resized-image frame) by `back` gives the JSON's pixel frame."""
+    for view in image_views(method, records, device, bad):
+        mirror = mirror_features(method, view.image) if flip_average else None
+        for part, res in refine_view(method, view, chunk):
+            if mirror is not None:
+                res.refined = [(res.refined[0] + mirror_refine(method, mirror, view.images.image_sizes[0],
+                                                               view.boxes[part], view.labels[part])) / 2]
+            yield view.rec, part, res, view.back
+
+
+@torch.no_grad()
+def refine_view(method, view: ImageView, chunk: int = 32):
+    """Yield (slice of the image's objects, RefinerOutput) for every object of `view`, `chunk` objects per call
+    (eval mode, no per-image cap)."""
     method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
-    bad = bad if bad is not None else BadImages()
-    with tqdm(records, desc="refine", leave=False) as bar:  # closed on errors too
-        for rec in bar:
-            if len(rec.boxes) == 0:
-                continue
-            try:
-                image, sx, sy = load_image(rec)
-            except UnreadableImage as e:
-                bad.add(e)
-                continue
-            target = record_target(rec, sx, sy)
-            images, targets = method.detector.transform([image.to(device)], [{k: v.to(device) if torch.is_tensor(v)
-                                                                              else v for k, v in target.items()}])
-            features = method.detector.backbone(images.tensors)
-            boxes, labels = targets[0]["boxes"], targets[0]["labels"]
-            (h1, w1), (h0, w0) = images.image_sizes[0], image.shape[-2:]
-            back = torch.tensor([w0 / w1 / sx, h0 / h1 / sy, w0 / w1 / sx, h0 / h1 / sy], device=device)
-            mirror = mirror_features(method, image.to(device)) if flip_average else None
-            for s in range(0, len(boxes), chunk):
-                part = slice(s, s + chunk)
-                res = method.refiner(features, images.image_sizes, [boxes[part]], [labels[part]])
-                if mirror is not None:
-                    res.refined = [(res.refined[0] + mirror_refine(method, mirror, images.image_sizes[0],
-                                                                   boxes[part], labels[part])) / 2]
-                yield rec, part, res, back
+    for s in range(0, len(view.boxes), chunk):
+        part = slice(s, s + chunk)
+        yield part, method.refiner(view.features, view.images.image_sizes, [view.boxes[part]], [view.labels[part]])
 
 
 def mirror_features(method, image: torch.Tensor) -> dict:
