@@ -7,7 +7,14 @@
 3. speed: vanilla and SSD-Det train steps (the Trainer's own step: autocast, GradScaler, per-group clipping) with
    ResNet-50-FPN from scratch at 800x1333, batch 8, without and with AMP; the median of `--iters` timed steps
    after `--warmup`: images/s, peak GPU memory, SSD-Det/vanilla ratio. "fp32" is what the GPU computes without
-   AMP: the report's "fp32" entry says whether convolutions/matmuls ran in TF32, and whether cudnn.benchmark was on.
+   AMP: the report's "fp32" entry says whether convolutions/matmuls ran in TF32, and whether cudnn.benchmark was on;
+4. epoch: `--epochs-timed` training epochs of vanilla and of SSD-Det on BCCD (`--epoch-data`; a generated set of
+   BCCD's size and image size where it is missing, and the report says so) at the GPU defaults (the run configured
+   as `ssddet train --data DIR --noise 0.4` is: engine/device_defaults.py), each epoch's wall time with its data
+   loading, then one validation: images/s, the median step, the share of the epoch spent in steps, and the GPU's
+   utilisation, sampled every 0.2 s by NVML (`torch.cuda.utilization()` where pynvml is installed, else
+   `nvidia-smi`); without either, the share of the epoch the GPU spent inside steps by CUDA events (an upper bound:
+   idle gaps inside a step count). The entry names the source.
 
 The JSON (`--out`) is rewritten after every section and every timing configuration, so a run that is killed or
 times out keeps what it measured. A section that fails (timeout, non-finite loss, missing checkpoint, ...) gets
@@ -17,8 +24,9 @@ times out keeps what it measured. A section that fails (timeout, non-finite loss
     PYTHONPATH=src python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check.json    # tiny, any machine
 
 The training images are generated (random rectangles on noise, 1333x800 JPEGs), so no dataset is needed.
-`--smoke` shrinks everything (resnet18, 96 px, batch 2, 2 steps) and runs on the CPU if there is no GPU: it
-checks that the script and its section-by-section saving work; its timings mean nothing.
+`--smoke` shrinks everything (resnet18, 96 px, batch 2, 2 steps; the epoch section: 96 px images, 2 steps of one
+epoch) and runs on the CPU if there is no GPU, where utilisation is reported as not available: it checks that the
+script and its section-by-section saving work; its timings mean nothing.
 """
 from __future__ import annotations
 
@@ -27,10 +35,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +51,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ssddet.config import Config
+from ssddet.config_overrides import get_field, train_config
+from ssddet.engine.accel import scaled_lr
 from ssddet.engine.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -279,6 +292,164 @@ def speed(a, tmp: Path, report: Report) -> dict:
     return {"ssddet_over_vanilla": ratios}
 
 
+# ------------------------------------------------------------------------------------------------ 4. epoch
+class Utilisation:
+    """GPU utilisation while the block runs: NVML's "percent of time a kernel was running", sampled every
+    `interval` s in a thread, through `torch.cuda.utilization()` (needs pynvml) or else `nvidia-smi`. `source`
+    None: neither answers (or not on CUDA); the caller then reports its CUDA-event figure."""
+
+    def __init__(self, device: torch.device, interval: float = 0.2):
+        self.samples: list[float] = []
+        self.interval, self._stop, self._thread = interval, threading.Event(), None
+        self.read, self.source = self._reader(device) if device.type == "cuda" else (None, None)
+
+    @staticmethod
+    def _reader(device: torch.device):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        try:
+            torch.cuda.utilization(index)
+            return (lambda: float(torch.cuda.utilization(index))), "torch.cuda.utilization (NVML, pynvml)"
+        except Exception:  # noqa: BLE001 - no pynvml / no NVML: try nvidia-smi
+            pass
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        smi_index = visible[index] if index < len(visible) and visible[index].strip().isdigit() else str(index)
+        cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", smi_index]
+
+        def smi() -> float:
+            return float(subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout.split()[0])
+        if shutil.which("nvidia-smi"):
+            try:
+                smi()
+                return smi, "nvidia-smi --query-gpu=utilization.gpu (NVML)"
+            except Exception:  # noqa: BLE001
+                pass
+        return None, None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(self.read())
+            except Exception:  # noqa: BLE001 - a failed reading is a missing sample
+                pass
+
+    def __enter__(self):
+        if self.read is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> dict:
+        if self.read is None:
+            return {"available": False, "source": None}
+        return {"available": bool(self.samples), "source": self.source, "interval_s": self.interval,
+                "samples": len(self.samples), "mean_pct": float(np.mean(self.samples)) if self.samples else None,
+                "median_pct": float(np.median(self.samples)) if self.samples else None}
+
+
+def epoch_data(a, tmp: Path) -> tuple[Path, str]:
+    """BCCD where it is, else a generated set of its size (205 train / 87 val images of 640x480; smoke: tiny)."""
+    if a.smoke:
+        return make_data(tmp / "epoch_data", n_train=6, n_val=2, size=(96, 72), seed=2), "generated (smoke)"
+    if (Path(a.epoch_data) / "annotations.json").is_file():
+        return Path(a.epoch_data), str(a.epoch_data)
+    return (make_data(tmp / "epoch_data", n_train=205, n_val=87, size=(640, 480), seed=2),
+            f"generated stand-in of BCCD's size ({a.epoch_data} not found)")
+
+
+def time_epochs(a, data: tuple[Path, str], out: Path, method: str) -> dict:
+    """`a.epochs_timed` epochs of `method` at the GPU defaults, then one validation; per epoch its wall time (data
+    loading included), steps, images/s; the median step; the share of the epochs spent in steps; utilisation."""
+    fields = {"data": str(data[0]), "noise": 0.4, "method": method, "epochs": a.epochs_timed, "device": a.device}
+    if a.smoke:
+        fields.update({"model.min_size": 64, "model.max_size": 96, "max_iters_per_epoch": 2})
+    cfg = train_config(fields=fields, output=out / f"epoch-{method}")  # the GPU defaults: as `ssddet train`'s
+    defaults, names = Config(), ("train.batch_size", "data.num_workers", "train.warmup_iters")
+    chosen = {n: get_field(cfg, n) for n in names}
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    step_walls, spans = [], []
+    step = trainer.step
+
+    def timed_step(images, targets):
+        t0 = time.perf_counter()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        res = step(images, targets)  # ends with a host sync (.tolist())
+        if cuda:
+            end.record()
+            spans.append((start, end))
+        step_walls.append(time.perf_counter() - t0)
+        return res
+
+    trainer.step = timed_step
+    epochs = []
+    try:
+        with Utilisation(trainer.device) as util:  # the training epochs only
+            t_all = time.perf_counter()
+            for _ in range(a.epochs_timed):
+                n0, s0, t0 = len(step_walls), len(util.samples), time.perf_counter()
+                means = trainer.train_epoch()
+                if cuda:
+                    torch.cuda.synchronize()
+                wall, steps, busy = time.perf_counter() - t0, len(step_walls) - n0, util.samples[s0:]
+                trainer.epoch += 1
+                epochs.append({"seconds": wall, "steps": steps, "images_per_s": means.get("batch_images", 0) * steps
+                               / wall, "loss": means.get("loss"),
+                               "gpu_busy_pct": float(np.mean(busy)) if busy else None})
+            train_s = time.perf_counter() - t_all
+        t0 = time.perf_counter()
+        metrics = trainer.evaluate()
+        eval_s = time.perf_counter() - t0
+    finally:
+        trainer.logger.close()
+    gpu_s = sum(s.elapsed_time(e) for s, e in spans) / 1e3 if spans else None
+    util_res = util.result()
+    if not util_res["available"]:
+        util_res["cuda_events_in_step_fraction"] = gpu_s / train_s if gpu_s is not None else None
+        util_res["note"] = ("no NVML reading: cuda_events_in_step_fraction is the share of the epochs the GPU spent "
+                            "between the start and the end of a step (an upper bound of utilisation)"
+                            if cuda else "not on CUDA: no utilisation")
+    res = {"method": method, "data": data[1], "device": str(trainer.device), "epochs": epochs,
+           "train_s": train_s, "median_step_s": statistics.median(step_walls) if step_walls else None,
+           "in_steps_fraction": sum(step_walls) / train_s, "eval_s": eval_s, "val_AP": metrics.get("AP"),
+           "settings": {**chosen, "lr": scaled_lr(cfg.train, trainer.world, verbose=False),
+                        "gpu_defaults_applied": {n: v for n, v in chosen.items() if v != get_field(defaults, n)},
+                        "min_size": cfg.model.min_size, "max_size": cfg.model.max_size, "amp": cfg.train.amp,
+                        "backbone": cfg.model.backbone},
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, "utilisation": util_res}
+    del trainer
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+def epoch_section(a, tmp: Path, report: Report) -> dict:
+    data = epoch_data(a, tmp)
+    rows = {}
+    for method in ("vanilla", "ssddet"):
+        rows[method] = r = report.run(f"epoch/{method}", time_epochs, a, data, tmp, method)
+        if "train_s" in r:
+            u = r["utilisation"]
+            busy = (f"GPU {u['mean_pct']:.0f} % busy ({u['source']})" if u.get("available") else
+                    f"in steps {u['cuda_events_in_step_fraction']:.0%} of the time (CUDA events)"
+                    if u.get("cuda_events_in_step_fraction") is not None else "utilisation not available")
+            print(f"epoch {method:8s} {r['epochs'][-1]['seconds']:7.1f} s/epoch  "
+                  f"{r['epochs'][-1]['images_per_s']:7.1f} img/s  batch {r['settings']['train.batch_size']}  {busy}",
+                  flush=True)
+    ratio = (rows["ssddet"]["epochs"][-1]["seconds"] / rows["vanilla"]["epochs"][-1]["seconds"]
+             if all("epochs" in r for r in rows.values()) else None)
+    return {"ssddet_over_vanilla_epoch": ratio}
+
+
 # ------------------------------------------------------------------------------------------------ main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,7 +464,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--amp", nargs="*", default=["bf16"], choices=("bf16", "fp16"), help="AMP dtypes to time "
                     "besides fp32")
     ap.add_argument("--resume-size", type=int, default=320)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "pytest", "resume"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("speed", "pytest", "resume", "epoch"))
+    ap.add_argument("--epoch-data", default=str(ROOT.parent / "shared" / "data" / "bccd"), help="the epoch "
+                    "section's dataset (COCO directory; a generated set of BCCD's size where it is missing)")
+    ap.add_argument("--epochs-timed", type=int, default=2, help="epochs the epoch section times (the first has the "
+                    "start-up costs)")
     ap.add_argument("--full-pytest", action="store_true", help="the whole test suite instead of test_cuda.py")
     ap.add_argument("--pytest-timeout", type=int, default=240)
     ap.add_argument("--pytest-log", help="pytest's full output (default: pytest_cuda.txt next to --out)")
@@ -306,6 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.smoke:
         a.backbone, a.min_size, a.max_size, a.batch, a.iters, a.warmup, a.resume_size = (
             "resnet18_fpn", 64, 96, 2, 2, 1, 64)
+        a.epochs_timed = 1
     return a
 
 
@@ -329,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         report = Report(out, head, a.fail_section, a.budget_s)
         sections = {"pytest": lambda: cuda_pytest(a, report), "resume": lambda: resume_check(a, Path(tmp), report),
-                    "speed": lambda: speed(a, Path(tmp), report)}  # correctness before timing
+                    "speed": lambda: speed(a, Path(tmp), report),
+                    "epoch": lambda: epoch_section(a, Path(tmp), report)}  # correctness before timing
         for name, fn in sections.items():
             if name not in a.skip:
                 report.run(name, fn)

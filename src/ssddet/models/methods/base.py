@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.transform import resize_boxes
 
+from ..profiling import scope
 from ..rcnn_head import rcnn_training_losses
 
 
@@ -60,15 +61,19 @@ class DetectionMethod(nn.Module):
 
     def forward(self, images: list[torch.Tensor], targets: list[dict], progress: float = 0.0):
         before = [tuple(img.shape[-2:]) for img in images]
-        image_list, targets = self.detector.transform(images, targets)
-        _scale_true_boxes(targets, before, image_list.image_sizes)
-        features = self.detector.backbone(image_list.tensors)
+        with scope("transform"):
+            image_list, targets = self.detector.transform(images, targets)
+            _scale_true_boxes(targets, before, image_list.image_sizes)
+        with scope("backbone"):
+            features = self.detector.backbone(image_list.tensors)
         if isinstance(features, torch.Tensor):
             features = OrderedDict([("0", features)])
         det_targets, losses, stats = self.refine_targets(features, image_list, targets, progress)
-        proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
-        roi_losses = rcnn_training_losses(self.detector.roi_heads, features, proposals, image_list.image_sizes,
-                                          det_targets, self.box_loss)
+        with scope("rpn"):
+            proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
+        with scope("rcnn"):
+            roi_losses = rcnn_training_losses(self.detector.roi_heads, features, proposals, image_list.image_sizes,
+                                              det_targets, self.box_loss)
         losses = {**losses, **rpn_losses, **roi_losses}
         stats = {**stats, **self.detector_stats()}
         return losses, stats

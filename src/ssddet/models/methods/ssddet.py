@@ -9,6 +9,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from ...config import SSDDetConfig
 from ...data.boxes import aligned_iou, box_area_nonneg
+from ..profiling import scope, scoped
 from ..ssddet import SSDDetRefiner
 from ..ssddet.bank import BoxBank, from_unit, to_unit
 from .base import DetectionMethod, weighted_total
@@ -57,6 +58,7 @@ class SSDDetMethod(DetectionMethod):
             return 1.0
         return min(1.0, progress / self.cfg.warmup_frac)
 
+    @scoped("bank")
     def _with_bank(self, targets, refined, selected, sizes, smooth: bool = False) -> list:
         """Objects refined now update the bank (of every DDP process: the bank is one logical bank, see
         ssddet/bank.py), averaged with their banked box if `smooth` (`target_momentum`); the others take their
@@ -94,6 +96,7 @@ class SSDDetMethod(DetectionMethod):
         boxes[f] = m * from_unit(banked[found].to(boxes), size, flipped) + (1.0 - m) * boxes[f]
         return boxes
 
+    @scoped("bank")
     def banked_boxes(self, targets, sizes) -> list:
         """Per image Tensor[B_i, 4] in its (resized, flipped) frame: the bank's boxes of its annotations that
         have one, which the refiner's negatives must avoid as well as the noisy boxes."""
@@ -107,14 +110,16 @@ class SSDDetMethod(DetectionMethod):
             out.append(from_unit(banked[found].to(empty), size, bool(t.get("flipped", False))))
         return out
 
+    @scoped("ssddet.targets")
     def refine_targets(self, features, images, targets, progress: float):
         noisy = [t["boxes"] for t in targets]
         true = [t["true_boxes"] for t in targets] if all("true_boxes" in t for t in targets) else None
         if self.cfg.detach_features:
             features = {k: v.detach() for k, v in features.items()}
-        out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
-                           progress=progress, avoid=self.banked_boxes(targets, images.image_sizes),
-                           priority=self.priority(targets))
+        avoid, priority = self.banked_boxes(targets, images.image_sizes), self.priority(targets)
+        with scope("refiner"):
+            out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
+                               progress=progress, avoid=avoid, priority=priority)
         refined = out.refined
         if self.cfg.bank:
             # no average while the refiner trusts the given boxes: they are the targets, exact (sampling_band)
@@ -149,6 +154,7 @@ class SSDDetMethod(DetectionMethod):
         keep = self.refiner.keep
         return bool(self.cfg.keep_given and keep is not None and keep.trusted(progress))
 
+    @scoped("bank")
     def priority(self, targets) -> list | None:
         """Per image Tensor[M_i] for the refiner's cap (`selection="oldest"`): minus the bank step of each
         object's last refinement, so never-refined objects come first, then the longest-unrefined ones."""

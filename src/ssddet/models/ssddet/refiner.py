@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
 from ...data.boxes import clip_boxes, replace_degenerate
+from ..profiling import scoped
 from .keep import KeepTheBox
 from .merge import topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
@@ -38,6 +39,7 @@ from .refiner_data import (
     Stage2,
     box_quality,
     check_inputs,
+    fill_losses,
     gather_objects,
     select_objects,
     selected_masks,
@@ -244,8 +246,8 @@ class SSDDetRefiner(nn.Module):
             "sampler_small": torch.tensor(float(int(self.sampler_state) == _SMALL)),
         }
         if m == 0:
-            return RefinerOutput(noisy, [b.clone() for b in noisy], self._fill_losses({}), to_floats(stats),
-                                 selected_masks(boxes, sel))
+            return RefinerOutput(noisy, [b.clone() for b in noisy], fill_losses(self, {}, LOSS_NAMES),
+                                 to_floats(stats), selected_masks(boxes, sel))
 
         maps, sisd_maps = self._maps(features)
         obj = gather_objects(maps, image_sizes, noisy, labels, true_boxes, sel, *self.sampler_params(), sisd_maps)
@@ -277,14 +279,16 @@ class SSDDetRefiner(nn.Module):
                          num_rois_shared=torch.tensor(float(obj.rois_shared)),
                          num_rois_sisd=torch.tensor(float(obj.rois_sisd)), omega_mean=st1.omega.mean(),
                          num_fallback=n_bad.float(), **box_quality(obj.gt, bag_fin, obj.clean, b0, st1.box, b_fin))
-        return RefinerOutput(refined, stage1, self._fill_losses(losses), to_floats(stats),
+        return RefinerOutput(refined, stage1, fill_losses(self, losses, LOSS_NAMES), to_floats(stats),
                              selected_masks(boxes, sel), bags, [ng.detach() for ng in negs])
 
+    @scoped("refiner.bags")
     def _bag_construction(self, obj: Objects) -> tuple[Tensor, Tensor]:
         """Step 1: neighbourhood bag B0 Tensor[M, P, 4] around the noisy boxes and its validity Bool[M, P]."""
         b0 = neighbourhood_bag(obj.gt, obj.scales, obj.shift)
         return b0, bag_validity(b0, obj.hw, self.cfg.valid_iof)
 
+    @scoped("refiner.spsd")
     def _spsd1(self, obj: Objects, b0: Tensor, progress: float | None,
                stats: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """Step 2, SPSD-I: regress every B0 proposal (invalid ones too, as the code) towards its noisy box; the
@@ -300,6 +304,7 @@ class SSDDetRefiner(nn.Module):
                 stats["auto_rel_corr"] = med
         return b1, self.reg_ori.loss(d0, b0, obj.gt)
 
+    @scoped("refiner.mil")
     def _mil_stage1(self, obj: Objects, b1: Tensor, v0: Tensor) -> Stage1:
         """Step 3, stage-I MIL on B1 (validity from B0, as the code) and its top-k merge into b̂ (clipped to the
         image, method.md 5 item 9; a degenerate b̂ falls back to the noisy box) with weight omega."""
@@ -314,6 +319,7 @@ class SSDDetRefiner(nn.Module):
             b_hat, n_bad = replace_degenerate(clip_boxes(b_hat, obj.hw), obj.gt, MIN_BOX_SIZE)
         return Stage1(f1, b_hat, omega, q, loss, n_bad)
 
+    @scoped("refiner.spsd")
     def _spsd2(self, obj: Objects, st1: Stage1, b1: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Step 4: B2 = SPSD-II regression of B1 towards b̂, omega-weighted (the code's path; every B2 proposal is
         valid), or without SPSD a fresh neighbourhood bag around b̂. -> (B2 [M, P, 4], validity Bool[M, P] or
@@ -324,6 +330,7 @@ class SSDDetRefiner(nn.Module):
         d1 = self.reg0(st1.feats)
         return self.reg0.decode(d1, b1), None, self.reg0.loss(d1, b1, st1.box, st1.omega)
 
+    @scoped("refiner.negatives")
     def _negatives(self, obj: Objects, b2: Tensor, boxes: list[Tensor], avoid: list[Tensor] | None,
                    gen: torch.Generator | None) -> list[Tensor]:
         """Step 5, the negatives: per image Tensor[Q_i, 4], random boxes clear of every B2 box, every annotated
@@ -333,6 +340,7 @@ class SSDDetRefiner(nn.Module):
         return draw_negatives(obj.image_sizes, b2.split(obj.counts), boxes, avoid, int(self.cfg.num_negatives),
                               self.cfg.neg_iou_thresh, gen)
 
+    @scoped("refiner.mil")
     def _mil_stage2(self, obj: Objects, b2: Tensor, v2: Tensor | None, negs: list[Tensor],
                     omega: Tensor) -> Stage2:
         """Step 5, stage-II MIL: B2 and the negatives in one RoIAlign + trunk call; the bag loss is
@@ -352,6 +360,7 @@ class SSDDetRefiner(nn.Module):
         loss_neg = negative_loss(self.cls1(f_all[is_neg]), m, omega.mean()) if n_neg > 0 else None
         return Stage2(pooled[~is_neg], cls, score, stage2_loss(bag2, obj.labels, omega), loss_neg, n_neg)
 
+    @scoped("refiner.sisd")
     def _sisd(self, obj: Objects, pooled: Tensor, b2: Tensor,
               b_hat: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """Step 6, SISD (its own trunk; ORE inside `SISDHead`): predicted IoU U Tensor[M, P] of every B2 proposal
@@ -371,6 +380,7 @@ class SSDDetRefiner(nn.Module):
             return topk_merge(b2, st2.cls * spatial_confidence(u), self.cfg.top_k)[0]
         return clip_boxes(topk_merge(b2, st2.score, self.cfg.top_k)[0], obj.hw)
 
+    @scoped("refiner.keep")
     @torch.no_grad()
     def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor],
                     progress: float | None) -> Tensor:
@@ -385,14 +395,3 @@ class SSDDetRefiner(nn.Module):
         box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress)
         stats.update(keep_stats)
         return box.to(b_fin)
-
-    def _fill_losses(self, losses: dict[str, Tensor | None]) -> dict[str, Tensor]:
-        """All LOSS_NAMES, in that order: a term that did not run is a zero connected to every parameter, so
-        backward() and DDP see the same graph on every batch (abs: avoid printing -0.0)."""
-        zero, out = None, {}
-        for name in LOSS_NAMES:
-            if losses.get(name) is None:
-                zero = (sum(p.sum() for p in self.parameters()) * 0.0).abs() if zero is None else zero
-            out[name] = losses[name] if losses.get(name) is not None else zero
-        return out
-

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ...data.boxes import aligned_iou, box_wh
+from ..profiling import scoped
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Stage2(NamedTuple):
     num_negatives: int
 
 
+@scoped("refiner.bags")
 def select_objects(boxes: list[Tensor], cap: int, gen: torch.Generator | None,
                    priority: list[Tensor] | None = None) -> list[Tensor]:
     """Indices of the objects refined in each image (boxes: per image Tensor[M_i, 4]): non-degenerate boxes (a
@@ -103,6 +105,7 @@ def select_objects(boxes: list[Tensor], cap: int, gen: torch.Generator | None,
     return out
 
 
+@scoped("refiner.bags")
 def gather_objects(features: dict[str, Tensor], image_sizes: list[tuple[int, int]], noisy: list[Tensor],
                    labels: list[Tensor], true_boxes: list[Tensor] | None, sel: list[Tensor], scales: list[float],
                    shift: float, sisd_features: dict[str, Tensor] | None = None) -> Objects:
@@ -177,3 +180,14 @@ def check_inputs(image_sizes: list, boxes: list[Tensor], labels: list[Tensor],
     if true_boxes is not None and (len(true_boxes) != len(boxes)
                                    or any(t.shape[0] != b.shape[0] for t, b in zip(true_boxes, boxes))):
         raise ValueError("true_boxes must pair one-to-one with boxes")
+
+
+def fill_losses(module: torch.nn.Module, losses: dict[str, Tensor | None], names) -> dict[str, Tensor]:
+    """All loss `names`, in that order: a term that did not run is a zero connected to every parameter of `module`
+    (the refiner), so backward() and DDP see the same graph on every batch (abs: avoid printing -0.0)."""
+    zero, out = None, {}
+    for name in names:
+        if losses.get(name) is None:
+            zero = (sum(p.sum() for p in module.parameters()) * 0.0).abs() if zero is None else zero
+        out[name] = losses[name] if losses.get(name) is not None else zero
+    return out

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
+from ..profiling import scoped
+
 
 class ReducedTwoMLPHead(nn.Sequential):
     """1x1 conv C -> c + ReLU, then TwoMLPHead(c*R*R, D)."""
@@ -51,6 +53,7 @@ def fan_in_init(trunks: list[nn.Module], std: float = 0.01) -> None:
             nn.init.normal_(fc.weight, std=std * math.sqrt(ref / fc.in_features))
 
 
+@scoped("refiner.trunks")
 def reduce_maps(features: dict[str, Tensor], names: list[str],
                 trunks: list[ReducedTwoMLPHead]) -> list[dict[str, Tensor]]:
     """The FPN maps the pooler reads (those of `features` named in `names`, in `features` order, as
@@ -63,12 +66,14 @@ def reduce_maps(features: dict[str, Tensor], names: list[str],
     return [{k: parts[i].contiguous() for k, parts in split.items()} for i in range(len(trunks))]
 
 
+@scoped("refiner.trunks")
 def embed(trunk: nn.Module, pooled: Tensor, reduced: bool) -> Tensor:
     """Trunk features Tensor[N, D] of pooled RoI features: the whole trunk on Tensor[N, C, R, R], or
     (`reduced`) a ReducedTwoMLPHead's `from_reduced` on its own pooled `reduce_maps` Tensor[N, c, R, R]."""
     return trunk.from_reduced(pooled) if reduced else trunk(pooled)
 
 
+@scoped("refiner.roi_align")
 def pool(pooler: nn.Module, features: dict[str, Tensor], image_sizes: list[tuple[int, int]],
          rois: list[Tensor]) -> Tensor:
     """One RoIAlign call. rois: per image Tensor[n_i, 4]. Returns Tensor[sum n_i, C', R, R]."""
