@@ -481,11 +481,23 @@ def _device() -> str:
 
 
 def machine() -> dict:
-    """The machine a cell ran on: host name, CPU cores, platform, Python and torch."""
+    """The machine a cell ran on: host name, CPU cores and model, the CPU kernels torch uses, platform, versions."""
     import torch
 
-    return {"host": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(terse=True),
-            "python": platform.python_version(), "torch": torch.__version__}
+    return {"host": platform.node(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
+            # the kernels PyTorch dispatches to on this CPU: runs reproduce bit for bit only on the same ones
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "platform": platform.platform(terse=True), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _commit() -> str:
