@@ -765,12 +765,12 @@ def headline(summary: dict) -> str:
     and the command that reproduces the sweep."""
     rows = summary["rows"]
     cols = [(m, v) for m in METHODS for v in ("", "band") if any(r["method"] == m and r["variant"] == v for r in rows)]
-    twins = user_twins(summary.get("cells", []))
+    same, twins = user_twins(summary.get("cells", []))
     head = ["box noise", *(f"{HEADLINE_METHODS[m]}{' + band' if v else ''} test AP" for m, v in cols),
             "SSD-Det boxes: IoU noisy → refined"]
     out = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
     keys = {(r["noise"], r["variant"]) for r in rows if r["variant"] != "band" and not (r["variant"] == "user"
-                                                                                      and twins)}
+                                                                                      and same)}
     for noise, variant in sorted(keys, key=lambda k: (k[0], _variant_rank(k[1]))):
         by = {(r["method"], r["variant"]): r for r in rows if r["noise"] == noise}
         ssd = by.get(("ssddet", variant))
@@ -794,19 +794,32 @@ def headline(summary: dict) -> str:
     return "\n".join(out)
 
 
-def user_twins(cells: list[dict]) -> str:
-    """One sentence when every user-path cell scores exactly what its `--noise` twin (same level and seed) scores:
-    the two paths train on the same boxes, so the row is a determinism check, not a separate result ("" when a
-    user cell differs or has no twin: then it stays a row of its own)."""
+def user_twins(cells: list[dict]) -> tuple[bool, str]:
+    """(whether the user-path row is left out, a sentence on it). When every user-path cell scores exactly what its
+    `--noise` twin (same level and seed) scores, the two paths trained on the same boxes alike: the row is a
+    determinism check, said in a sentence instead. When they differ and a pair ran on different machines (or a twin
+    has no machine record), the row stays and the sentence says what the difference is."""
     plain = {(c["noise"], c["seed"]): c["test"]["AP"] for c in cells
              if c["method"] == "ssddet" and not c.get("variant")}
     user = [c for c in cells if c["method"] == "ssddet" and c.get("variant") == "user"]
-    if not user or any(plain.get((c["noise"], c["seed"])) != c["test"]["AP"] for c in user):
-        return ""
+    if not user:
+        return False, ""
+    if any(plain.get((c["noise"], c["seed"])) != c["test"]["AP"] for c in user):
+        host = {(c["noise"], c["seed"], c.get("variant", "")): (c.get("machine") or {}).get("host") for c in cells
+                if c["method"] == "ssddet"}
+        # a twin without a machine record may have run anywhere
+        apart = [c for c in user if host.get((c["noise"], c["seed"], "")) is None
+                 or host[(c["noise"], c["seed"], "")] != host[(c["noise"], c["seed"], "user")]]
+        if apart:
+            return False, ("The user path trains the same boxes with the same config as its `--noise` row; where the "
+                           "two cells ran on different machines (or one predates the machine record) their test AP "
+                           "differs by what the machines' CPU kernels do, not by the path (docs/benchmarks.md, "
+                           "\"Run to run\").")
+        return False, ""
     levels = "/".join(f"{n:.0%}" for n in sorted({c["noise"] for c in user}))
-    return (f"The user path (`ssddet noise` writes the noisy boxes, `ssddet train --train-ann` trains on them without "
-            f"`--noise`) gives the {levels} SSD-Det cells' test AP exactly, seed for seed ({len(user)} of "
-            f"{len(user)}): a determinism check of the two paths, not a separate result.")
+    return True, (f"The user path (`ssddet noise` writes the noisy boxes, `ssddet train --train-ann` trains on them "
+                  f"without `--noise`) gives the {levels} SSD-Det cells' test AP exactly, seed for seed ({len(user)} "
+                  f"of {len(user)}): a determinism check of the two paths, not a separate result.")
 
 
 def plot(summary: dict, path: Path) -> None:

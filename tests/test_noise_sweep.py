@@ -412,7 +412,12 @@ def test_headline_shows_oamil_both_ways_and_the_user_path_as_a_determinism_check
     assert "a determinism check" in text and "model.box_bg_iou_thresh=0.4" in text
     assert "SSD-Det − oamil (ignore band 0.4) = +0.050" in sweep.markdown(_summary(sweep, cells))
     cells[-1]["test"] = {**cells[-1]["test"], "AP": 0.31}  # no longer the same: a row of its own
-    assert "| 40% (user path) |" in sweep.headline(_summary(sweep, cells))
+    head = sweep.headline(_summary(sweep, cells))
+    assert "| 40% (user path) |" in head and "ran on different machines" in head  # the twin has no machine record
+    for c in cells[-2:]:
+        c["machine"] = {"host": "a", "cpus": 2}
+    head = sweep.headline(_summary(sweep, cells))
+    assert "| 40% (user path) |" in head and "different machines" not in head  # same host, and still apart
 
 
 def test_partial_rows_report_the_exact_and_the_noised_boxes_apart(sweep, tmp_path):
