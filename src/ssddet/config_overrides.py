@@ -96,7 +96,8 @@ def train_flags() -> list[tuple[str, str, dict]]:
         ("--min-size", "model.min_size", dict(type=int, help="shorter image side after resize")),
         ("--max-size", "model.max_size", dict(type=int, help="longer image side cap")),
         ("--epochs", "train.epochs", dict(type=int, help="training epochs")),
-        ("--batch-size", "train.batch_size", dict(type=int, help="images per step (per GPU)")),
+        ("--batch-size", "train.batch_size", dict(type=int, help="images per step (per GPU); on a GPU, when not "
+                                                  "given, scaled to its memory (docs/gpus.md)")),
         ("--lr", "train.lr", dict(type=float, help="SGD learning rate for --lr-ref-batch images per step; "
                                   "scaled linearly to --batch-size x processes")),
         ("--lr-ref-batch", "train.lr_ref_batch", dict(type=int, help="total batch that --lr is for (linear "
@@ -104,7 +105,8 @@ def train_flags() -> list[tuple[str, str, dict]]:
         ("--lr-schedule", "train.lr_schedule", dict(choices=("multistep", "cosine"), help="LR decay")),
         ("--warmup-iters", "train.warmup_iters", dict(type=int, help="linear LR warm-up iterations")),
         ("--seed", "train.seed", dict(type=int, help="training seed")),
-        ("--workers", "data.num_workers", dict(type=int, help="data-loading worker processes")),
+        ("--workers", "data.num_workers", dict(type=int, help="data-loading worker processes; on a GPU, when not "
+                                               "given, from the CPU count (docs/gpus.md)")),
         ("--eval-every", "train.eval_every", dict(type=int, help="evaluate every N epochs")),
         ("--max-iters-per-epoch", "train.max_iters_per_epoch", dict(type=int, help="cap iterations per epoch "
                                                                     "(quick runs)")),
