@@ -3,8 +3,10 @@ sets written to disk, the `ssddet train` arguments of the cheap test runs, and e
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,13 @@ def assert_same_state(sa: dict, sb: dict) -> None:
 def assert_same_weights(a: Path, b: Path) -> None:
     assert_same_state(torch.load(a, map_location="cpu", weights_only=True)["model"],
                       torch.load(b, map_location="cpu", weights_only=True)["model"])
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (registered in sys.modules: dataclasses resolve annotations through it)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -2,13 +2,13 @@
 cleanlab adapter of benchmarks/audit_bench.py on hand-built scores."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import load_benchmark
 
 from ssddet.engine import audit_kinds as ak
 
@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("audit_bench", ROOT / "benchmarks" / "audit_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["audit_bench"] = mod
-    spec.loader.exec_module(mod)
-    yield mod
+    yield load_benchmark("audit_bench")
     sys.modules.pop("audit_bench", None)
 
 

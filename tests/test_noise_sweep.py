@@ -1,25 +1,20 @@
 """benchmarks/noise_sweep.py: the cell plan, the scheduler's ordering, the aggregate table and the README block."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("noise_sweep", ROOT / "benchmarks" / "noise_sweep.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["noise_sweep"] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("noise_sweep")
 
 
 def test_plan_seeds_and_order(sweep):

@@ -2,14 +2,13 @@
 profiler; the timer's nested accounting; `benchmarks/speed.py --profile` end to end on a tiny set."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CHEAP_MODEL_FIELDS, identical, write_shapes_coco
+from helpers import CHEAP_MODEL_FIELDS, identical, load_benchmark, write_shapes_coco
 
 from ssddet.config import Config
 from ssddet.data.coco import load_coco
@@ -105,9 +104,7 @@ def test_speed_profile_end_to_end(tmp_path, monkeypatch, capsys):
     """`benchmarks/speed.py --profile`: every part timed, the rows add up to the step, the backward split in two
     (the refiner's features are detached), a JSON and a markdown table; --trace writes a Chrome trace."""
     data = write_shapes_coco(tmp_path / "shapes", n_train=6, n_val=1)
-    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = load_benchmark("speed")
     sets = ";".join(f"{k}={json.dumps(v)}" for k, v in CHEAP.items())
     out, trace = tmp_path / "res" / "profile.json", tmp_path / "trace.json"
     monkeypatch.setattr(sys, "argv", ["speed.py", "--profile", "--data", str(data), "--noise", "0.3", "--steps",

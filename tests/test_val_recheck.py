@@ -2,13 +2,12 @@
 on hand-built cells."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 W_DET, BAND, DECAY = ("ssddet", "w_det"), ("model", "box_bg_iou_thresh"), ("ssddet", "refiner_decay_epochs")
@@ -17,11 +16,7 @@ WALL = itertools.count(1000)  # every hand-built cell is its own run (its own wa
 
 @pytest.fixture(scope="module")
 def vr():
-    spec = importlib.util.spec_from_file_location("val_recheck", ROOT / "benchmarks" / "val_recheck.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["val_recheck"] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("val_recheck")
 
 
 def cell(seed=0, noise=0.2, val=0.45, test=0.46, epochs=6, band=0.4, **ssddet) -> dict:
