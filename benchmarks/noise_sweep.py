@@ -222,14 +222,27 @@ PREDATED_FIELDS = {
     ("ssddet", "band_until"): 1.0,
     ("ssddet", "det_reset"): 0.0,
     ("ssddet", "target_momentum"): 0.0,
+    ("ssddet", "trust_margin"): 0.0,  # trust followed the threshold step by step (before the fields)
+    ("ssddet", "trusted_keep_iou"): 0.0,  # ... and a trusted dataset kept every given box
 }
+# Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
+# trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them
+TRUSTED_ONLY = ("trust_margin", "trusted_keep_iou")
 
 
-def same_spec(recorded: dict, expected: dict, data: str | None = None) -> bool:
+def never_trusted(epochs: list[dict] | None) -> bool:
+    """Whether an SSD-Det run's epoch records show that its keep step never trusted the given boxes."""
+    return bool(epochs) and all(e.get("given_trusted", 1.0) == 0.0 for e in epochs)
+
+
+def same_spec(recorded: dict, expected: dict, data: str | None = None, epochs: list[dict] | None = None) -> bool:
     """Whether a recorded spec trains what `expected` trains. Every field of `expected` is compared: a field the
     recorded run predates takes its `PREDATED_FIELDS` value, and one not listed there makes the cell stale; a
     field that no longer exists is ignored. A few fields are compared by their effect on this sweep's runs
-    (`effect`; with `data`, the dataset directory, also the aspect-ratio grouping)."""
+    (`effect`; with `data`, the dataset directory, also the aspect-ratio grouping; with `epochs`, the recorded
+    run's epoch records, the `TRUSTED_ONLY` fields of a run that never trusted its boxes)."""
+    if never_trusted(epochs):
+        recorded, expected = (_without(x, "ssddet", TRUSTED_ONLY) for x in (recorded, expected))
     old = {}
     for sec, fields in expected.items():
         old[sec] = {}
@@ -244,6 +257,12 @@ def same_spec(recorded: dict, expected: dict, data: str | None = None) -> bool:
     if old.get("data", {}).get("on_bad_image") == "stop" and expected.get("data", {}).get("on_bad_image") == "skip":
         old["data"]["on_bad_image"] = "skip"
     return effect(old, data) == effect(expected, data)
+
+
+def _without(spec: dict, sec: str, fields: tuple[str, ...]) -> dict:
+    """`spec` without `fields` of section `sec` (a copy)."""
+    return {k: ({f: v for f, v in fields_.items() if f not in fields} if k == sec else fields_)
+            for k, fields_ in spec.items()}
 
 
 def effect(spec: dict, data: str | None = None) -> dict:
@@ -303,7 +322,7 @@ def finished_run(run: Path, spec: dict, data: str | None = None) -> bool:
     schedule's epochs (a run resumed or re-run by hand into the folder appends to its log: refused)."""
     if not (run / "metrics.json").is_file() or not (run / "config.json").is_file():
         return False
-    if not same_spec(spec_of(json.loads((run / "config.json").read_text())), spec, data):
+    if not same_spec(spec_of(json.loads((run / "config.json").read_text())), spec, data, epoch_records(run)):
         return False
     return logged_epochs(run) == spec.get("train", {}).get("epochs")
 
@@ -312,6 +331,13 @@ def logged_epochs(run: Path) -> int:
     """How many epoch records a run's log.jsonl holds (0 without one)."""
     log = run / "log.jsonl"
     return sum('"kind": "epoch"' in x for x in log.read_text().splitlines()) if log.is_file() else 0
+
+
+def epoch_records(run: Path) -> list[dict]:
+    """A run's epoch records from its log.jsonl ([] without one)."""
+    log = run / "log.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return [r for r in (json.loads(x) for x in lines if '"kind": "epoch"' in x) if r.get("kind") == "epoch"]
 
 
 def sound(cell: dict) -> bool:
@@ -328,7 +354,7 @@ def sound(cell: dict) -> bool:
 def current_cell(cell: dict, expected: dict, data: str | None = None) -> bool:
     """Whether a recorded cell stands: its spec matches and its epoch trace has no more epochs than its spec
     (more means its run folder was appended to by another run, and its numbers are not the spec's)."""
-    return sound(cell) and same_spec(cell["spec"], expected, data)
+    return sound(cell) and same_spec(cell["spec"], expected, data, cell.get("epochs"))
 
 
 def export_ious(path: Path) -> tuple[float, float]:

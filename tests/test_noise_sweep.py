@@ -197,6 +197,24 @@ def test_same_spec_compares_every_field_and_a_missing_one_only_through_the_table
     assert not sweep.same_spec({"ssddet": {}}, {"ssddet": {"trust_agreement": 0.68}})
 
 
+def test_trusted_only_fields_do_not_matter_to_a_run_that_never_trusted_its_boxes(sweep, tmp_path):
+    """A run from before `trusted_keep_iou` (it kept every box while trusted) is current for today's 0.5 if its
+    log shows no trusted step, stale if it shows one; the same through a run folder's log.jsonl."""
+    old = {"ssddet": {"trust_agreement": 0.68}}
+    new = {"ssddet": {"trust_agreement": 0.68, "trust_margin": 0.02, "trusted_keep_iou": 0.5}}
+    never = [{"epoch": 1, "given_trusted": 0.0}, {"epoch": 2, "given_trusted": 0.0}]
+    once = [{"epoch": 1, "given_trusted": 0.0}, {"epoch": 2, "given_trusted": 0.25}]
+    assert not sweep.same_spec(old, new)
+    assert sweep.same_spec(old, new, epochs=never)
+    assert not sweep.same_spec(old, new, epochs=once)
+    assert not sweep.same_spec(old, new, epochs=[{"epoch": 1}])  # no record of the trust: not shown
+    assert not sweep.same_spec({"ssddet": {"trust_agreement": 0.6}}, new, epochs=never)  # other fields still count
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text("\n".join(json.dumps({"kind": "epoch", **e}) for e in never) + "\n")
+    assert sweep.epoch_records(run) == [{"kind": "epoch", **e} for e in never]
+
+
 def test_predated_fields_cover_every_field_the_recorded_cells_lack(sweep):
     """Every committed sweep cell's spec, filled from PREDATED_FIELDS, names every field the current config has
     (so strictness does not depend on luck), and each entry is a field that exists today."""

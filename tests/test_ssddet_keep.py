@@ -121,7 +121,7 @@ def test_oldest_first_refines_every_object_before_any_twice():
 def test_a_dataset_the_refiner_agrees_with_keeps_every_given_box():
     """trust_agreement: once the running mean IoU(b*, b̃) reaches it (after the warm-up), every box comes back
     exactly; below it the per-box rule acts; the running mean is saved and restored with the refiner."""
-    ref = _refiner(keep_iou=0.0, trust_agreement=0.01, warmup_frac=0.5)
+    ref = _refiner(keep_iou=0.0, trust_agreement=0.01, warmup_frac=0.5, trusted_keep_iou=0.0)
     out = ref(_features(), SIZES, BOXES, LABELS, true_boxes=CLEAN, progress=0.2)  # warm-up: only feeds the mean
     first = float(ref.keep.agreement)
     assert 0.01 < first < 1 and out.stats["given_trusted"] == 0.0
@@ -137,13 +137,58 @@ def test_a_dataset_the_refiner_agrees_with_keeps_every_given_box():
     state = ref.state_dict()
     assert "keep.agreement" in state
     ref.cfg.trust_agreement = 0.01
-    fresh = _refiner(keep_iou=0.0, trust_agreement=0.01).eval()
+    fresh = _refiner(keep_iou=0.0, trust_agreement=0.01, trusted_keep_iou=0.0).eval()
     fresh.load_state_dict(state)
     assert fresh.keep.agreement == ref.keep.agreement
     assert torch.equal(torch.cat(fresh(_features(), SIZES, BOXES, LABELS).refined), torch.cat(BOXES))  # eval: trusted
     del state["keep.agreement"]  # a checkpoint from before the running mean: nothing known, nothing trusted
     fresh.load_state_dict(state)
     assert torch.isnan(fresh.keep.agreement) and not fresh.keep.trusted(None)
+
+
+def test_a_trusted_dataset_still_replaces_a_box_the_refiner_moves_far():
+    """Hand-built, trusted: b* is kept where IoU(b*, b̃) >= trusted_iou whatever the scores (object 0: 0.8, its
+    score prefers b̃), replaced below it (object 1: 0.5 < 0.6, its score prefers b*); trusted_iou 0 keeps all."""
+    cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]],  # agreement 0.8
+                         [[0.0, 0, 10, 5], [0, 0, 10, 10]]])  # agreement 0.5
+    cls = torch.tensor([[0.2, 0.9], [0.9, 0.2]])
+    box, stats = keep_the_box(cand, cls, None, keep_iou=0.0, trusted_iou=0.6)
+    assert torch.equal(box, torch.stack([cand[0, 0], cand[1, 1]])) and stats["keep_rate"] == 0.5
+    box, _ = keep_the_box(cand, cls, None, keep_iou=0.0, trusted_iou=0.0)
+    assert torch.equal(box, cand[:, 0])
+    box, _ = keep_the_box(cand, cls, None, keep_iou=0.0)  # untrusted: the scores decide
+    assert torch.equal(box, torch.stack([cand[0, 1], cand[1, 0]]))
+
+
+def test_trust_has_hysteresis_and_old_checkpoints_load():
+    """Trust begins at trust_agreement and ends only below trust_agreement - trust_margin; the state is a buffer
+    (saved, restored); a checkpoint without it decides by the threshold alone, as before the margin."""
+    from ssddet.config import SSDDetConfig
+    from ssddet.models.ssddet.keep import KeepTheBox
+
+    keep = KeepTheBox(SSDDetConfig(trust_agreement=0.68, trust_margin=0.02, warmup_frac=0.0))
+    cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 10]]])
+    cls = torch.ones(1, 2)
+    trace = []
+    for a in (0.67, 0.69, 0.665, 0.655, 0.67):
+        keep.agreement.fill_(a)
+        keep.momentum = 1.0  # hold the mean where the test puts it
+        _, stats = keep(cand, cls, None, progress=0.5)
+        trace.append(float(stats["given_trusted"]))
+    assert trace == [0.0, 1.0, 1.0, 0.0, 0.0]
+    keep.agreement.fill_(0.67)
+    keep(cand, cls, None, progress=0.5)  # off at 0.67 ...
+    keep.agreement.fill_(0.69)
+    keep(cand, cls, None, progress=0.5)  # ... on at 0.69
+    state = keep.state_dict()
+    fresh = KeepTheBox(keep.cfg).eval()
+    fresh.load_state_dict(state)
+    fresh.agreement.fill_(0.67)
+    assert fresh.trusted(None)  # trusted at the end of training, still within the margin
+    del state["trust_on"]
+    fresh.load_state_dict(state)
+    fresh.agreement.fill_(0.67)
+    assert float(fresh.trust_on) == 0.0 and not fresh.trusted(None)  # 0.69 saved, but 0.67 now: the threshold
 
 
 def test_statistics_come_apart_for_the_exact_and_the_noised_given_boxes():

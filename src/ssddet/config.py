@@ -100,6 +100,12 @@ class SSDDetConfig:
     # refiner agrees with the dataset's boxes as a whole about as well as it does with exact boxes (0: off).
     # BCCD, 6 epochs, epochs 2-6: 0.68-0.77 at 0 % noise, 0.61-0.63 at 20 %, 0.50-0.56 at 40 % (docs/method.md)
     trust_agreement: float = 0.68
+    # ... trust ends only when the mean falls below trust_agreement - trust_margin (hysteresis: no step-by-step
+    # flipping of the targets while the mean hovers at the threshold)
+    trust_margin: float = 0.02
+    # ... and while trusted, b* is still replaced where IoU(b*, b̃) < trusted_keep_iou: a box the refiner moves that
+    # far is wrong whatever the dataset (0: keep every b*). Chosen on BCCD's training boxes (docs/method.md §3.1)
+    trusted_keep_iou: float = 0.5
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25

@@ -359,6 +359,10 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
+    for name in ("trust_margin", "trusted_keep_iou"):  # IoU differences / thresholds
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise UserError(f"ssddet.{name} must be a number in [0, 1], got {value!r}")
     m = s.target_momentum
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
         raise UserError(f"ssddet.target_momentum must be in [0, 1) (0: off), got {m!r}")

@@ -6,10 +6,12 @@ Without this step a correct box survives the refiner only if the whole bag colla
 back moved by the refiner's own error. Two arms keep b*: the refiner's scores prefer it (ties included), or b̃ is
 within `keep_iou` of it, i.e. the proposed move is no larger than what the refiner does to exact boxes.
 
-A per-box rule cannot keep all of a clean dataset's boxes: the refiner moves exact boxes by its own error, about
-as far as it moves a noisy box. The dataset as a whole tells them apart: `KeepTheBox` keeps the running mean of
-IoU(b*, b̃) over training (`agreement`), and while it is at least `trust_agreement` the given boxes are trusted and
-every one is kept (docs/method.md 3.1 step 8).
+One threshold cannot serve every dataset: the refiner moves exact boxes by its own error, about as far as it moves
+a mildly noisy box. The dataset as a whole tells them apart: `KeepTheBox` keeps the running mean of IoU(b*, b̃)
+over training (`agreement`), and while it is at least `trust_agreement` the given boxes are trusted (with
+hysteresis: trust ends only below `trust_agreement - trust_margin`). Trust is a prior, not a verdict: a trusted
+dataset's box is still replaced on its own evidence, where the refiner moves it to IoU < `trusted_keep_iou`
+(a box that far off is wrong whatever the dataset; docs/method.md 3.1 step 8).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ EXACT_IOU = 0.99
 
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
-                 clean: Tensor | None = None, keep_all: bool = False,
+                 clean: Tensor | None = None, trusted_iou: float | None = None,
                  agree: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Choose b* or b̃ for every object.
 
@@ -42,7 +44,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         iou: Tensor[M, 2] SISD's IoU estimates (IoU units), or None without SISD (then 1).
         keep_iou: b* is also kept where IoU(b*, b̃) >= keep_iou (<= 0: that arm is off).
         clean: optional Tensor[M, 4] clean boxes: adds what other rules would have given (statistics only).
-        keep_all: keep every b* (the dataset's boxes are trusted).
+        trusted_iou: None, or the dataset's boxes are trusted and b* is kept exactly where IoU(b*, b̃) >=
+            trusted_iou (<= 0: every b*), whatever the scores say.
         agree: Tensor[M] IoU(b*, b̃) if the caller has it already.
 
     Returns:
@@ -56,8 +59,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
     keep = score[:, 0] >= score[:, 1]
     if keep_iou > 0:
         keep |= agree >= keep_iou
-    if keep_all:
-        keep = torch.ones_like(keep)
+    if trusted_iou is not None:
+        keep = agree >= trusted_iou if trusted_iou > 0 else torch.ones_like(keep)
     stats = {"keep_rate": keep.float().mean(), "iou_given_merged": agree.mean()}
     if clean is not None:
         ar = torch.arange(cand.shape[0], device=cand.device)
@@ -91,20 +94,25 @@ def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor) -> dict[str, Tensor]:
 
 class KeepTheBox(nn.Module):
     """Step 8 with a memory of the dataset: `agreement` (a buffer, saved with the model) is the running mean of
-    IoU(b*, b̃) over the training steps (momentum `momentum` per step), and while it is >= cfg.trust_agreement
-    (> 0) every given box is kept. During the warm-up (cfg.warmup_frac of the schedule, while the refiner is
-    still worse than any box) the steps only feed the mean. In eval mode (`ssddet refine`, `audit`) the mean of
-    the end of training decides. Under DDP every process starts each step from rank 0's mean (DistributedDataParallel
-    broadcasts buffers at every forward) and folds in its own batch."""
+    IoU(b*, b̃) over the training steps (momentum `momentum` per step). Trust begins when it reaches
+    cfg.trust_agreement (> 0) and ends when it falls below cfg.trust_agreement - cfg.trust_margin (`trust_on`, a
+    buffer: a mean hovering at the threshold does not flip the targets step by step); while trusted, each b* is
+    kept where IoU(b*, b̃) >= cfg.trusted_keep_iou. During the warm-up (cfg.warmup_frac of the schedule, while the
+    refiner is still worse than any box) the steps only feed the mean. In eval mode (`ssddet refine`, `audit`) the
+    state of the end of training decides. Under DDP every process starts each step from rank 0's buffers
+    (DistributedDataParallel broadcasts buffers at every forward) and folds in its own batch."""
 
     def __init__(self, cfg, momentum: float = 0.98):
         super().__init__()
-        self.cfg, self.momentum = cfg, float(momentum)  # cfg: SSDDetConfig (keep_iou, trust_agreement, warmup_frac)
+        self.cfg, self.momentum = cfg, float(momentum)  # cfg: SSDDetConfig (keep_iou, trust_*, warmup_frac)
         self.register_buffer("agreement", torch.tensor(float("nan")))
+        self.register_buffer("trust_on", torch.tensor(0.0))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints written before the step had a memory: nothing known yet
+        # checkpoints written before the step had a memory: nothing known yet; before the hysteresis: the
+        # threshold alone decides, as it did
         state_dict.setdefault(prefix + "agreement", torch.tensor(float("nan")))
+        state_dict.setdefault(prefix + "trust_on", torch.tensor(0.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -116,12 +124,15 @@ class KeepTheBox(nn.Module):
         self.agreement.copy_(a if torch.isnan(m) else self.momentum * m + (1 - self.momentum) * a)
 
     def trusted(self, progress: float | None) -> bool:
-        """Whether the given boxes are trusted now (training: after the warm-up)."""
+        """Whether the given boxes are trusted now (training: after the warm-up). A pure query: `forward`
+        records the answer in `trust_on`, so asking again within the step gives the same answer."""
         thresh = float(self.cfg.trust_agreement)
         if thresh <= 0 or math.isnan(float(self.agreement)):
             return False
         if self.training and progress is not None and progress < float(self.cfg.warmup_frac):
             return False
+        if float(self.trust_on) > 0:
+            thresh -= float(self.cfg.trust_margin)
         return float(self.agreement) >= thresh
 
     @torch.no_grad()
@@ -133,6 +144,9 @@ class KeepTheBox(nn.Module):
         if self.training:
             self.update(agree)
         trusted = self.trusted(progress)
-        box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, keep_all=trusted, agree=agree)
+        if self.training:
+            self.trust_on.fill_(float(trusted))
+        box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, agree=agree,
+                                  trusted_iou=float(self.cfg.trusted_keep_iou) if trusted else None)
         stats.update(agreement=self.agreement.clone(), given_trusted=torch.tensor(float(trusted)))
         return box, stats
