@@ -103,9 +103,37 @@ def report(name: str, d: dict[str, np.ndarray]) -> None:
         keep = agree >= t
         print(f"  keep b* where IoU(b*, b̃) >= {t:.2f}: kept {keep.mean():.1%}, IoU with clean "
               f"{np.where(keep, q['given'], q['merged']).mean():.3f}")
+    by_group(q, agree, _groups(d, q), d["sisd"])
     avg = (d["merged"] + d["merged_flip"]) / 2
     print(f"  mirror-averaged b̃: {aligned_iou_np(avg, d['clean']).mean():.3f}; oracle(b*, b̃) "
           f"{np.maximum(q['given'], q['merged']).mean():.3f}")
+
+
+EXACT_IOU = 0.99  # a given box this close to its clean box counts as exact (as keep.py's statistics)
+
+
+def _groups(d: dict[str, np.ndarray], q: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Boolean masks: the exact and the noised given boxes, and the clean boxes' COCO size classes (area in the
+    JSON's pixel frame: < 32², < 96², the rest)."""
+    c = d["clean"]
+    area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
+    exact = q["given"] >= EXACT_IOU
+    return {"exact": exact, "noised": ~exact, "small": area < 32 ** 2,
+            "medium": (area >= 32 ** 2) & (area < 96 ** 2), "large": area >= 96 ** 2}
+
+
+def by_group(q: dict[str, np.ndarray], agree: np.ndarray, groups: dict[str, np.ndarray], sisd: np.ndarray) -> None:
+    """Per group: its count, IoU(b*, b̃) quartiles, and the mean IoU with clean of b*, b̃ and the IoU-arm rules;
+    the SISD head's IoU estimate of b* and of b̃ (sisd: Array[N, 2])."""
+    for name, m in groups.items():
+        if not m.any():
+            continue
+        a = agree[m]
+        rules = " ".join(f"t{round(t * 100)} {np.where(a >= t, q['given'][m], q['merged'][m]).mean():.3f}"
+                         for t in (0.5, 0.6, 0.7, 0.8))
+        print(f"  {name:7s} n={int(m.sum()):5d} IoU(b*, b̃) q25/50/75 {np.quantile(a, 0.25):.3f}/"
+              f"{np.median(a):.3f}/{np.quantile(a, 0.75):.3f}; IoU with clean: b* {q['given'][m].mean():.3f} "
+              f"b̃ {q['merged'][m].mean():.3f} {rules}; SISD b* {sisd[m, 0].mean():.3f} b̃ {sisd[m, 1].mean():.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
