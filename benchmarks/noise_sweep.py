@@ -44,7 +44,7 @@ from pathlib import Path
 
 from ssddet.config import METHOD_BG_IOU_THRESH
 from ssddet.config_overrides import PREDATED as RESUME_PREDATED
-from ssddet.models.ssddet.keep import PROBE_THRESHOLDS
+from ssddet.models.ssddet.keep import PROBE_THRESHOLDS, SISD_PROBE_THRESHOLDS
 
 METHODS = ("vanilla", "oamil", "ssddet", "ssddet+fr")
 PRESETS = {
@@ -473,7 +473,11 @@ TRACE = ("iou_noisy", "iou_refined", "iou_det_target", "iou_refined_small", "iou
          *(f"{k}_t{round(t * 100)}" for t in PROBE_THRESHOLDS for k in ("iou_keep", "keep")),
          # the exact given boxes and the noised ones apart (partly noised cells)
          *(f"{k}_{g}" for g in ("exact", "noised") for k in ("iou_keep", "keep_rate")),
-         *(f"iou_keep_t{round(t * 100)}_{g}" for g in ("exact", "noised") for t in PROBE_THRESHOLDS))
+         *(f"iou_keep_t{round(t * 100)}_{g}" for g in ("exact", "noised") for t in PROBE_THRESHOLDS),
+         # SISD's estimate of the given box as a keep arm (keep.py)
+         *(f"{k}_s{round(t * 100)}" for t in SISD_PROBE_THRESHOLDS for k in ("iou_keep", "keep")),
+         *(f"sisd_given_{g}" for g in ("exact", "noised")),
+         *(f"iou_keep_s{round(t * 100)}_{g}" for g in ("exact", "noised") for t in SISD_PROBE_THRESHOLDS))
 
 
 def epoch_trace(epochs: list[dict]) -> list[dict]:

@@ -208,5 +208,11 @@ def test_statistics_come_apart_for_the_exact_and_the_noised_given_boxes():
     # the exact box to b̃ (IoU 0.8 with the clean box)
     assert stats["iou_keep_t70_exact"] == 1.0 and stats["iou_keep_t70_noised"] == 1.0
     assert stats["iou_keep_t90_exact"] == pytest.approx(0.8) and stats["iou_keep_t50_noised"] == 0.5
+    # SISD's estimate of b*: 0.9 for the exact box, 0.6 for the other; the SISD arm at 0.75 keeps only the first
+    sisd = torch.tensor([[0.9, 0.8], [0.6, 0.95]])
+    box_s, s_stats = keep_the_box(cand, cls, sisd, keep_iou=0.0, clean=clean)
+    assert s_stats["keep_s75"] == 0.5 and s_stats["iou_keep_s75"] == 1.0
+    assert s_stats["sisd_given_exact"] == pytest.approx(0.9) and s_stats["iou_keep_s75_noised"] == 1.0
+    assert s_stats["iou_keep_s80_exact"] == 1.0 and "iou_keep_s70" not in stats  # without SISD: no SISD arm
     _, no_noised = keep_the_box(cand[:1], cls[:1], None, keep_iou=0.0, clean=clean[:1])
     assert "iou_keep_noised" not in no_noised and "iou_keep_exact" in no_noised

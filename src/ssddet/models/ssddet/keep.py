@@ -30,6 +30,10 @@ PROBE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 # clean box >= EXACT_IOU: `_exact`) and for the others (`_noised`), so a run on partly noised boxes shows what each
 # rule does to the right boxes and to the wrong ones (statistics only; the decision never sees the clean boxes)
 EXACT_IOU = 0.99
+# A per-box arm the refiner could use without the dataset's trust: keep b* where SISD's own IoU estimate of it is
+# at least 0.XX (`iou_keep_sXX`, `keep_sXX`, and per group `iou_keep_sXX_G`). On BCCD's final refiners it
+# separates exact from noised given boxes (docs/method.md 3.1 step 8); logged to choose a threshold on data.
+SISD_PROBE_THRESHOLDS = (0.7, 0.75, 0.8)
 
 
 @torch.no_grad()
@@ -72,14 +76,21 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
             k = agree >= t
             stats[f"iou_keep_t{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
             stats[f"keep_t{round(t * 100)}"] = k.float().mean()
-        stats.update(_by_exactness(q, keep, agree))
+        if iou is not None:
+            for t in SISD_PROBE_THRESHOLDS:
+                k = u[:, 0] >= t
+                stats[f"iou_keep_s{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
+                stats[f"keep_s{round(t * 100)}"] = k.float().mean()
+        stats.update(_by_exactness(q, keep, agree, u[:, 0] if iou is not None else None))
     return torch.where(keep[:, None], cand[:, 0], cand[:, 1]), stats
 
 
-def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor) -> dict[str, Tensor]:
+def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor, sisd_given: Tensor | None = None) -> dict[str, Tensor]:
     """Statistics of the exact given boxes and of the others apart. q: Tensor[M, 2] IoU of (b*, b̃) with the clean
-    box; keep: Bool[M] the decision; agree: Tensor[M] IoU(b*, b̃). -> iou_keep_G, keep_rate_G and, per
-    PROBE_THRESHOLDS, iou_keep_tXX_G for G in (exact, noised), a group without objects left out."""
+    box; keep: Bool[M] the decision; agree: Tensor[M] IoU(b*, b̃); sisd_given: Tensor[M] SISD's IoU estimate of b*
+    (or None). -> iou_keep_G, keep_rate_G and, per PROBE_THRESHOLDS, iou_keep_tXX_G (with sisd_given also
+    sisd_given_G and per SISD_PROBE_THRESHOLDS iou_keep_sXX_G) for G in (exact, noised), a group without objects
+    left out."""
     exact = q[:, 0] >= EXACT_IOU
     out = {}
     for name, m in (("exact", exact), ("noised", ~exact)):
@@ -89,6 +100,10 @@ def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor) -> dict[str, Tensor]:
         out[f"keep_rate_{name}"] = keep[m].float().mean()
         for t in PROBE_THRESHOLDS:
             out[f"iou_keep_t{round(t * 100)}_{name}"] = torch.where(agree >= t, q[:, 0], q[:, 1])[m].mean()
+        if sisd_given is not None:
+            out[f"sisd_given_{name}"] = sisd_given[m].mean()
+            for t in SISD_PROBE_THRESHOLDS:
+                out[f"iou_keep_s{round(t * 100)}_{name}"] = torch.where(sisd_given >= t, q[:, 0], q[:, 1])[m].mean()
     return out
 
 
