@@ -224,6 +224,7 @@ PREDATED_FIELDS = {
     ("ssddet", "target_momentum"): 0.0,
     ("ssddet", "trust_margin"): 0.0,  # trust followed the threshold step by step (before the fields)
     ("ssddet", "trusted_keep_iou"): 0.0,  # ... and a trusted dataset kept every given box
+    ("ssddet", "keep_sisd"): 0.0,  # the keep step had no SISD arm (before the field)
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them

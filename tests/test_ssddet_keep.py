@@ -213,6 +213,9 @@ def test_statistics_come_apart_for_the_exact_and_the_noised_given_boxes():
     box_s, s_stats = keep_the_box(cand, cls, sisd, keep_iou=0.0, clean=clean)
     assert s_stats["keep_s75"] == 0.5 and s_stats["iou_keep_s75"] == 1.0
     assert s_stats["sisd_given_exact"] == pytest.approx(0.9) and s_stats["iou_keep_s75_noised"] == 1.0
+    box_k, _ = keep_the_box(cand, torch.tensor([[0.1, 0.9], [0.1, 0.9]]), sisd, keep_iou=0.0, keep_sisd=0.75)
+    assert torch.equal(box_k, torch.stack([cand[0, 0], cand[1, 1]]))  # the scores prefer b̃; SISD keeps b* of 0
+    assert torch.equal(keep_the_box(cand, cls, None, keep_iou=0.0, keep_sisd=0.75)[0], blind)  # no SISD: no arm
     assert s_stats["iou_keep_s80_exact"] == 1.0 and "iou_keep_s70" not in stats  # without SISD: no SISD arm
     _, no_noised = keep_the_box(cand[:1], cls[:1], None, keep_iou=0.0, clean=clean[:1])
     assert "iou_keep_noised" not in no_noised and "iou_keep_exact" in no_noised

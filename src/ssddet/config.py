@@ -106,6 +106,8 @@ class SSDDetConfig:
     # ... and while trusted, b* is still replaced where IoU(b*, b̃) < trusted_keep_iou: a box the refiner moves that
     # far is wrong whatever the dataset (0: keep every b*). Chosen on BCCD's training boxes (docs/method.md §3.1)
     trusted_keep_iou: float = 0.5
+    # ... and (untrusted) b* is also kept where SISD's IoU estimate of it is >= keep_sisd (0: off; an A/B lever)
+    keep_sisd: float = 0.0
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25

@@ -359,7 +359,7 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
-    for name in ("trust_margin", "trusted_keep_iou"):  # IoU differences / thresholds
+    for name in ("trust_margin", "trusted_keep_iou", "keep_sisd"):  # IoU differences / thresholds
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a number in [0, 1], got {value!r}")

@@ -39,7 +39,7 @@ SISD_PROBE_THRESHOLDS = (0.7, 0.75, 0.8)
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
                  clean: Tensor | None = None, trusted_iou: float | None = None,
-                 agree: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 agree: Tensor | None = None, keep_sisd: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Choose b* or b̃ for every object.
 
     Args:
@@ -51,6 +51,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         trusted_iou: None, or the dataset's boxes are trusted and b* is kept exactly where IoU(b*, b̃) >=
             trusted_iou (<= 0: every b*), whatever the scores say.
         agree: Tensor[M] IoU(b*, b̃) if the caller has it already.
+        keep_sisd: untrusted, b* is also kept where SISD's IoU estimate of it is >= keep_sisd (<= 0 or without
+            SISD: that arm is off).
 
     Returns:
         (Tensor[M, 4] the kept boxes, stats: keep_rate, iou_given_merged and with `clean` iou_merged,
@@ -63,6 +65,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
     keep = score[:, 0] >= score[:, 1]
     if keep_iou > 0:
         keep |= agree >= keep_iou
+    if keep_sisd > 0 and iou is not None:
+        keep |= u[:, 0] >= keep_sisd
     if trusted_iou is not None:
         keep = agree >= trusted_iou if trusted_iou > 0 else torch.ones_like(keep)
     stats = {"keep_rate": keep.float().mean(), "iou_given_merged": agree.mean()}
@@ -162,6 +166,7 @@ class KeepTheBox(nn.Module):
         if self.training:
             self.trust_on.fill_(float(trusted))
         box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, agree=agree,
-                                  trusted_iou=float(self.cfg.trusted_keep_iou) if trusted else None)
+                                  trusted_iou=float(self.cfg.trusted_keep_iou) if trusted else None,
+                                  keep_sisd=float(self.cfg.keep_sisd))
         stats.update(agreement=self.agreement.clone(), given_trusted=torch.tensor(float(trusted)))
         return box, stats
