@@ -338,3 +338,42 @@ def test_export_leaves_an_unreadable_true_bbox_out_of_the_stats():
     d, stats = export(raw, refined, {})
     assert [a["bbox"] for a in d["annotations"]] == [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 20.0]]
     assert stats["iou_noisy"] == pytest.approx(1.0) and stats["iou_refined"] == pytest.approx(0.5)
+
+
+def test_refining_another_file_takes_the_trust_from_that_file(tiny_ssddet_run, tmp_path, monkeypatch):
+    """`trust_from_records`: the keep step's agreement becomes the records' own mean IoU(b*, b̃) (here a refiner
+    faked to move every box by a known amount), no trust is carried over, and the threshold then decides; `refine
+    --ann` records the agreement in the export's info, and the run's own boxes do not take the extra pass."""
+    from types import SimpleNamespace
+
+    import ssddet
+    import ssddet.engine.refine as refine_mod
+    from ssddet.data.boxes import aligned_iou
+    from ssddet.data.coco import load_coco
+
+    data, run = tiny_ssddet_run
+    method, cfg, _ = refine_mod.load_refiner_method(run / "checkpoint.pt", torch.device("cpu"))
+    records = load_coco(data / "annotations.json").select("train")
+
+    def shifted(method, view, chunk=32):  # b̃ = b* shifted right by half its width: IoU 1/3
+        b = view.boxes.float().clone()
+        b[:, [0, 2]] += (b[:, 2] - b[:, 0])[:, None] / 2
+        yield slice(0, len(b)), SimpleNamespace(refined=[b])
+
+    monkeypatch.setattr(refine_mod, "refine_view", shifted)
+    method.refiner.keep.trust_on.fill_(1.0)
+    mean = refine_mod.trust_from_records(method, records, torch.device("cpu"))
+    assert mean == pytest.approx(1 / 3, abs=1e-4) and float(method.refiner.keep.agreement) == pytest.approx(mean)
+    assert float(method.refiner.keep.trust_on) == 0.0 and not method.refiner.keep.trusted(None)
+    assert method.refiner.cfg.keep_given  # restored
+    monkeypatch.setattr(refine_mod, "refine_view", lambda m, v, chunk=32: iter([(slice(0, len(v.boxes)),
+                                                                                SimpleNamespace(refined=[v.boxes]))]))
+    assert refine_mod.trust_from_records(method, records, torch.device("cpu")) == pytest.approx(1.0)
+    assert method.refiner.keep.trusted(None)
+    method.refiner.cfg.trust_agreement = 0.0
+    assert refine_mod.trust_from_records(method, records, torch.device("cpu")) is None  # no trust to decide
+    assert aligned_iou(torch.tensor([[0.0, 0, 2, 1]]), torch.tensor([[1.0, 0, 3, 1]])).item() == pytest.approx(1 / 3)
+    monkeypatch.undo()
+    d = ssddet.refine(run / "checkpoint.pt", ann=data / "annotations.json", images=data)
+    assert 0.0 <= d["info"]["ssddet_refine"]["agreement"] <= 1.0
+    assert "agreement" not in ssddet.refine(run / "checkpoint.pt")["info"]["ssddet_refine"]

@@ -170,7 +170,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     from .data.images import BadImages
     from .data.splits import training_split_json
     from .engine.device import resolve_device
-    from .engine.refine import export, load_refiner_method, only_images, refine_records
+    from .engine.refine import export, load_refiner_method, only_images, refine_records, trust_from_records
 
     train_ann = ann or train_ann
     dev = resolve_device(device)
@@ -189,12 +189,14 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     raw, parsed, records = training_split_json(cfg.data)
     _same_categories(checkpoint, meta, parsed.categories)
     bad = BadImages(on_bad_image)
+    agreement = trust_from_records(method, records, dev, bad=bad) if (data or train_ann) else None
     refined = refine_records(method, records, dev, bad=bad, flip_average=flip_average)
     n_all = len(raw["images"])
     d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
                                      "all_splits": all_splits, "flip_average": flip_average,
                                      "noise": cfg.data.noise,
-                                     "noise_seed": cfg.data.noise_seed},
+                                     "noise_seed": cfg.data.noise_seed,
+                                     **({"agreement": agreement} if agreement is not None else {})},
                       sizes={r.image_id: (r.width, r.height) for r in records})
     if not all_splits:  # after the export: its boxes are keyed by their place in the whole list
         d = only_images(d, {r.image_id for r in records})

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
-from ..data.boxes import aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xywh
+from ..data.boxes import aligned_iou, aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xywh
 from ..data.coco import MIN_BOX_SIDE, internal_ann_ids, parse_box
 from ..data.dataset import load_image, record_target
 from ..data.images import BadImages, UnreadableImage
@@ -130,6 +130,35 @@ def mirror_refine(method, features: dict, size: tuple[int, int], boxes, labels) 
     w = float(size[1])
     res = method.refiner(features, [size], [hflip_boxes(boxes, w)], [labels])
     return hflip_boxes(res.refined[0], w)
+
+
+@torch.no_grad()
+def trust_from_records(method, records, device, chunk: int = 32, bad: BadImages | None = None) -> float | None:
+    """Set the keep step's trust from `records` themselves: their mean IoU(b*, b̃) (the merged box before the
+    keep step) becomes its `agreement`, with no trust carried over (`trust_on` 0), so the threshold decides afresh.
+    For refining a file other than the run's training boxes: the running mean of training says how far the
+    refiner agreed with *those* boxes, not with these (docs/method.md §3.1 step 8). One extra refiner pass.
+    Returns the mean, or None where the run has no dataset trust (no keep step, or trust_agreement 0)."""
+    refiner = method.refiner
+    keep = refiner.keep
+    if keep is None or not refiner.cfg.keep_given or refiner.cfg.trust_agreement <= 0:
+        return None
+    total, n = 0.0, 0
+    refiner.cfg.keep_given = False  # b̃ itself
+    try:
+        for view in image_views(method, records, device, bad, desc="agreement"):
+            for part, res in refine_view(method, view, chunk):
+                total += float(aligned_iou(view.boxes[part].float(), res.refined[0].float()).sum())
+                n += len(res.refined[0])
+    finally:
+        refiner.cfg.keep_given = True
+    if n == 0:
+        return None
+    keep.agreement.fill_(total / n)
+    keep.trust_on.fill_(0.0)
+    log.info("keep step: the refined boxes' own agreement %.3f decides the trust (threshold %g): %s", total / n,
+             refiner.cfg.trust_agreement, "trusted" if keep.trusted(None) else "not trusted")
+    return total / n
 
 
 def refine_records(method, records, device, chunk: int = 32, bad: BadImages | None = None,
