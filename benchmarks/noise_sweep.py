@@ -203,7 +203,9 @@ def expected_spec(cell: Cell, a, runs: Path, threads: int) -> dict:
 # value that names what the code then did. A field missing from a recorded spec and absent here makes its cell
 # stale (tests/test_noise_sweep.py covers every entry).
 PREDATED_FIELDS = {
-    **RESUME_PREDATED,  # model.box_bg_iou_thresh 0.5 (no ignore band), ssddet.refiner_decay_epochs 0 (none)
+    # model.box_bg_iou_thresh 0.5 (no ignore band), ssddet.refiner_decay_epochs 0 (none), the keep step's
+    # trusted_keep_iou / trust_margin / keep_sisd 0 (every box kept while trusted, no hysteresis, no SISD arm)
+    **RESUME_PREDATED,
     ("data", "on_bad_image"): "stop",  # an unreadable image ended the run (before 2988e3d)
     ("data", "aspect_groups"): -1,  # batches were not grouped by aspect ratio (before 9e651ee)
     ("data", "noise_fraction"): 1.0,  # box noise reached every box, no label errors (before the fields)
@@ -222,9 +224,6 @@ PREDATED_FIELDS = {
     ("ssddet", "band_until"): 1.0,
     ("ssddet", "det_reset"): 0.0,
     ("ssddet", "target_momentum"): 0.0,
-    ("ssddet", "trust_margin"): 0.0,  # trust followed the threshold step by step (before the fields)
-    ("ssddet", "trusted_keep_iou"): 0.0,  # ... and a trusted dataset kept every given box
-    ("ssddet", "keep_sisd"): 0.0,  # the keep step had no SISD arm (before the field)
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them
@@ -233,7 +232,8 @@ TRUSTED_ONLY = ("trust_margin", "trusted_keep_iou")
 
 def never_trusted(epochs: list[dict] | None) -> bool:
     """Whether an SSD-Det run's epoch records show that its keep step never trusted the given boxes."""
-    return bool(epochs) and all(e.get("given_trusted", 1.0) == 0.0 for e in epochs)
+    # a cell's trace has the statistics at the top level, a run's log.jsonl under "train"
+    return bool(epochs) and all(e.get("train", e).get("given_trusted", 1.0) == 0.0 for e in epochs)
 
 
 def same_spec(recorded: dict, expected: dict, data: str | None = None, epochs: list[dict] | None = None) -> bool:

@@ -211,8 +211,12 @@ def test_trusted_only_fields_do_not_matter_to_a_run_that_never_trusted_its_boxes
     assert not sweep.same_spec({"ssddet": {"trust_agreement": 0.6}}, new, epochs=never)  # other fields still count
     run = tmp_path / "run"
     run.mkdir()
-    (run / "log.jsonl").write_text("\n".join(json.dumps({"kind": "epoch", **e}) for e in never) + "\n")
-    assert sweep.epoch_records(run) == [{"kind": "epoch", **e} for e in never]
+    for trace, current in ((never, True), (once, False)):  # as the trainer writes it: statistics under "train"
+        records = [{"kind": "epoch", "epoch": e["epoch"], "train": {"given_trusted": e["given_trusted"]}}
+                   for e in trace]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        assert sweep.epoch_records(run) == records
+        assert sweep.same_spec(old, new, epochs=sweep.epoch_records(run)) is current
 
 
 def test_predated_fields_cover_every_field_the_recorded_cells_lack(sweep):

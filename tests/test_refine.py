@@ -377,3 +377,4 @@ def test_refining_another_file_takes_the_trust_from_that_file(tiny_ssddet_run, t
     d = ssddet.refine(run / "checkpoint.pt", ann=data / "annotations.json", images=data)
     assert 0.0 <= d["info"]["ssddet_refine"]["agreement"] <= 1.0
     assert "agreement" not in ssddet.refine(run / "checkpoint.pt")["info"]["ssddet_refine"]
+    assert "agreement" in ssddet.refine(run / "checkpoint.pt", split="val")["info"]["ssddet_refine"]

@@ -160,11 +160,10 @@ def _same_categories(checkpoint, meta: dict, categories: list[dict]) -> None:
 def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str | None = None,
            all_splits: bool = False, device: str = "auto", train_ann=None, on_bad_image: str = "skip",
            flip_average: bool = False) -> dict:
-    """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined and clipped to its image,
-    `noisy_bbox` the input box, `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out`
-    if given. Without `data` / `ann` the run's own dataset and on-the-fly noise are used (`train_ann` is the
-    earlier name of `ann`). The boxes of an unreadable image keep their input box (on_bad_image "skip",
-    counted) or stop the export ("stop")."""
+    """An SSD-Det run's refined training boxes -> COCO dict (`bbox` refined and clipped to its image, `noisy_bbox`
+    the input box, `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out` if given. Without
+    `data` / `ann` the run's own dataset and on-the-fly noise are used (`train_ann`: the earlier name of `ann`).
+    An unreadable image's boxes keep their input box (on_bad_image "skip", counted) or stop the export ("stop")."""
     import json
 
     from .data.images import BadImages
@@ -175,6 +174,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     train_ann = ann or train_ann
     dev = resolve_device(device)
     method, cfg, meta = load_refiner_method(checkpoint, dev)
+    trained_split = cfg.data.train_split
     if data or train_ann:
         cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
         cfg.data.images = images
@@ -189,13 +189,13 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     raw, parsed, records = training_split_json(cfg.data)
     _same_categories(checkpoint, meta, parsed.categories)
     bad = BadImages(on_bad_image)
-    agreement = trust_from_records(method, records, dev, bad=bad) if (data or train_ann) else None
+    agreement = (trust_from_records(method, records, dev, bad=bad)  # not the run's training boxes: their own trust
+                 if data or train_ann or cfg.data.train_split != trained_split else None)
     refined = refine_records(method, records, dev, bad=bad, flip_average=flip_average)
     n_all = len(raw["images"])
     d, stats = export(raw, refined, {"checkpoint": str(checkpoint), "split": cfg.data.train_split,
                                      "all_splits": all_splits, "flip_average": flip_average,
-                                     "noise": cfg.data.noise,
-                                     "noise_seed": cfg.data.noise_seed,
+                                     "noise": cfg.data.noise, "noise_seed": cfg.data.noise_seed,
                                      **({"agreement": agreement} if agreement is not None else {})},
                       sizes={r.image_id: (r.width, r.height) for r in records})
     if not all_splits:  # after the export: its boxes are keyed by their place in the whole list

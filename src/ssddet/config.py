@@ -96,8 +96,9 @@ class SSDDetConfig:
     # ... and b* is also kept where IoU(b*, b̃) >= keep_iou: a correction smaller than the refiner's own error
     # (0: off). Measured on BCCD in docs/benchmarks.md.
     keep_iou: float = 0.75
-    # ... and every b* is kept while the running mean IoU(b*, b̃) over training is at least trust_agreement: the
-    # refiner agrees with the dataset's boxes as a whole about as well as it does with exact boxes (0: off).
+    # ... and the given boxes are trusted (below: trusted_keep_iou) once the running mean IoU(b*, b̃) over training
+    # reaches trust_agreement: the refiner agrees with the dataset's boxes as a whole about as well as it does with
+    # exact boxes (0: off).
     # BCCD, 6 epochs, epochs 2-6: 0.68-0.77 at 0 % noise, 0.61-0.63 at 20 %, 0.50-0.56 at 40 % (docs/method.md)
     trust_agreement: float = 0.68
     # ... trust ends only when the mean falls below trust_agreement - trust_margin (hysteresis: no step-by-step

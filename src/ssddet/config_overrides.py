@@ -212,14 +212,21 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
 
 # Fields whose default changed, with what a run whose config.json predates the field trained with: resuming it
 # must go on as it started.
-PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0}
+PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0,
+            # the keep step kept every given box while trusted, trust followed the threshold step by step, and
+            # there was no SISD arm (before the fields)
+            ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
     """Set the `PREDATED` fields a run's config.json (`path`) does not name to what that run trained with."""
     from .data.coco import read_json
 
-    recorded = read_json(path, what="config file")
+    predate_recorded(cfg, read_json(path, what="config file"))
+
+
+def predate_recorded(cfg: Config, recorded: dict) -> None:
+    """Set the `PREDATED` fields a run's recorded config dict does not name to what that run trained with."""
     for (section, key), value in PREDATED.items():
         if key not in recorded.get(section, {}):
             setattr(getattr(cfg, section), key, value)

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config
+from ..config_overrides import predate_recorded
 from ..data.boxes import aligned_iou, aligned_iou_np, clip_to_image, xywh_to_xyxy, xyxy_to_xywh
 from ..data.coco import MIN_BOX_SIDE, internal_ann_ids, parse_box
 from ..data.dataset import load_image, record_target
@@ -44,6 +45,7 @@ def load_refiner_method(path: str | Path, device: torch.device):
         cfg = Config.from_dict(ck["config"], src=str(path))
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+    predate_recorded(cfg, ck["config"])  # an older run refines as it trained
     if cfg.train.method != "ssddet":
         raise UserError(f"{path}: trained with --method {cfg.train.method}; refining needs an ssddet run")
     num_classes = ck["meta"]["num_classes"]

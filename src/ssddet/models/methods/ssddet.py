@@ -122,7 +122,8 @@ class SSDDetMethod(DetectionMethod):
                                progress=progress, avoid=avoid, priority=priority)
         refined = out.refined
         if self.cfg.bank:
-            # no average while the refiner trusts the given boxes: they are the targets, exact (sampling_band)
+            # no average while the refiner trusts the given boxes: they are the targets (but the few it moves
+            # below trusted_keep_iou, keep.py), exact, and an average would drag them back (sampling_band)
             smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth)
         # A training decision, taken here (after the keep step has updated its trust, before the R-CNN samples):
@@ -142,15 +143,16 @@ class SSDDetMethod(DetectionMethod):
     def sampling_band(self, progress: float) -> bool:
         """Set the R-CNN's ignore band for this step; True if proposals in [model.box_bg_iou_thresh, 0.5) are
         ignored. The band is for targets the refiner is still moving (docs/method.md §3.2): while it trusts the
-        given boxes (keeps every one, keep.py), they are the targets, as exact as the dataset's, and the R-CNN
-        samples as vanilla Faster R-CNN does."""
+        given boxes (keeps all but those it moves below trusted_keep_iou, keep.py), they are the targets, as exact
+        as the dataset's, and the R-CNN samples as vanilla Faster R-CNN does."""
         matcher = self.detector.roi_heads.proposal_matcher
         lifted = self.trusts_given(progress) or progress >= self.cfg.band_until  # or late by choice (`band_until`)
         matcher.low_threshold = matcher.high_threshold if lifted else self.band
         return matcher.low_threshold < matcher.high_threshold
 
     def trusts_given(self, progress: float) -> bool:
-        """True while the refiner keeps every given box (keep.py's trust, docs/method.md 3.1 step 8)."""
+        """True while the refiner trusts the given boxes (keep.py: it keeps all but those it moves below
+        trusted_keep_iou; docs/method.md 3.1 step 8)."""
         keep = self.refiner.keep
         return bool(self.cfg.keep_given and keep is not None and keep.trusted(progress))
 

@@ -84,7 +84,7 @@ class SSDDetRefiner(nn.Module):
         sisd: separate trunk + iou head (if cfg.sisd and num_stages == 2). keep: step 8 (if num_stages == 2).
 
     Buffers (saved in state_dict): sampler_state (-1 undecided "auto", 0 large, 1 small), auto_iter, auto_hist;
-    keep.agreement (the running mean IoU(b*, b̃), keep.py).
+    keep.agreement (the running mean IoU(b*, b̃)) and keep.trust_on (the trust's hysteresis state), keep.py.
 
     Randomness (object cap subset, negatives) comes from `generator` (forward argument), else `self.generator`
     (set with `manual_seed`), else torch's global RNG.
