@@ -686,7 +686,8 @@ def _f(v, pct=False) -> str:
 
 def ssddet_settings(cells: list[dict]) -> str:
     """What the SSD-Det cells (and so their +FR exports) were trained with, per noise level, from their recorded
-    specs: the bag, the per-image cap and its selection, the keep-the-box step."""
+    specs: the bag, the per-image cap and its selection, the keep-the-box step (its trusted rule where a cell
+    trusted its boxes)."""
     by_noise: dict[float, set] = {}
     for c in cells:
         if c["method"] != "ssddet":
@@ -700,7 +701,10 @@ def ssddet_settings(cells: list[dict]) -> str:
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
             f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
-               if s["keep_given"] else ""))
+               if s["keep_given"] else "")
+            # the trusted rule acted only in runs that trusted their boxes (TRUSTED_ONLY)
+            + (f", `trusted_keep_iou={s['trusted_keep_iou']:g}`"
+               if s["keep_given"] and not never_trusted(c.get("epochs")) else ""))
     if len({frozenset(v) for v in by_noise.values()}) == 1:  # the same at every level: said once
         return f"every level: {' / '.join(sorted(next(iter(by_noise.values()))))}"
     return "; ".join(f"{noise:.0%}: {' / '.join(sorted(v))}" for noise, v in sorted(by_noise.items()))
