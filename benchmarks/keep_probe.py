@@ -104,6 +104,7 @@ def report(name: str, d: dict[str, np.ndarray]) -> None:
         print(f"  keep b* where IoU(b*, b̃) >= {t:.2f}: kept {keep.mean():.1%}, IoU with clean "
               f"{np.where(keep, q['given'], q['merged']).mean():.3f}")
     by_group(q, agree, _groups(d, q), d["sisd"])
+    modes(q, agree)
     avg = (d["merged"] + d["merged_flip"]) / 2
     print(f"  mirror-averaged b̃: {aligned_iou_np(avg, d['clean']).mean():.3f}; oracle(b*, b̃) "
           f"{np.maximum(q['given'], q['merged']).mean():.3f}")
@@ -134,6 +135,29 @@ def by_group(q: dict[str, np.ndarray], agree: np.ndarray, groups: dict[str, np.n
         print(f"  {name:7s} n={int(m.sum()):5d} IoU(b*, b̃) q25/50/75 {np.quantile(a, 0.25):.3f}/"
               f"{np.median(a):.3f}/{np.quantile(a, 0.75):.3f}; IoU with clean: b* {q['given'][m].mean():.3f} "
               f"b̃ {q['merged'][m].mean():.3f} {rules}; SISD b* {sisd[m, 0].mean():.3f} b̃ {sisd[m, 1].mean():.3f}")
+
+
+def two_modes(a: np.ndarray, iters: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A two-Gaussian mixture of the agreements Array[N] by EM -> (weights, means, SDs, responsibilities
+    Array[N, 2]); started at the quartiles."""
+    mu, sd, w = np.quantile(a, [0.25, 0.75]), np.full(2, a.std() + 1e-3), np.full(2, 0.5)
+    for _ in range(iters):
+        p = w * np.exp(-(a[:, None] - mu) ** 2 / (2 * sd ** 2)) / sd
+        r = p / np.maximum(p.sum(1, keepdims=True), 1e-300)
+        w = r.mean(0)
+        mu = (r * a[:, None]).sum(0) / r.sum(0)
+        sd = np.sqrt((r * (a[:, None] - mu) ** 2).sum(0) / r.sum(0)) + 1e-3
+    return w, mu, sd, r
+
+
+def modes(q: dict[str, np.ndarray], agree: np.ndarray) -> None:
+    """The shape of the agreement distribution (a candidate signal for the keep rule, docs/benchmarks.md): the two
+    modes, their separation (difference of the means over the pooled SD) and what the IoU arm at 0.5 gives."""
+    w, mu, sd, _ = two_modes(agree)
+    sep = abs(mu[1] - mu[0]) / np.sqrt((sd ** 2).mean())
+    t50 = np.where(agree >= 0.5, q["given"], q["merged"]).mean()
+    print(f"  agreement modes: weights {w.round(2)}, means {mu.round(3)}, SDs {sd.round(3)}, separation "
+          f"{sep:.2f}; t50 {t50:.3f} against b̃ {q['merged'].mean():.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
