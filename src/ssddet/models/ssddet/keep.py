@@ -76,17 +76,27 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         stats.update(iou_merged=q[:, 1].mean(), iou_keep_oracle=q.max(dim=1).values.mean(),
                      iou_keep_cls=q[ar, (cls[:, 0] < cls[:, 1]).long()].mean(),
                      iou_keep_sisd=q[ar, (u[:, 0] < u[:, 1]).long()].mean())
-        for t in PROBE_THRESHOLDS:
-            k = agree >= t
-            stats[f"iou_keep_t{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
-            stats[f"keep_t{round(t * 100)}"] = k.float().mean()
-        if iou is not None:
-            for t in SISD_PROBE_THRESHOLDS:
-                k = u[:, 0] >= t
-                stats[f"iou_keep_s{round(t * 100)}"] = torch.where(k, q[:, 0], q[:, 1]).mean()
-                stats[f"keep_s{round(t * 100)}"] = k.float().mean()
-        stats.update(_by_exactness(q, keep, agree, u[:, 0] if iou is not None else None))
+        sisd_given = u[:, 0] if iou is not None else None
+        for tag, signal, thresholds in _probe_arms(agree, sisd_given):
+            for t in thresholds:
+                stats[f"iou_keep_{tag}{round(t * 100)}"] = _arm_iou(q, signal >= t)
+                stats[f"keep_{tag}{round(t * 100)}"] = (signal >= t).float().mean()
+        stats.update(_by_exactness(q, keep, agree, sisd_given))
     return torch.where(keep[:, None], cand[:, 0], cand[:, 1]), stats
+
+
+def _probe_arms(agree: Tensor, sisd_given: Tensor | None) -> list[tuple[str, Tensor, tuple[float, ...]]]:
+    """The probed keep arms: (tag, Tensor[M] signal, thresholds): "t" the IoU arm on IoU(b*, b̃), and with SISD
+    "s" its estimate of b*."""
+    return [("t", agree, PROBE_THRESHOLDS)] + ([("s", sisd_given, SISD_PROBE_THRESHOLDS)] if sisd_given is not None
+                                                else [])
+
+
+def _arm_iou(q: Tensor, keep: Tensor, m: Tensor | None = None) -> Tensor:
+    """Mean IoU with the clean box (q: Tensor[M, 2] of b*, b̃) had b* been kept where Bool[M] `keep`, over the
+    objects of mask `m` (all if None)."""
+    r = torch.where(keep, q[:, 0], q[:, 1])
+    return (r if m is None else r[m]).mean()
 
 
 def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor, sisd_given: Tensor | None = None) -> dict[str, Tensor]:
@@ -100,14 +110,13 @@ def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor, sisd_given: Tensor | N
     for name, m in (("exact", exact), ("noised", ~exact)):
         if not m.any():
             continue
-        out[f"iou_keep_{name}"] = torch.where(keep, q[:, 0], q[:, 1])[m].mean()
+        out[f"iou_keep_{name}"] = _arm_iou(q, keep, m)
         out[f"keep_rate_{name}"] = keep[m].float().mean()
-        for t in PROBE_THRESHOLDS:
-            out[f"iou_keep_t{round(t * 100)}_{name}"] = torch.where(agree >= t, q[:, 0], q[:, 1])[m].mean()
+        for tag, signal, thresholds in _probe_arms(agree, sisd_given):
+            for t in thresholds:
+                out[f"iou_keep_{tag}{round(t * 100)}_{name}"] = _arm_iou(q, signal >= t, m)
         if sisd_given is not None:
             out[f"sisd_given_{name}"] = sisd_given[m].mean()
-            for t in SISD_PROBE_THRESHOLDS:
-                out[f"iou_keep_s{round(t * 100)}_{name}"] = torch.where(sisd_given >= t, q[:, 0], q[:, 1])[m].mean()
     return out
 
 
