@@ -23,6 +23,7 @@ def summarize(run: Path) -> dict:
             continue
         val = r.get("val") or {}
         epochs.append({"epoch": r["epoch"], "seconds": round(r["seconds"], 1),
+                       **({"eval_seconds": r["eval_seconds"]} if "eval_seconds" in r else {}),
                        **{k: round(val[k], 4) for k in ("AP", "AP50", "AP75") if k in val},
                        **{k: round(r["train"][k], 4) for k in TRAIN_KEYS if k in r.get("train", {})}})
     out = {"run": str(run), "epochs": epochs}

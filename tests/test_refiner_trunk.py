@@ -42,7 +42,8 @@ def test_reduce_then_pool_equals_pool_then_reduce(sampling_ratio):
     torch.testing.assert_close(embed(b, pooled[1], True), ref_b, rtol=1e-5, atol=1e-6)
 
 def _refiner(reduced: bool):
-    cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0)
+    cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
+                       trunk_reduce_train=True)  # the conv weight gradients are compared
     ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
     for m in ref.modules():  # N(0, 0.01) makes every output nearly equal: a weak check; use larger weights
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -92,3 +93,31 @@ def test_trunk_init_is_validated():
     cfg.ssddet.trunk_init = "kaiming"
     with pytest.raises(UserError, match="trunk_init"):
         validate(cfg, resume=False, output_given=True)
+
+
+def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
+    """trunk_reduce_train=false: the same function at init (the conv keeps its init weights), no gradient
+    reaches the conv weights or flows back through RoIAlign, the bias and the FCs still get gradients."""
+    feats = _features(2)
+    outs = {}
+    for train in (True, False):
+        torch.manual_seed(0)
+        cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
+                           trunk_reduce_train=train)
+        ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
+        ref.manual_seed(0).train()
+        trunks = ref._trunks()
+        assert [t[0].weight.requires_grad for t in trunks] == [train] * 2
+        maps, _ = ref._maps(feats)
+        assert all(m.requires_grad == train for m in maps.values())  # nothing for RoIAlign to scatter back
+        out = ref(feats, SIZES, BOXES, LABELS, progress=0.5)
+        sum(out.losses.values()).backward()
+        for t in trunks:
+            assert (t[0].weight.grad is not None) == train
+            assert t[0].bias.grad is not None and t[0].bias.grad.abs().sum() > 0
+            assert t[2].fc6.weight.grad.abs().sum() > 0
+        outs[train] = out
+    for a, b in zip(outs[True].refined, outs[False].refined):
+        torch.testing.assert_close(a, b)
+    for name in outs[True].losses:
+        torch.testing.assert_close(outs[True].losses[name], outs[False].losses[name])

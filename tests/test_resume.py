@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def epoch_records(out: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("time", "seconds")} for r in read_log(out)
+    return [{k: v for k, v in r.items() if k not in ("time", "seconds", "eval_seconds")} for r in read_log(out)
             if r["kind"] == "epoch"]
 
 

@@ -215,7 +215,9 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
 PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0,
             # the keep step kept every given box while trusted, trust followed the threshold step by step, and
             # there was no SISD arm (before the fields)
-            ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0}
+            ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
+            # the refiner's 1x1 trunk convs trained (before the field)
+            ("ssddet", "trunk_reduce_train"): True}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:

@@ -25,9 +25,12 @@ from ..profiling import scoped
 class ReducedTwoMLPHead(nn.Sequential):
     """1x1 conv C -> c + ReLU, then TwoMLPHead(c*R*R, D)."""
 
-    def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int):
+    def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int, train_reduce: bool = True):
         super().__init__(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU(inplace=True),
                          TwoMLPHead(reduce_channels * resolution * resolution, dim))
+        # A fixed conv weight (its init, a random projection C -> c) needs no gradient through RoIAlign; the
+        # bias is added after pooling (`from_reduced`) and trains either way.
+        self[0].weight.requires_grad_(train_reduce)
 
     def from_reduced(self, pooled: Tensor) -> Tensor:
         """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
@@ -35,9 +38,10 @@ class ReducedTwoMLPHead(nn.Sequential):
         return self[2](torch.relu(pooled + self[0].bias.view(1, -1, 1, 1)))
 
 
-def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0) -> nn.Module:
+def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0,
+                train_reduce: bool = True) -> nn.Module:
     if reduce_channels and reduce_channels > 0:
-        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim)
+        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce)
     return TwoMLPHead(in_channels * resolution * resolution, dim)
 
 
