@@ -699,7 +699,8 @@ def ssddet_settings(cells: list[dict]) -> str:
         by_noise.setdefault(c["noise"], set()).add(
             f"`sampler={s.get('sampler')}`, `max_objects_per_image={s.get('max_objects_per_image')}`, "
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
-            f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`"
+            f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`, "
+            f"`trunk_reduce_train={str(s['trunk_reduce_train']).lower()}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                if s["keep_given"] else "")
             # the trusted rule acted only in runs that trusted their boxes (TRUSTED_ONLY)

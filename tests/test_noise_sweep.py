@@ -125,9 +125,9 @@ def test_full_table_and_headline(sweep):
     assert "seed spread not measured (1 seed)" in md and "4 of 17 planned cells" in md
     # the settings each SSD-Det cell trained with, from its recorded spec (predated fields: what the code then did)
     assert ("every level: `sampler=large`, `max_objects_per_image=4`, `selection=random`, `keep_given=false`, "
-            "`w_det=4`, `model.box_bg_iou_thresh=0.5` / `sampler=large`, `max_objects_per_image=8`, "
-            "`selection=oldest`, `keep_given=true`, `w_det=1`, `model.box_bg_iou_thresh=0.4`, `keep_iou=0`, "
-            "`trust_agreement=0`") in md
+            "`w_det=4`, `model.box_bg_iou_thresh=0.5`, `trunk_reduce_train=true` / `sampler=large`, "
+            "`max_objects_per_image=8`, `selection=oldest`, `keep_given=true`, `w_det=1`, "
+            "`model.box_bg_iou_thresh=0.4`, `trunk_reduce_train=true`, `keep_iou=0`, `trust_agreement=0`") in md
     head = sweep.headline(summary)
     lines = head.splitlines()
     assert lines[0] == ("| box noise | Faster R-CNN test AP | SSD-Det test AP | SSD-Det boxes: IoU noisy → refined |")
