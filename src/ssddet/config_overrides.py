@@ -210,13 +210,11 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
     return cfg
 
 
-# Fields whose default changed, with what a run whose config.json predates the field trained with: resuming it
-# must go on as it started.
+# Changed defaults, with what a run whose config.json predates the field trained with (it resumes as it started)
 PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0,
-            # the keep step kept every given box while trusted, trust followed the threshold step by step, and
-            # there was no SISD arm (before the fields)
+            # the keep step kept every given box while trusted, trust followed the threshold step by step, there
+            # was no SISD arm, and the refiner's 1x1 trunk convs trained (before the fields)
             ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
-            # the refiner's 1x1 trunk convs trained (before the field)
             ("ssddet", "trunk_reduce_train"): True}
 
 

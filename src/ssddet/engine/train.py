@@ -347,16 +347,14 @@ class Trainer:
                 metrics = self.evaluate()
                 if self.main:
                     log.info("epoch %d val: %s", self.epoch, format_metrics(metrics))
-            t_eval = time.time() - t_eval
-            # reads of unreadable images skipped this epoch (training and validation), summed over the processes;
-            # a collective, so it also stands where the barrier before rank 0's files was
+            # unreadable images skipped this epoch (train, val) over the processes; a collective: also the barrier
             skipped_images = sum(gather_objects(self.bad_images.count - bad_before))
             self.skipped_images += skipped_images
             if self.main:
                 # logged before the checkpoint: a crash in between re-runs the epoch, and the resumed run
                 # drops this record (iteration > the checkpoint's); the other order would lose it for good
                 self.logger.write({"epoch": self.epoch, "iteration": self.iteration,
-                                   "seconds": time.time() - t0, "eval_seconds": round(t_eval, 2),
+                                   "seconds": time.time() - t0, "eval_seconds": round(time.time() - t_eval, 2),
                                    "skipped_steps": self.skipped, "skipped_images": skipped_images,
                                    "train": train_means, "val": metrics,
                                    **({"stopped": "time budget"} if stop else {})},
