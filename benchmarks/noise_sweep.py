@@ -830,6 +830,12 @@ def headline(summary: dict) -> str:
     return "\n".join(out)
 
 
+def _refiner_spec(cell: dict) -> dict:
+    """A cell's SSD-Det section, the fields it predates filled in (what its refiner trained with)."""
+    then = {k: v for (sec, k), v in PREDATED_FIELDS.items() if sec == "ssddet"}
+    return {**then, **cell.get("spec", {}).get("ssddet", {})}
+
+
 def user_twins(cells: list[dict]) -> tuple[bool, str]:
     """(whether the user-path row is left out, a sentence on it). When every user-path cell scores exactly what its
     `--noise` twin (same level and seed) scores, the two paths trained on the same boxes alike: the row is a
@@ -841,6 +847,12 @@ def user_twins(cells: list[dict]) -> tuple[bool, str]:
     if not user:
         return False, ""
     if any(plain.get((c["noise"], c["seed"])) != c["test"]["AP"] for c in user):
+        twins = {(t["noise"], t["seed"]): t for t in cells if t["method"] == "ssddet" and not t.get("variant")}
+        if any(_refiner_spec(c) != _refiner_spec(twins[(c["noise"], c["seed"])]) for c in user
+               if (c["noise"], c["seed"]) in twins):
+            return False, ("The user-path cells trained with other SSD-Det settings than their `--noise` twins (the "
+                           "settings line names both), so the two rows differ by those settings and by the machines, "
+                           "not by the path (docs/benchmarks.md, \"Run to run\").")
         host = {(c["noise"], c["seed"], c.get("variant", "")): (c.get("machine") or {}).get("host") for c in cells
                 if c["method"] == "ssddet"}
         # a twin without a machine record may have run anywhere

@@ -435,6 +435,9 @@ def test_headline_shows_oamil_both_ways_and_the_user_path_as_a_determinism_check
         c["machine"] = {"host": "a", "cpus": 2}
     head = sweep.headline(_summary(sweep, cells))
     assert "| 40% (user path) |" in head and "different machines" not in head  # same host, and still apart
+    cells[-2]["spec"] = {"ssddet": {"trunk_reduce_train": False}}  # the --noise twin re-run under a new default
+    head = sweep.headline(_summary(sweep, cells))
+    assert "| 40% (user path) |" in head and "other SSD-Det settings than their `--noise` twins" in head
 
 
 def test_partial_rows_report_the_exact_and_the_noised_boxes_apart(sweep, tmp_path):

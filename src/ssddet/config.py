@@ -124,9 +124,9 @@ class SSDDetConfig:
     warmup_frac: float = 0.3
     trunk_dim: int = 256  # paper: 1024
     trunk_reduce: int = 32  # >0: 1x1 conv to this many channels before the trunk FCs (paper: 0)
-    # false: that 1x1 conv stays a fixed random projection (its init; its bias still trains), so no gradient has
-    # to flow back through the refiner's RoIAlign, the largest part of its step; measured equal or better at 40 %
-    # noise (docs/benchmarks.md, "Training speed"). true: the conv trains (before the field)
+    # false: that 1x1 conv stays a fixed random projection (its init; its bias still trains), so with
+    # detach_features no gradient flows back through the refiner's RoIAlign, the largest part of its step; within
+    # the seed spread at 40 % noise (docs/benchmarks.md, "Training speed"). true: the conv trains (before the field)
     trunk_reduce_train: bool = False
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
