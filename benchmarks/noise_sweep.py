@@ -684,6 +684,12 @@ def _f(v, pct=False) -> str:
     return "–" if v is None else (f"{100 * v:.0f}%" if pct else f"{v:.3f}")
 
 
+def _refiner_spec(cell: dict) -> dict:
+    """A cell's SSD-Det section, the fields it predates filled in (what its refiner trained with)."""
+    then = {k: v for (sec, k), v in PREDATED_FIELDS.items() if sec == "ssddet"}
+    return {**then, **cell.get("spec", {}).get("ssddet", {})}
+
+
 def ssddet_settings(cells: list[dict]) -> str:
     """What the SSD-Det cells (and so their +FR exports) were trained with, per noise level, from their recorded
     specs: the bag, the per-image cap and its selection, the keep-the-box step (its trusted rule where a cell
@@ -692,8 +698,7 @@ def ssddet_settings(cells: list[dict]) -> str:
     for c in cells:
         if c["method"] != "ssddet":
             continue
-        then = {k: v for (sec, k), v in PREDATED_FIELDS.items() if sec == "ssddet"}  # what older cells ran
-        s = {**then, **c.get("spec", {}).get("ssddet", {})}
+        s = _refiner_spec(c)
         band = c.get("spec", {}).get("model", {}).get("box_bg_iou_thresh",
                                                        PREDATED_FIELDS[("model", "box_bg_iou_thresh")])
         by_noise.setdefault(c["noise"], set()).add(
@@ -828,12 +833,6 @@ def headline(summary: dict) -> str:
             "side); every cell, per-class AP and the seed spread: "
             "[docs/benchmarks.md](docs/benchmarks.md#the-noise-sweep)."]
     return "\n".join(out)
-
-
-def _refiner_spec(cell: dict) -> dict:
-    """A cell's SSD-Det section, the fields it predates filled in (what its refiner trained with)."""
-    then = {k: v for (sec, k), v in PREDATED_FIELDS.items() if sec == "ssddet"}
-    return {**then, **cell.get("spec", {}).get("ssddet", {})}
 
 
 def user_twins(cells: list[dict]) -> tuple[bool, str]:
