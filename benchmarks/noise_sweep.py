@@ -707,6 +707,7 @@ def ssddet_settings(cells: list[dict]) -> str:
             f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`, "
             f"`trunk_reduce_train={str(s['trunk_reduce_train']).lower()}`"
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
+               + (f", `trust_mode={s['trust_mode']:g}`" if s.get("trust_mode") else "")
                if s["keep_given"] else "")
             # the trusted rule acted only in runs that trusted their boxes (TRUSTED_ONLY)
             + (f", `trusted_keep_iou={s['trusted_keep_iou']:g}`"

@@ -164,13 +164,14 @@ def test_trust_with_a_bag_it_was_not_set_for_warns(caplog):
     """The trust threshold is the large bag's: a smaller bag agrees with noisy boxes as well, so the run says so."""
     with caplog.at_level("WARNING", logger="ssddet"):
         _resolve("--output", "o")
-        assert "trust_agreement" not in caplog.text
-        _resolve("--output", "o", "--set", "ssddet.sampler=small")
+        assert "trust_" not in caplog.text
+        _resolve("--output", "o", "--set", "ssddet.sampler=small", "--set", "ssddet.trust_agreement=0.68")
+    assert "ssddet.trust_mode=0.72 was set for the large bag" in caplog.text
     assert "ssddet.trust_agreement=0.68 was set for the large bag" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="ssddet"):
-        _resolve("--output", "o", "--set", "ssddet.sampler=small", "--set", "ssddet.trust_agreement=0")
-    assert "trust_agreement" not in caplog.text
+        _resolve("--output", "o", "--set", "ssddet.sampler=small", "--set", "ssddet.trust_mode=0")
+    assert "trust_" not in caplog.text
 
 
 def test_unknown_sampler_is_a_user_error():

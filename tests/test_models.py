@@ -426,6 +426,11 @@ def test_ssddet_lifts_the_ignore_band_while_it_trusts_the_given_boxes():
         return band, int(labels[0][0])
 
     assert label_at(0.9) == (True, -1)  # nothing known about the boxes yet: the band
+    method.refiner.keep.mode.fill_(cfg.ssddet.trust_mode + 0.01)  # the default rule: a mode of exact boxes
+    assert label_at(0.9) == (False, 0)
+    method.refiner.keep.mode.fill_(cfg.ssddet.trust_mode - 0.03)
+    assert label_at(0.9) == (True, -1)
+    cfg.ssddet.trust_agreement = 0.68  # the dataset-wide rule, an option
     method.refiner.keep.agreement.fill_(cfg.ssddet.trust_agreement + 0.01)
     assert label_at(0.9) == (False, 0)  # trusted: vanilla's sampling
     assert label_at(0.1) == (True, -1)  # the warm-up never trusts

@@ -227,7 +227,7 @@ def test_target_momentum_is_off_while_the_given_boxes_are_trusted(monkeypatch):
     from ssddet.config import SSDDetConfig
 
     new = torch.tensor([[40.0, 20.0, 80.0, 60.0]])
-    method = _fake_refined_method(monkeypatch, SSDDetConfig(target_momentum=0.5, warmup_frac=0.0), new)
+    method = _fake_refined_method(monkeypatch, SSDDetConfig(target_momentum=0.5, warmup_frac=0.0, trust_agreement=0.68), new)
     method.refiner.keep.agreement.fill_(0.99)  # the refiner keeps every given box: those are the targets
     method.bank.update(torch.tensor([7]), torch.tensor([[0.0, 0.0, 0.1, 0.1]]))
     target = {"boxes": new.clone(), "labels": torch.tensor([1]), "ann_ids": torch.tensor([7])}
@@ -361,6 +361,7 @@ def test_refining_another_file_takes_the_trust_from_that_file(tiny_ssddet_run, t
         yield slice(0, len(b)), SimpleNamespace(refined=[b])
 
     monkeypatch.setattr(refine_mod, "refine_view", shifted)
+    method.refiner.cfg.trust_agreement = 0.68  # the mean rule (the mode rule needs more boxes than this set has)
     method.refiner.keep.trust_on.fill_(1.0)
     mean = refine_mod.trust_from_records(method, records, torch.device("cpu"))
     assert mean == pytest.approx(1 / 3, abs=1e-4) and float(method.refiner.keep.agreement) == pytest.approx(mean)
@@ -370,7 +371,8 @@ def test_refining_another_file_takes_the_trust_from_that_file(tiny_ssddet_run, t
                                                                                 SimpleNamespace(refined=[v.boxes]))]))
     assert refine_mod.trust_from_records(method, records, torch.device("cpu")) == pytest.approx(1.0)
     assert method.refiner.keep.trusted(None)
-    method.refiner.cfg.trust_agreement = 0.0
+    assert torch.isnan(method.refiner.keep.mode)  # fewer boxes than the mode rule needs: it does not decide
+    method.refiner.cfg.trust_agreement = method.refiner.cfg.trust_mode = 0.0
     assert refine_mod.trust_from_records(method, records, torch.device("cpu")) is None  # no trust to decide
     assert aligned_iou(torch.tensor([[0.0, 0, 2, 1]]), torch.tensor([[1.0, 0, 3, 1]])).item() == pytest.approx(1 / 3)
     monkeypatch.undo()

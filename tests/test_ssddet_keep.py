@@ -7,7 +7,7 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from ssddet.config import SSDDetConfig
-from ssddet.models.ssddet.keep import keep_the_box
+from ssddet.models.ssddet.keep import MIN_MODE_COUNT, KeepTheBox, agreement_modes, keep_the_box
 from ssddet.models.ssddet.refiner import SSDDetRefiner
 
 C, R, K = 8, 3, 3
@@ -27,7 +27,8 @@ def _features(seed=0):
 
 def _refiner(**kw):
     torch.manual_seed(0)
-    cfg = SSDDetConfig(**{"trunk_dim": 32, "num_negatives": 40, "trunk_reduce": 0, "trust_agreement": 0.0, **kw})
+    cfg = SSDDetConfig(**{"trunk_dim": 32, "num_negatives": 40, "trunk_reduce": 0, "trust_agreement": 0.0, "trust_mode": 0.0,
+                        **kw})
     return SSDDetRefiner(cfg, K, MultiScaleRoIAlign(["0", "1", "2", "3"], R, 2), in_channels=C,
                          resolution=R).manual_seed(0).train()
 
@@ -166,7 +167,7 @@ def test_trust_has_hysteresis_and_old_checkpoints_load():
     from ssddet.config import SSDDetConfig
     from ssddet.models.ssddet.keep import KeepTheBox
 
-    keep = KeepTheBox(SSDDetConfig(trust_agreement=0.68, trust_margin=0.02, warmup_frac=0.0))
+    keep = KeepTheBox(SSDDetConfig(trust_agreement=0.68, trust_mode=0.0, trust_margin=0.02, warmup_frac=0.0))
     cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 10]]])
     cls = torch.ones(1, 2)
     trace = []
@@ -219,3 +220,78 @@ def test_statistics_come_apart_for_the_exact_and_the_noised_given_boxes():
     assert s_stats["iou_keep_s80_exact"] == 1.0 and "iou_keep_s70" not in stats  # without SISD: no SISD arm
     _, no_noised = keep_the_box(cand[:1], cls[:1], None, keep_iou=0.0, clean=clean[:1])
     assert "iou_keep_noised" not in no_noised and "iou_keep_exact" in no_noised
+
+
+def _agreements(exact: int, noised: int, seed: int = 0) -> torch.Tensor:
+    """Agreements IoU(b*, b̃) as BCCD's refiners give them: exact boxes N(0.80, 0.06), noised ones N(0.45, 0.12)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([0.80 + 0.06 * torch.randn(exact, generator=g),
+                      0.45 + 0.12 * torch.randn(noised, generator=g)]).clamp(0, 1)
+
+
+def test_the_mixture_finds_the_mode_of_the_exact_boxes():
+    """Half exact, half noised: the two modes come back at their means and weights; sorted by mean."""
+    w, mu, sd = agreement_modes(_agreements(2000, 2000))
+    assert mu[1] == pytest.approx(0.80, abs=0.01) and mu[0] == pytest.approx(0.45, abs=0.015)
+    assert sd[1] == pytest.approx(0.06, abs=0.01) and w[1] == pytest.approx(0.5, abs=0.03)
+    one = agreement_modes(0.63 + 0.1 * torch.randn(4000, generator=torch.Generator().manual_seed(1)))[1]
+    assert one[1] < 0.72  # every box a little off (BCCD 20 % on every box: highest mode 0.63): no mode that high
+
+
+def _cfg(**kw):
+    return SSDDetConfig(**{"trust_mode": 0.72, "trust_agreement": 0.0, "trust_window": 1024, "warmup_frac": 0.0,
+                           "keep_iou": 0.0, **kw})
+
+
+def test_mostly_right_boxes_are_trusted_box_by_box():
+    """A window of mostly exact boxes: trusted once MIN_MODE_COUNT agreements are in; then b* is kept where
+    IoU(b*, b̃) >= trusted_keep_iou (object 0: 0.8) and replaced below (object 1: 0.3), whatever the scores."""
+    keep = KeepTheBox(_cfg(trusted_keep_iou=0.5)).train()
+    cand = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 8]],  # agreement 0.8
+                         [[0.0, 0, 10, 3], [0, 0, 10, 10]]])  # agreement 0.3
+    cls = torch.tensor([[0.2, 0.9], [0.9, 0.2]])  # the scores prefer b̃ for object 0, b* for object 1
+    keep.update(_agreements(MIN_MODE_COUNT - 10, 0)[: MIN_MODE_COUNT - 10])
+    box, stats = keep(cand, cls, None, progress=0.5)  # 8 short of the count: nothing decided, the scores rule
+    assert stats["given_trusted"] == 0.0 and stats["agreement_mode"] == 0.0
+    assert torch.equal(box, torch.stack([cand[0, 1], cand[1, 0]]))
+    keep.update(_agreements(800, 200, seed=1))
+    box, stats = keep(cand, cls, None, progress=0.5)
+    assert stats["given_trusted"] == 1.0 and 0.77 < float(stats["agreement_mode"]) < 0.83
+    assert torch.equal(box, torch.stack([cand[0, 0], cand[1, 1]]))
+
+
+def test_boxes_that_are_all_a_little_off_are_not_trusted_and_the_window_slides():
+    """Every box at 20 %-level noise (agreements around 0.63): the highest mode stays below trust_mode. Then a
+    window of exact boxes replaces them (the oldest go first) and trust begins; it ends only below the margin."""
+    keep = KeepTheBox(_cfg()).train()
+    g = torch.Generator().manual_seed(2)
+    keep.update((0.63 + 0.1 * torch.randn(1024, generator=g)).clamp(0, 1))
+    assert not keep.trusted(0.5) and float(keep.mode) < 0.72
+    keep.update(_agreements(1024, 0, seed=3))
+    assert torch.isfinite(keep.recent).all() and float(keep.recent.mean()) > 0.78  # the old ones are gone
+    assert keep.trusted(0.5)
+    keep.trust_on.fill_(1.0)
+    keep.mode.fill_(0.71)
+    assert keep.trusted(0.5)  # within the margin
+    keep.mode.fill_(0.69)
+    assert not keep.trusted(0.5)
+
+
+def test_the_mode_is_saved_and_old_checkpoints_load_without_it():
+    """`recent`, `recent_pos` and `mode` travel with the model (resume, refine); a checkpoint from before the mode
+    rule loads with an empty window (nothing decided by it); `set_from` takes another file's agreements."""
+    keep = KeepTheBox(_cfg()).train()
+    keep.update(_agreements(600, 100))
+    state = keep.state_dict()
+    fresh = KeepTheBox(_cfg()).eval()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.recent.nan_to_num(-1), keep.recent.nan_to_num(-1))
+    assert int(fresh.recent_pos) == 700 and fresh.trusted(None)
+    for k in ("mode", "recent", "recent_pos"):
+        del state[k]
+    fresh.load_state_dict(state)
+    assert torch.isnan(fresh.mode) and torch.isnan(fresh.recent).all() and not fresh.trusted(None)
+    fresh.set_from(0.63 + 0.1 * torch.randn(2000, generator=torch.Generator().manual_seed(4)))
+    assert not fresh.trusted(None) and float(fresh.agreement) == pytest.approx(0.63, abs=0.01)
+    fresh.set_from(_agreements(1500, 500))
+    assert fresh.trusted(None) and float(fresh.trust_on) == 0.0

@@ -215,7 +215,9 @@ PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epoch
             # the keep step kept every given box while trusted, trust followed the threshold step by step, there
             # was no SISD arm, and the refiner's 1x1 trunk convs trained (before the fields)
             ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
-            ("ssddet", "trunk_reduce_train"): True}
+            ("ssddet", "trunk_reduce_train"): True,
+            # ... and trust came from the running mean of the agreements alone, not from their highest mode
+            ("ssddet", "trust_mode"): 0.0, ("ssddet", "trust_window"): 2048}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
@@ -366,7 +368,7 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
-    for name in ("trust_margin", "trusted_keep_iou", "keep_sisd"):  # IoU differences / thresholds
+    for name in ("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode"):  # IoU differences / thresholds
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             raise UserError(f"ssddet.{name} must be a number in [0, 1], got {value!r}")
@@ -378,13 +380,16 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     e = s.refiner_decay_epochs
     if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < float("inf"):
         raise UserError(f"ssddet.refiner_decay_epochs must be a number of epochs >= 0 (0: off), got {e!r}")
-    if s.keep_given and s.trust_agreement > 0 and s.sampler != "large":
-        # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD 20 %
-        # noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8
-        log.warning(
-            "ssddet.trust_agreement=%g was set for the large bag; with sampler=%s the refiner agrees with noisy "
-            "boxes too, so set ssddet.trust_agreement=0 (or a value measured for that bag)", s.trust_agreement,
-            s.sampler)
+    w = s.trust_window
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise UserError(f"ssddet.trust_window must be a whole number of agreements >= 1, got {w!r}")
+    for name in ("trust_agreement", "trust_mode"):
+        if s.keep_given and getattr(s, name) > 0 and s.sampler != "large":
+            # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD
+            # 20 % noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8
+            log.warning("ssddet.%s=%g was set for the large bag; with sampler=%s the refiner agrees with noisy "
+                        "boxes too, so set ssddet.%s=0 (or a value measured for that bag)", name, getattr(s, name),
+                        s.sampler, name)
     from .data.images import check_policy
 
     check_policy(cfg.data.on_bad_image)

@@ -136,31 +136,32 @@ def mirror_refine(method, features: dict, size: tuple[int, int], boxes, labels) 
 
 @torch.no_grad()
 def trust_from_records(method, records, device, chunk: int = 32, bad: BadImages | None = None) -> float | None:
-    """Set the keep step's trust from `records` themselves: their mean IoU(b*, b̃) (the merged box before the
-    keep step) becomes its `agreement`, with no trust carried over (`trust_on` 0), so the threshold decides afresh.
-    For refining a file other than the run's training boxes: the running mean of training says how far the
-    refiner agreed with *those* boxes, not with these (docs/method.md §3.1 step 8). One extra refiner pass.
-    Returns the mean, or None where the run has no dataset trust (no keep step, or trust_agreement 0)."""
+    """Set the keep step's trust from `records` themselves: their agreements IoU(b*, b̃) (the merged box before the
+    keep step) become its memory (`KeepTheBox.set_from`: their mean and their highest mode), with no trust carried
+    over, so the thresholds decide afresh. For refining a file other than the run's training boxes: the memory of
+    training says how far the refiner agreed with *those* boxes, not with these (docs/method.md §3.1 step 8). One
+    extra refiner pass. Returns the mean, or None where the run has no dataset trust (no keep step, or neither
+    trust_mode nor trust_agreement on)."""
     refiner = method.refiner
     keep = refiner.keep
-    if keep is None or not refiner.cfg.keep_given or refiner.cfg.trust_agreement <= 0:
+    if keep is None or not refiner.cfg.keep_given or (refiner.cfg.trust_agreement <= 0
+                                                      and refiner.cfg.trust_mode <= 0):
         return None
-    total, n = 0.0, 0
+    agree = []
     refiner.cfg.keep_given = False  # b̃ itself
     try:
         for view in image_views(method, records, device, bad, desc="agreement"):
             for part, res in refine_view(method, view, chunk):
-                total += float(aligned_iou(view.boxes[part].float(), res.refined[0].float()).sum())
-                n += len(res.refined[0])
+                agree.append(aligned_iou(view.boxes[part].float(), res.refined[0].float()).cpu())
     finally:
         refiner.cfg.keep_given = True
-    if n == 0:
+    if not agree or not len(torch.cat(agree)):
         return None
-    keep.agreement.fill_(total / n)
-    keep.trust_on.fill_(0.0)
-    log.info("keep step: the refined boxes' own agreement %.3f decides the trust (threshold %g): %s", total / n,
-             refiner.cfg.trust_agreement, "trusted" if keep.trusted(None) else "not trusted")
-    return total / n
+    keep.set_from(torch.cat(agree))
+    log.info("keep step: the refined boxes' own agreements (mean %.3f, highest mode %.3f) decide the trust "
+             "(thresholds: mode %g, mean %g; 0: off): %s", float(keep.agreement), float(keep.mode),
+             refiner.cfg.trust_mode, refiner.cfg.trust_agreement, "trusted" if keep.trusted(None) else "not trusted")
+    return float(keep.agreement)
 
 
 def refine_records(method, records, device, chunk: int = 32, bad: BadImages | None = None,
