@@ -295,3 +295,13 @@ def test_the_mode_is_saved_and_old_checkpoints_load_without_it():
     assert not fresh.trusted(None) and float(fresh.agreement) == pytest.approx(0.63, abs=0.01)
     fresh.set_from(_agreements(1500, 500))
     assert fresh.trusted(None) and float(fresh.trust_on) == 0.0
+
+
+def test_the_warm_up_feeds_the_mean_but_not_the_window():
+    """During the warm-up the refiner barely moves any box, so its agreements say nothing about exact boxes: they
+    move the running mean only; after it they fill the window."""
+    keep = KeepTheBox(_cfg(warmup_frac=0.3)).train()
+    keep.update(_agreements(1000, 0), progress=0.1)
+    assert torch.isnan(keep.recent).all() and torch.isnan(keep.mode) and float(keep.agreement) > 0.7
+    keep.update(_agreements(1000, 0), progress=0.3)
+    assert int(torch.isfinite(keep.recent).sum()) == 1000 and float(keep.mode) > 0.75
