@@ -118,6 +118,9 @@ def test_full_table_and_headline(sweep):
     cells[2]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 4}}  # before selection/keep_given
     cells[3]["spec"] = {"ssddet": {"sampler": "large", "max_objects_per_image": 8, "selection": "oldest",
                                    "keep_given": True, "w_det": 1.0}, "model": {"box_bg_iou_thresh": 0.4}}
+    mode = {**cells[3], "seed": 2, "spec": {**cells[3]["spec"], "ssddet": {**cells[3]["spec"]["ssddet"],
+                                                                            "trust_mode": 0.72}}}
+    assert "`trust_agreement=0`, `trust_mode=0.72`" in sweep.ssddet_settings([mode])  # named where it is on
     summary = _summary(sweep, cells)
     md = sweep.markdown(summary)
     assert ("| 40% | ssddet | 0,1 | 0.320 ± 0.028 | 0.640 ± 0.057 | 0.160 ± 0.014 | 0.320 | 0.000 | 55% | "
