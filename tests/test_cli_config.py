@@ -236,6 +236,10 @@ def test_training_fractions_must_lie_in_0_1():
         for bad in ("1.5", "-0.1"):
             with pytest.raises(UserError, match=f"ssddet.{key} must be a fraction of training"):
                 _resolve("--set", f"ssddet.{key}={bad}")
+    with pytest.raises(UserError, match="ssddet.trust_mode must be a number in"):
+        _resolve("--set", "ssddet.trust_mode=1.2")
+    with pytest.raises(UserError, match="ssddet.trust_window must be a whole number"):
+        _resolve("--set", "ssddet.trust_window=0")
 
 
 def test_resuming_a_run_that_predates_a_changed_default_goes_on_as_it_started(tmp_path):

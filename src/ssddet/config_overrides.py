@@ -364,14 +364,12 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         raise UserError(f"ssddet.trunk_init must be one of {', '.join(TRUNK_INITS)}, got {cfg.ssddet.trunk_init!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     s = cfg.ssddet
-    for name in ("warmup_frac", "det_ramp", "band_until", "det_reset"):  # fractions of training
-        value = getattr(s, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise UserError(f"ssddet.{name} must be a fraction of training in [0, 1], got {value!r}")
-    for name in ("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode"):  # IoU differences / thresholds
-        value = getattr(s, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise UserError(f"ssddet.{name} must be a number in [0, 1], got {value!r}")
+    for names, what in ((("warmup_frac", "det_ramp", "band_until", "det_reset"), "a fraction of training"),
+                        (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode"), "a number")):  # IoUs
+        for name in names:
+            value = getattr(s, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise UserError(f"ssddet.{name} must be {what} in [0, 1], got {value!r}")
     m = s.target_momentum
     if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 <= m < 1.0:
         raise UserError(f"ssddet.target_momentum must be in [0, 1) (0: off), got {m!r}")
@@ -380,16 +378,12 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     e = s.refiner_decay_epochs
     if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < float("inf"):
         raise UserError(f"ssddet.refiner_decay_epochs must be a number of epochs >= 0 (0: off), got {e!r}")
-    w = s.trust_window
-    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-        raise UserError(f"ssddet.trust_window must be a whole number of agreements >= 1, got {w!r}")
-    for name in ("trust_agreement", "trust_mode"):
-        if s.keep_given and getattr(s, name) > 0 and s.sampler != "large":
-            # a tighter bag moves every box less, so the agreement of noisy boxes reaches the threshold too (BCCD
-            # 20 % noise, small bag: 0.74-0.80, every noisy box kept); docs/method.md 3.1 step 8
-            log.warning("ssddet.%s=%g was set for the large bag; with sampler=%s the refiner agrees with noisy "
-                        "boxes too, so set ssddet.%s=0 (or a value measured for that bag)", name, getattr(s, name),
-                        s.sampler, name)
+    if isinstance(s.trust_window, bool) or not isinstance(s.trust_window, int) or s.trust_window < 1:
+        raise UserError(f"ssddet.trust_window must be a whole number of agreements >= 1, got {s.trust_window!r}")
+    for name in ("trust_agreement", "trust_mode"):  # a tighter bag moves every box less, so noisy boxes agree
+        if s.keep_given and getattr(s, name) > 0 and s.sampler != "large":  # too (BCCD 20 %, small bag: 0.74-0.80)
+            log.warning("ssddet.%s=%g was set for the large bag; with sampler=%s the refiner agrees with noisy boxes "
+                        "too, so set it to 0 (or a value measured for that bag)", name, getattr(s, name), s.sampler)
     from .data.images import check_policy
 
     check_policy(cfg.data.on_bad_image)
