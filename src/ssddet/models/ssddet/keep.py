@@ -155,7 +155,7 @@ class KeepTheBox(nn.Module):
     `agreement` reaches cfg.trust_agreement (> 0), and ends when the rule that holds it falls below its threshold
     minus cfg.trust_margin (`trust_on`, a buffer: no step-by-step flipping at the threshold); while trusted, each
     b* is kept where IoU(b*, b̃) >= cfg.trusted_keep_iou. During the warm-up (cfg.warmup_frac of the schedule,
-    while the refiner is still worse than any box) the steps only feed the memory. In eval mode (`ssddet refine`,
+    while the refiner is still worse than any box) the steps only feed the running mean. In eval mode (`ssddet refine`,
     `audit`) the state of the end of training decides (`set_from` sets it from other boxes). Under DDP every
     process starts each step from rank 0's buffers (DistributedDataParallel broadcasts buffers at every forward)
     and folds in its own batch."""
