@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 import ssddet.models.ssddet.keep as keep_mod
+from ssddet.models.ssddet.keep import agreement_modes
 from ssddet.data.boxes import aligned_iou_np
 from ssddet.data.dataset import load_image, record_target
 from ssddet.data.splits import training_split_json
@@ -137,23 +138,10 @@ def by_group(q: dict[str, np.ndarray], agree: np.ndarray, groups: dict[str, np.n
               f"b̃ {q['merged'][m].mean():.3f} {rules}; SISD b* {sisd[m, 0].mean():.3f} b̃ {sisd[m, 1].mean():.3f}")
 
 
-def two_modes(a: np.ndarray, iters: int = 200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A two-Gaussian mixture of the agreements Array[N] by EM -> (weights, means, SDs, responsibilities
-    Array[N, 2]); started at the quartiles."""
-    mu, sd, w = np.quantile(a, [0.25, 0.75]), np.full(2, a.std() + 1e-3), np.full(2, 0.5)
-    for _ in range(iters):
-        p = w * np.exp(-(a[:, None] - mu) ** 2 / (2 * sd ** 2)) / sd
-        r = p / np.maximum(p.sum(1, keepdims=True), 1e-300)
-        w = r.mean(0)
-        mu = (r * a[:, None]).sum(0) / r.sum(0)
-        sd = np.sqrt((r * (a[:, None] - mu) ** 2).sum(0) / r.sum(0)) + 1e-3
-    return w, mu, sd, r
-
-
 def modes(q: dict[str, np.ndarray], agree: np.ndarray) -> None:
     """The shape of the agreement distribution (a candidate signal for the keep rule, docs/benchmarks.md): the two
     modes, their separation (difference of the means over the pooled SD) and what the IoU arm at 0.5 gives."""
-    w, mu, sd, _ = two_modes(agree)
+    w, mu, sd = (t.numpy() for t in agreement_modes(torch.from_numpy(agree)))  # the keep step's own fit
     sep = abs(mu[1] - mu[0]) / np.sqrt((sd ** 2).mean())
     t50 = np.where(agree >= 0.5, q["given"], q["merged"]).mean()
     print(f"  agreement modes: weights {w.round(2)}, means {mu.round(3)}, SDs {sd.round(3)}, separation "
