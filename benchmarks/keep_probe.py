@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 import ssddet.models.ssddet.keep as keep_mod
-from ssddet.models.ssddet.keep import agreement_modes
 from ssddet.data.boxes import aligned_iou_np
 from ssddet.data.dataset import load_image, record_target
 from ssddet.data.splits import training_split_json
 from ssddet.engine.refine import load_refiner_method
+from ssddet.models.ssddet.keep import agreement_modes
 
 KEYS = ("given", "spsd1", "stage1", "merged", "merged_flip", "clean", "cls", "sisd", "label", "image_id")
 

@@ -227,7 +227,8 @@ def test_target_momentum_is_off_while_the_given_boxes_are_trusted(monkeypatch):
     from ssddet.config import SSDDetConfig
 
     new = torch.tensor([[40.0, 20.0, 80.0, 60.0]])
-    method = _fake_refined_method(monkeypatch, SSDDetConfig(target_momentum=0.5, warmup_frac=0.0, trust_agreement=0.68), new)
+    cfg = SSDDetConfig(target_momentum=0.5, warmup_frac=0.0, trust_agreement=0.68)
+    method = _fake_refined_method(monkeypatch, cfg, new)
     method.refiner.keep.agreement.fill_(0.99)  # the refiner keeps every given box: those are the targets
     method.bank.update(torch.tensor([7]), torch.tensor([[0.0, 0.0, 0.1, 0.1]]))
     target = {"boxes": new.clone(), "labels": torch.tensor([1]), "ann_ids": torch.tensor([7])}

@@ -27,8 +27,8 @@ def _features(seed=0):
 
 def _refiner(**kw):
     torch.manual_seed(0)
-    cfg = SSDDetConfig(**{"trunk_dim": 32, "num_negatives": 40, "trunk_reduce": 0, "trust_agreement": 0.0, "trust_mode": 0.0,
-                        **kw})
+    cfg = SSDDetConfig(**{"trunk_dim": 32, "num_negatives": 40, "trunk_reduce": 0, "trust_agreement": 0.0,
+                          "trust_mode": 0.0, **kw})
     return SSDDetRefiner(cfg, K, MultiScaleRoIAlign(["0", "1", "2", "3"], R, 2), in_channels=C,
                          resolution=R).manual_seed(0).train()
 
