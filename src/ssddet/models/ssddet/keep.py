@@ -13,8 +13,8 @@ a mildly noisy box. What tells them apart is the *shape* of the agreements IoU(b
 off (highest mode 0.63 at 20 % noise on every box, 0.56-0.57 at 40 %). While the highest mode of the last
 `trust_window` agreements (after the warm-up) is at least `trust_mode`, the given boxes are trusted box by box:
 each b* is kept where IoU(b*, b̃) >= `trusted_keep_iou` and replaced below it, so a dataset of mostly right boxes
-keeps its right boxes and still has its wrong ones corrected (docs/method.md 3.1 step 8). The older rule, the running mean of all
-agreements against `trust_agreement`, stays as an option (0: off). Both have hysteresis: trust ends only below
+keeps its right boxes and still has its wrong ones corrected (docs/method.md 3.1 step 8). The older rule, the
+running mean of all agreements against `trust_agreement`, stays as an option (0: off). Both have hysteresis: trust ends only below
 the threshold minus `trust_margin`.
 """
 from __future__ import annotations
