@@ -6,16 +6,16 @@ Without this step a correct box survives the refiner only if the whole bag colla
 back moved by the refiner's own error. Two arms keep b*: the refiner's scores prefer it (ties included), or b̃ is
 within `keep_iou` of it, i.e. the proposed move is no larger than what the refiner does to exact boxes.
 
-One threshold cannot serve every dataset: the refiner moves exact boxes by its own error, about as far as it moves
-a mildly noisy box. What tells them apart is the *shape* of the agreements IoU(b*, b̃) of recent boxes
+One threshold cannot serve every dataset: the refiner moves exact boxes by its own error, about as far as it moves a
+mildly noisy box. What tells them apart is the *shape* of the agreements IoU(b*, b̃) of recent boxes
 (`agreement_modes`): where some given boxes are exact, the refiner meets them in a narrow mode of its own (mean
 0.80-0.83 on BCCD with 0 %, 20 % or 50 % of the boxes exact), well above what it gives boxes that are all a little
 off (highest mode 0.63 at 20 % noise on every box, 0.56-0.57 at 40 %). While the highest mode of the last
-`trust_window` agreements (after the warm-up) is at least `trust_mode`, the given boxes are trusted box by box:
-each b* is kept where IoU(b*, b̃) >= `trusted_keep_iou` and replaced below it, so a dataset of mostly right boxes
-keeps its right boxes and still has its wrong ones corrected (docs/method.md 3.1 step 8). The older rule, the
-running mean of all agreements against `trust_agreement`, stays as an option (0: off). Both have hysteresis: trust ends only below
-the threshold minus `trust_margin`.
+`trust_window` agreements (after the warm-up) is at least `trust_mode`, the given boxes are trusted box by box: each
+b* is kept where IoU(b*, b̃) >= `trusted_keep_iou` and replaced below it, so a dataset of mostly right boxes keeps
+its right boxes and still has its wrong ones corrected (docs/method.md 3.1 step 8). The older rule, the running mean
+of all agreements against `trust_agreement`, stays as an option (0: off). Both have hysteresis: trust ends only
+below the threshold minus `trust_margin`.
 """
 from __future__ import annotations
 
