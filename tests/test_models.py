@@ -475,3 +475,45 @@ def test_ssddet_det_reset_reinitialises_the_detector_heads_once():
     again = {k: p.detach().clone() for k, p in after.items()}
     method(images, targets, progress=0.9)  # once only
     assert all(torch.equal(p, again[k]) for k, p in method.named_parameters())
+
+
+def test_ignore_unannotated_leaves_out_confident_background_far_from_every_box():
+    """A background RoI the head scores >= min_score for a class, overlapping every annotated box below IoU 0.2,
+    is left out (-100); one near an annotated box, a positive, and an unconfident one are not."""
+    from ssddet.models.rcnn_head import ignore_unannotated
+
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0], [0.0, 0, 0]])
+    labels = [torch.tensor([0, 0, 0]), torch.tensor([2, 0])]
+    props = [torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 9]]),
+             torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])]
+    gt = [torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)]
+    out, n = ignore_unannotated(logits, labels, props, gt, 0.5)
+    assert out.tolist() == [0, -100, 0, 2, 0] and n == 1  # the last: softmax 1/3 < 0.5
+    out, n = ignore_unannotated(logits, labels, props, gt, 0.3)  # an image without boxes: every RoI is far
+    assert out.tolist() == [0, -100, 0, 2, -100] and n == 2
+    # every sampled RoI flagged: nothing would be left to learn from (and the loss would be NaN): all stay in
+    out, n = ignore_unannotated(logits[1:2], [torch.tensor([0])], [props[0][1:2]], [gt[0]], 0.5)
+    assert out.tolist() == [0] and n == 0
+
+
+def test_ssddet_unannotated_score_changes_only_the_classifier_loss(tmp_path):
+    """ssddet.unannotated_score: same sampled RoIs, same box loss; the classifier loss leaves RoIs out once the
+    threshold is low enough to flag some (a fresh head scores every class about 1/(K+1))."""
+    images, targets = _batch(tmp_path)
+    out = {}
+    for score in (0.0, 1.0, 0.2):
+        cfg = Config()
+        cfg.model = _cheap_model_cfg(pretrained="none")
+        cfg.ssddet.unannotated_score = score
+        torch.manual_seed(0)
+        method = build_method(cfg, build_detector(cfg.model, K), K).train()
+        torch.manual_seed(1)
+        losses, stats = method(images, _fresh(targets))
+        out[score] = ({k: float(v.detach()) for k, v in losses.items()}, stats.get("rcnn_unannotated"))
+    assert out[0.0][1] is None and out[1.0][1] == 0.0 and out[0.2][1] > 0
+    assert out[1.0][0] == pytest.approx(out[0.0][0])  # the explicit path is torchvision's head, to the digit
+    assert out[0.2][0]["loss_box_reg"] == pytest.approx(out[0.0][0]["loss_box_reg"])
+    assert out[0.2][0]["loss_classifier"] != pytest.approx(out[0.0][0]["loss_classifier"])
+    for bad in ("-0.1", "1.5", "true"):
+        with pytest.raises(UserError, match="unannotated_score"):
+            config_from_args(build_parser().parse_args(["train", "--set", f"ssddet.unannotated_score={bad}"]))

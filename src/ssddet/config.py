@@ -162,6 +162,10 @@ class SSDDetConfig:
     # visits (the two flips of one image agree at IoU ~0.72, docs/benchmarks.md), so the average is a steadier
     # target (0: off, the newest box)
     target_momentum: float = 0.0
+    # the R-CNN leaves out of its classification loss the background RoIs it scores >= this for some class while
+    # they overlap every annotated box below IoU 0.2: likely objects nobody annotated, which it would otherwise
+    # learn as background (0: off; docs/method.md §3.2)
+    unannotated_score: float = 0.0
 
 
 ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image

@@ -365,7 +365,8 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
     s = cfg.ssddet
     for names, what in ((("warmup_frac", "det_ramp", "band_until", "det_reset"), "a fraction of training"),
-                        (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode"), "a number")):  # IoUs
+                        (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode", "unannotated_score"),
+                         "a number")):  # IoUs
         for name in names:
             value = getattr(s, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import box_iou
 
 from ..data.boxes import box_wh
 
@@ -99,14 +100,52 @@ def rcnn_losses(
     return loss_cls, loss_box
 
 
-def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str) -> dict:
+# A background RoI that overlaps every annotated box of its image below this IoU is far from them: if the detector
+# scores it as an object, it is more likely an object nobody annotated than a poor localisation of one that was
+UNANNOTATED_MAX_IOU = 0.2
+
+
+@torch.no_grad()
+def ignore_unannotated(class_logits: Tensor, labels: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor],
+                       min_score: float) -> tuple[Tensor, int]:
+    """The R-CNN's labels with the background RoIs that look like unannotated objects left out of its loss.
+
+    A sampled background RoI is left out (label -100, `F.cross_entropy`'s ignore index) when the detector's own
+    score for some class (softmax, as its detections are scored) is >= `min_score` and its IoU with every
+    annotated box of its image is < UNANNOTATED_MAX_IOU. Why: an object without an annotation is otherwise taught
+    as background at every visit, which is what missing annotations cost a detector (docs/method.md §3.2).
+
+    class_logits Tensor[R, K+1], labels / proposals per image (Tensor[R_i], Tensor[R_i, 4], R = sum R_i),
+    gt_boxes per image Tensor[G_i, 4] -> (labels Tensor[R], number left out).
+    """
+    fg = class_logits.detach().float().softmax(-1)[:, 1:].amax(-1)
+    far = torch.cat([box_iou(p, g).amax(1) < UNANNOTATED_MAX_IOU if len(g) else torch.ones(len(p), dtype=torch.bool,
+                                                                                           device=p.device)
+                     for p, g in zip(proposals, gt_boxes)])
+    labels = torch.cat(labels)
+    out = (labels == 0) & far & (fg >= min_score)
+    if bool(out.all()):  # nothing left to learn from (and a cross-entropy over no RoI is NaN): leave all in
+        return labels, 0
+    return labels.masked_fill(out, -100), int(out.sum())
+
+
+def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str,
+                         unannotated_score: float = 0.0) -> tuple[dict, dict]:
     """The R-CNN head's training losses with the chosen box loss: "smooth_l1" is torchvision's RoIHeads as is;
-    "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs."""
-    if box_loss == "smooth_l1":
-        return roi_heads(features, proposals, image_sizes, targets)[1]
+    "l1" is the released SSD-Det config's (docs/method.md §5.8), computed on the same sampled RoIs.
+    `unannotated_score` > 0: background RoIs the detector scores at least this high, far from every annotated box,
+    are left out of the classification loss (`ignore_unannotated`). -> (losses, stats)."""
+    if box_loss == "smooth_l1" and unannotated_score <= 0:
+        return roi_heads(features, proposals, image_sizes, targets)[1], {}
     proposals, _, labels, reg_targets = roi_heads.select_training_samples(proposals, targets)
     x = roi_heads.box_head(roi_heads.box_roi_pool(features, proposals, image_sizes))
     class_logits, box_regression = roi_heads.box_predictor(x)
-    loss_cls, loss_box = rcnn_losses(class_logits, box_regression, torch.cat(labels), torch.cat(reg_targets),
-                                     box_loss)
-    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+    stats = {}
+    if unannotated_score > 0:
+        labels, n = ignore_unannotated(class_logits, labels, proposals, [t["boxes"] for t in targets],
+                                       unannotated_score)
+        stats["rcnn_unannotated"] = float(n)
+    else:
+        labels = torch.cat(labels)
+    loss_cls, loss_box = rcnn_losses(class_logits, box_regression, labels, torch.cat(reg_targets), box_loss)
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}, stats

@@ -45,6 +45,9 @@ class DetectionMethod(nn.Module):
         self.detector = detector
         self.box_loss = box_loss
         self.loss_weights = dict(loss_weights or {})  # loss term -> weight; absent terms weigh 1
+        # > 0: the R-CNN leaves background RoIs it scores this high, far from every annotation, out of its loss
+        # (`rcnn_head.ignore_unannotated`); vanilla Faster R-CNN: 0
+        self.unannotated_score = 0.0
 
     def refine_targets(self, features, images, targets, progress: float):
         """Hook: return (targets for RPN/RoI heads, extra losses, stats). Vanilla trains on the given boxes."""
@@ -72,10 +75,11 @@ class DetectionMethod(nn.Module):
         with scope("rpn"):
             proposals, rpn_losses = self.detector.rpn(image_list, features, det_targets)
         with scope("rcnn"):
-            roi_losses = rcnn_training_losses(self.detector.roi_heads, features, proposals, image_list.image_sizes,
-                                              det_targets, self.box_loss)
+            roi_losses, roi_stats = rcnn_training_losses(self.detector.roi_heads, features, proposals,
+                                                         image_list.image_sizes, det_targets, self.box_loss,
+                                                         self.unannotated_score)
         losses = {**losses, **rpn_losses, **roi_losses}
-        stats = {**stats, **self.detector_stats()}
+        stats = {**stats, **roi_stats, **self.detector_stats()}
         return losses, stats
 
     def detector_stats(self) -> dict[str, float]:

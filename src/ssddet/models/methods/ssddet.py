@@ -28,6 +28,7 @@ class SSDDetMethod(DetectionMethod):
         # the R-CNN ignore band's lower edge as configured (model.box_bg_iou_thresh); see `sampling_band`
         self.band = float(detector.roi_heads.proposal_matcher.low_threshold)
         self.progress = 0.0  # of the last forward, for `total_loss`
+        self.unannotated_score = float(cfg.unannotated_score)
         if cfg.det_reset > 0:  # saved with the model, so a resumed run does not reset twice
             self.register_buffer("heads_reset", torch.zeros((), dtype=torch.bool))
 
