@@ -953,6 +953,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", help="replace this README's sweep block with the headline table")
     ap.add_argument("--docs", help="replace this page's sweep-full block with the full table (default with --readme: "
                     "docs/benchmarks.md beside the README, if it exists)")
+    ap.add_argument("--block", default="sweep", help="the --docs page's block for the full table is NAME-full "
+                    "(another dataset's sweep: its own block, e.g. aquarium)")
     a = ap.parse_args(argv)
     a.adopt = dict(x.split("=", 1) for x in a.adopt)
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
@@ -1004,9 +1006,9 @@ def main(argv: list[str] | None = None) -> int:
         write_block(Path(a.readme), headline(summary), "sweep")
         docs = Path(a.docs) if a.docs else Path(a.readme).parent / "docs" / "benchmarks.md"
         if a.docs or docs.is_file():
-            write_block(docs, md, "sweep-full")
+            write_block(docs, md, f"{a.block}-full")
     elif a.docs:
-        write_block(Path(a.docs), md, "sweep-full")
+        write_block(Path(a.docs), md, f"{a.block}-full")
     return 1 if errors else 0
 
 
