@@ -463,3 +463,16 @@ def test_partial_rows_report_the_exact_and_the_noised_boxes_apart(sweep, tmp_pat
     assert sweep.export_lines(rows) == [
         "- 40% noise on 20 % of the boxes, SSD-Det's export (IoU with the clean box, given → refined, mean over "
         "seeds 0): untouched boxes 1.000 → 0.750; noised boxes 0.500 → 1.000."]
+
+
+def test_another_datasets_sweep_writes_its_own_block(sweep, tmp_path):
+    """--block aquarium: the full table goes between the aquarium-full markers; BCCD's block stays as it is."""
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("<!-- sweep-full:begin -->\nBCCD\n<!-- sweep-full:end -->\n"
+                    "<!-- aquarium-full:begin -->\nold\n<!-- aquarium-full:end -->\n")
+    sweep.main(["--report-only", "--results", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"), "--noise", "0",
+                "--audit", str(tmp_path / "none.json"), "--docs", str(docs), "--block", "aquarium"])
+    text = docs.read_text()
+    assert "<!-- sweep-full:begin -->\nBCCD\n<!-- sweep-full:end -->" in text
+    block = text.split("<!-- aquarium-full:begin -->\n")[1].split("<!-- aquarium-full:end -->")[0]
+    assert "old" not in block and "0 of " in block and "--block aquarium" in block
