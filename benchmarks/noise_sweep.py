@@ -224,6 +224,7 @@ PREDATED_FIELDS = {
     ("ssddet", "band_until"): 1.0,
     ("ssddet", "det_reset"): 0.0,
     ("ssddet", "target_momentum"): 0.0,
+    ("ssddet", "unannotated_score"): 0.0,  # the R-CNN learned every unannotated RoI as background (before the field)
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them
