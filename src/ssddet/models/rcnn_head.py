@@ -119,14 +119,19 @@ def ignore_unannotated(class_logits: Tensor, labels: list[Tensor], proposals: li
     gt_boxes per image Tensor[G_i, 4] -> (labels Tensor[R], number left out).
     """
     fg = class_logits.detach().float().softmax(-1)[:, 1:].amax(-1)
-    far = torch.cat([box_iou(p, g).amax(1) < UNANNOTATED_MAX_IOU if len(g) else torch.ones(len(p), dtype=torch.bool,
-                                                                                           device=p.device)
-                     for p, g in zip(proposals, gt_boxes)])
+    far = torch.cat([_far_from_every_box(p, g) for p, g in zip(proposals, gt_boxes)])
     labels = torch.cat(labels)
     out = (labels == 0) & far & (fg >= min_score)
     if bool(out.all()):  # nothing left to learn from (and a cross-entropy over no RoI is NaN): leave all in
         return labels, 0
     return labels.masked_fill(out, -100), int(out.sum())
+
+
+def _far_from_every_box(rois: Tensor, boxes: Tensor) -> Tensor:
+    """Bool[R]: IoU < UNANNOTATED_MAX_IOU with each of Tensor[G, 4] `boxes` (every RoI of an image without boxes)."""
+    if len(boxes) == 0:
+        return torch.ones(len(rois), dtype=torch.bool, device=rois.device)
+    return box_iou(rois, boxes.to(rois)).amax(1) < UNANNOTATED_MAX_IOU
 
 
 def rcnn_training_losses(roi_heads, features, proposals, image_sizes, targets, box_loss: str,
