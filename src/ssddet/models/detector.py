@@ -19,6 +19,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from ..config import ModelConfig
 from ..errors import UserError
 from .efficientnet_lite import LITE_BACKBONES, LITE_IMAGE_MEAN, LITE_IMAGE_STD, NUM_UNITS, build_lite_fpn
+from .roi_align import fast_grad_pool
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,8 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
             freeze_batchnorm(model.backbone.body)
     if cfg.weights and load_weights:
         load_detector_weights(model, cfg.weights)
+    # the same pooler; on CPU its RoIAlign backward is a gather, not torchvision's serial scatter (roi_align.py)
+    model.roi_heads.box_roi_pool = fast_grad_pool(model.roi_heads.box_roi_pool)
     return model
 
 

@@ -10,6 +10,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from ...config import SSDDetConfig
 from ...data.boxes import aligned_iou, box_area_nonneg
 from ..profiling import scope, scoped
+from ..roi_align import FastGradMultiScaleRoIAlign
 from ..ssddet import SSDDetRefiner
 from ..ssddet.bank import BoxBank, from_unit, to_unit
 from .base import DetectionMethod, weighted_total
@@ -234,8 +235,8 @@ def iou_by_size(refined: list, true: list, selected: list, resize: list[float]) 
 
 
 def _refiner_pool(pool: MultiScaleRoIAlign, cfg: SSDDetConfig) -> MultiScaleRoIAlign:
-    """The detector's pooler, or a copy with fewer samples per bin: RoIAlign (and above all its backward,
-    a serial scatter on CPU) is the refiner's main cost, and it pools ~10x the detector's RoIs."""
+    """The detector's pooler, or a copy with fewer samples per bin: RoIAlign is a large part of the refiner's
+    cost, and it pools ~10x the detector's RoIs."""
     if cfg.pool_sampling_ratio == pool.sampling_ratio:
         return pool
-    return MultiScaleRoIAlign(pool.featmap_names, pool.output_size, cfg.pool_sampling_ratio)
+    return FastGradMultiScaleRoIAlign(pool.featmap_names, pool.output_size, cfg.pool_sampling_ratio)

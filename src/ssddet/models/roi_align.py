@@ -1,0 +1,156 @@
+"""RoIAlign with a faster CPU backward: torchvision's forward, the same gradient computed as a gather.
+
+torchvision's CPU RoIAlign backward is a serial scatter, one (RoI, channel, bin, sample, neighbour) at a time,
+into NCHW maps: on BCCD (batch 2, 320 px, 256 R-CNN RoIs of 256 channels) it took ~6x the forward and was the
+largest single part of a training step (docs/benchmarks.md, "Training speed"). With a fixed sampling grid
+(`sampling_ratio > 0`, every pooler here) the op is linear in the feature map,
+
+    out[k, :, p, q] = sum_j S[(k, p, q), j] * X[j, :]      X: Tensor[N*H*W, C], the map channels-last
+                                                          S: K*PH*PW rows, 4 * sr^2 bilinear taps per row
+
+so the gradient is grad_X = S^T @ grad_out. Sorting the taps by map position turns S^T into bags that
+`embedding_bag` sums (vectorised over channels, one bag per map position, deterministic). The taps are the C++
+kernel's (`bilinear_interpolate` / `pre_calc`): sample points at (i + 0.5) * bin / sr inside each bin, points
+beyond [-1, size] contribute nothing, coordinates clamped at 0 and at the last row/column. The forward stays
+torchvision's, so inference and every forward value are unchanged; the gradient equals torchvision's up to the
+order of the float additions (`tests/test_roi_align.py`).
+
+Shapes: K RoIs, N images, C channels, H x W map, PH x PW bins, sr samples per bin side.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+__all__ = ["FastGradMultiScaleRoIAlign", "roi_align", "sampling_taps"]
+
+
+def _axis_taps(start: Tensor, bin_size: Tensor, pooled: int, sr: int, size: int) -> tuple[Tensor, Tensor]:
+    """One axis of the bilinear taps. start, bin_size: Tensor[K] -> (index Tensor[K, P, 2sr] long,
+    weight Tensor[K, P, 2sr]): for each bin and sample, the lower and the upper neighbour."""
+    p = torch.arange(pooled, dtype=start.dtype, device=start.device)
+    i = torch.arange(sr, dtype=start.dtype, device=start.device)
+    # the kernel's order of operations: start + p * bin + (i + .5) * bin / sr
+    c = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
+         + (i[None, None, :] + 0.5) * bin_size[:, None, None] / sr)
+    inside = (c >= -1.0) & (c <= size)
+    c = c.clamp(min=0)
+    low = c.floor()
+    edge = low >= size - 1
+    low = torch.where(edge, torch.full_like(low, size - 1), low)
+    high = torch.where(edge, low, low + 1)
+    frac = torch.where(edge, torch.zeros_like(c), c - low)
+    index = torch.stack([low, high], -1).long().flatten(-2)
+    weight = (torch.stack([1.0 - frac, frac], -1) * inside[..., None]).flatten(-2)
+    return index, weight
+
+
+def sampling_taps(rois: Tensor, height: int, width: int, output_size: tuple[int, int], spatial_scale: float,
+                  sampling_ratio: int, aligned: bool = False) -> tuple[Tensor, Tensor]:
+    """The sparse sampling matrix S of RoIAlign in row order.
+
+    rois: Tensor[K, 5] (batch index, x1, y1, x2, y2). Returns (column Tensor[K*PH*PW*T] long, weight
+    Tensor[K*PH*PW*T]) with T = 4 * sr^2 taps per output bin, bin (k, p, q) owning entries
+    [((k * PH + p) * PW + q) * T, ... + T); a column is n * H * W + y * W + x. Weights include 1 / sr^2.
+    """
+    ph, pw = output_size
+    sr = sampling_ratio
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, j] * spatial_scale - offset for j in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:  # the legacy kernel never pools a box smaller than one map cell
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    yi, yw = _axis_taps(y1, roi_h / ph, ph, sr, height)  # [K, PH, 2sr]
+    xi, xw = _axis_taps(x1, roi_w / pw, pw, sr, width)  # [K, PW, 2sr]
+    n = rois[:, 0].long()
+    col = (n[:, None, None, None, None] * (height * width) + yi[:, :, None, :, None] * width
+           + xi[:, None, :, None, :])  # [K, PH, PW, 2sr, 2sr]
+    weight = yw[:, :, None, :, None] * xw[:, None, :, None, :] / (sr * sr)
+    return col.reshape(-1), weight.reshape(-1)
+
+
+def _roi_align_input_grad(grad_out: Tensor, rois: Tensor, shape: torch.Size, spatial_scale: float,
+                          sampling_ratio: int, aligned: bool) -> Tensor:
+    """grad_X = S^T @ grad_out. grad_out: Tensor[K, C, PH, PW] -> Tensor[N, C, H, W]."""
+    n, c, h, w = shape
+    k, _, ph, pw = grad_out.shape
+    col, weight = sampling_taps(rois, h, w, (ph, pw), spatial_scale, sampling_ratio, aligned)
+    taps = col.numel() // max(k * ph * pw, 1)
+    row = torch.arange(k * ph * pw, device=col.device).repeat_interleave(taps)
+    order = torch.argsort(col, stable=True)  # group the taps by map position: the bags of S^T
+    counts = torch.bincount(col, minlength=n * h * w)
+    offsets = torch.cumsum(counts, 0) - counts
+    g = grad_out.permute(0, 2, 3, 1).reshape(k * ph * pw, c)
+    grad = torch.nn.functional.embedding_bag(row[order], g, offsets, mode="sum",
+                                             per_sample_weights=weight[order].to(g.dtype))
+    return grad.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+class _RoIAlignFastGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+                sampling_ratio: int, aligned: bool) -> Tensor:
+        ctx.save_for_backward(rois)
+        ctx.args = (input.shape, spatial_scale, sampling_ratio, aligned)
+        return torch.ops.torchvision.roi_align(input, rois, spatial_scale, output_size[0], output_size[1],
+                                               sampling_ratio, aligned)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (rois,) = ctx.saved_tensors
+        shape, spatial_scale, sampling_ratio, aligned = ctx.args
+        if rois.shape[0] == 0:
+            return grad_out.new_zeros(shape), None, None, None, None, None
+        grad = _roi_align_input_grad(grad_out.contiguous(), rois, shape, spatial_scale, sampling_ratio, aligned)
+        return grad, None, None, None, None, None
+
+
+def _fast_grad_applies(input: Tensor, sampling_ratio: int) -> bool:
+    """The gather backward is for CPU training: a fixed grid, a float map that needs a gradient, no autocast
+    (CUDA's kernel is parallel already; inference needs no backward)."""
+    return (input.device.type == "cpu" and sampling_ratio > 0 and input.requires_grad
+            and torch.is_grad_enabled() and input.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
+              sampling_ratio: int, aligned: bool = False) -> Tensor:
+    """torchvision's `roi_align` (rois as Tensor[K, 5]), with the gather backward where it applies."""
+    if _fast_grad_applies(input, sampling_ratio):
+        return _RoIAlignFastGrad.apply(input, rois, tuple(output_size), spatial_scale, sampling_ratio, aligned)
+    return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's MultiScaleRoIAlign (same arguments, level mapping and output; no parameters, so state
+    dicts are unchanged) whose per-level RoIAlign uses the gather backward on CPU."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        feats = _filter_input(x, self.featmap_names)  # the maps named, in the order of x
+        if not _fast_grad_applies(feats[0], self.sampling_ratio):
+            return super().forward(x, boxes, image_shapes)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        levels = self.map_levels(boxes)
+        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], *self.output_size))
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.where(levels == level)[0]
+            out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio).to(out.dtype)
+        return out
+
+
+def fast_grad_pool(pool: MultiScaleRoIAlign) -> FastGradMultiScaleRoIAlign:
+    """The same pooler with the gather backward (a no-op for one that already has it)."""
+    if isinstance(pool, FastGradMultiScaleRoIAlign):
+        return pool
+    return FastGradMultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
+                                      canonical_scale=pool.canonical_scale, canonical_level=pool.canonical_level)
