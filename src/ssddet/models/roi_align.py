@@ -1,25 +1,27 @@
-"""RoIAlign with a faster CPU backward: torchvision's forward, the same gradient computed as a gather.
+"""RoIAlign for CPU training as a gather: the same sums as torchvision's kernels, vectorised over channels.
 
-torchvision's CPU RoIAlign backward is a serial scatter, one (RoI, channel, bin, sample, neighbour) at a time,
-into NCHW maps: on BCCD (batch 2, 320 px, 256 R-CNN RoIs of 256 channels) it took ~6x the forward and was the
-largest single part of a training step (docs/benchmarks.md, "Training speed"). With a fixed sampling grid
-(`sampling_ratio > 0`, every pooler here) the op is linear in the feature map,
+torchvision's CPU RoIAlign is serial: the forward loops over RoIs and channels, and the backward scatters one
+(RoI, channel, bin, sample, neighbour) at a time into NCHW maps. On BCCD (batch 2, 320 px, 256 R-CNN RoIs of 256
+channels) the backward took ~6x the forward and was the largest single part of a training step
+(docs/benchmarks.md, "Training speed"). With a fixed sampling grid (`sampling_ratio > 0`, every pooler here) the
+op is linear in the map,
 
     out[k, :, p, q] = sum_j S[(k, p, q), j] * X[j, :]      X: Tensor[N*H*W, C], the map channels-last
                                                           S: K*PH*PW rows, 4 * sr^2 bilinear taps per row
 
-so the gradient is grad_X = S^T @ grad_out. Sorting the taps by map position turns S^T into bags that
-`embedding_bag` sums (vectorised over channels, one bag per map position, deterministic). The taps are the C++
-kernel's (`bilinear_interpolate` / `pre_calc`): sample points at (i + 0.5) * bin / sr inside each bin, points
-beyond [-1, size] contribute nothing, coordinates clamped at 0 and at the last row/column. The forward stays
-torchvision's, so inference and every forward value are unchanged; the gradient equals torchvision's up to the
-order of the float additions (`tests/test_roi_align.py`).
+so the forward is one `embedding_bag` over the rows of S, and the gradient grad_X = S^T @ grad_out another over
+its columns (the taps sorted by map position; one bag per position, deterministic). Both run in parallel over
+threads. The taps are the C++ kernel's (`bilinear_interpolate` / `pre_calc`): sample points at (i + 0.5) * bin /
+sr inside each bin, points beyond [-1, size] contribute nothing, coordinates clamped at 0 and at the last
+row/column. Only training (grad mode) takes this path; inference keeps torchvision's kernel. Values and
+gradients equal torchvision's up to the order of the float additions (`tests/test_roi_align.py`).
 
 Shapes: K RoIs, N images, C channels, H x W map, PH x PW bins, sr samples per bin side.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torchvision.ops import MultiScaleRoIAlign
@@ -73,66 +75,83 @@ def sampling_taps(rois: Tensor, height: int, width: int, output_size: tuple[int,
     return col.reshape(-1), weight.reshape(-1)
 
 
-def _roi_align_input_grad(grad_out: Tensor, rois: Tensor, shape: torch.Size, spatial_scale: float,
-                          sampling_ratio: int, aligned: bool) -> Tensor:
+def _bags(col: Tensor, weight: Tensor, rows: int, positions: int) -> tuple[Tensor, Tensor, Tensor]:
+    """S^T as embedding bags: for every map position (a bag, `offsets`), the output rows it feeds and their
+    weights. col, weight: `sampling_taps` of `rows` output bins over `positions` map positions."""
+    taps = col.numel() // max(rows, 1)
+    row = torch.arange(rows, device=col.device).repeat_interleave(taps)
+    order = torch.argsort(col, stable=True)  # group the taps by map position
+    counts = torch.bincount(col, minlength=positions)
+    return row[order], torch.cumsum(counts, 0) - counts, weight[order]
+
+
+def _gather_forward(input: Tensor, col: Tensor, weight: Tensor, k: int, output_size: tuple[int, int]) -> Tensor:
+    """out = S @ X: one bag of 4 * sr^2 taps per output bin. input: Tensor[N, C, H, W] -> Tensor[K, C, PH, PW]."""
+    n, c, h, w = input.shape
+    ph, pw = output_size
+    x = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    taps = col.numel() // max(k * ph * pw, 1)
+    offsets = torch.arange(0, col.numel(), max(taps, 1), device=col.device)
+    out = F.embedding_bag(col, x, offsets, mode="sum", per_sample_weights=weight.to(x.dtype))
+    return out.view(k, ph, pw, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _gather_input_grad(grad_out: Tensor, col: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
     """grad_X = S^T @ grad_out. grad_out: Tensor[K, C, PH, PW] -> Tensor[N, C, H, W]."""
     n, c, h, w = shape
     k, _, ph, pw = grad_out.shape
-    col, weight = sampling_taps(rois, h, w, (ph, pw), spatial_scale, sampling_ratio, aligned)
-    taps = col.numel() // max(k * ph * pw, 1)
-    row = torch.arange(k * ph * pw, device=col.device).repeat_interleave(taps)
-    order = torch.argsort(col, stable=True)  # group the taps by map position: the bags of S^T
-    counts = torch.bincount(col, minlength=n * h * w)
-    offsets = torch.cumsum(counts, 0) - counts
+    row, offsets, wt = _bags(col, weight, k * ph * pw, n * h * w)
     g = grad_out.permute(0, 2, 3, 1).reshape(k * ph * pw, c)
-    grad = torch.nn.functional.embedding_bag(row[order], g, offsets, mode="sum",
-                                             per_sample_weights=weight[order].to(g.dtype))
+    grad = F.embedding_bag(row, g, offsets, mode="sum", per_sample_weights=wt.to(g.dtype))
     return grad.view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-class _RoIAlignFastGrad(torch.autograd.Function):
+class _RoIAlignGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
                 sampling_ratio: int, aligned: bool) -> Tensor:
-        ctx.save_for_backward(rois)
-        ctx.args = (input.shape, spatial_scale, sampling_ratio, aligned)
-        return torch.ops.torchvision.roi_align(input, rois, spatial_scale, output_size[0], output_size[1],
-                                               sampling_ratio, aligned)
+        col, weight = sampling_taps(rois, input.shape[2], input.shape[3], output_size, spatial_scale,
+                                    sampling_ratio, aligned)
+        ctx.save_for_backward(col, weight)
+        ctx.shape = input.shape
+        return _gather_forward(input, col, weight, rois.shape[0], output_size)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        (rois,) = ctx.saved_tensors
-        shape, spatial_scale, sampling_ratio, aligned = ctx.args
-        if rois.shape[0] == 0:
-            return grad_out.new_zeros(shape), None, None, None, None, None
-        grad = _roi_align_input_grad(grad_out.contiguous(), rois, shape, spatial_scale, sampling_ratio, aligned)
-        return grad, None, None, None, None, None
+        col, weight = ctx.saved_tensors
+        if grad_out.shape[0] == 0:
+            return grad_out.new_zeros(ctx.shape), None, None, None, None, None
+        return _gather_input_grad(grad_out.contiguous(), col, weight, ctx.shape), None, None, None, None, None
 
 
-def _fast_grad_applies(input: Tensor, sampling_ratio: int) -> bool:
-    """The gather backward is for CPU training: a fixed grid, a float map that needs a gradient, no autocast
-    (CUDA's kernel is parallel already; inference needs no backward)."""
-    return (input.device.type == "cpu" and sampling_ratio > 0 and input.requires_grad
-            and torch.is_grad_enabled() and input.dtype in (torch.float32, torch.float64)
-            and not torch.is_autocast_enabled("cpu"))
+def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
+    """The gather is for CPU training: a fixed grid, a float map, grad mode, no autocast. CUDA's kernels are
+    parallel already, and inference keeps torchvision's kernel."""
+    return (input.device.type == "cpu" and sampling_ratio > 0 and torch.is_grad_enabled()
+            and input.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"))
 
 
 def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
               sampling_ratio: int, aligned: bool = False) -> Tensor:
-    """torchvision's `roi_align` (rois as Tensor[K, 5]), with the gather backward where it applies."""
-    if _fast_grad_applies(input, sampling_ratio):
-        return _RoIAlignFastGrad.apply(input, rois, tuple(output_size), spatial_scale, sampling_ratio, aligned)
-    return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    """torchvision's `roi_align` (rois as Tensor[K, 5]), as a gather where it applies."""
+    if not _gather_applies(input, sampling_ratio):
+        return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    output_size = tuple(output_size)
+    if input.requires_grad:
+        return _RoIAlignGather.apply(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    col, weight = sampling_taps(rois, input.shape[2], input.shape[3], output_size, spatial_scale,
+                                sampling_ratio, aligned)
+    return _gather_forward(input, col, weight, rois.shape[0], output_size)
 
 
 class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's MultiScaleRoIAlign (same arguments, level mapping and output; no parameters, so state
-    dicts are unchanged) whose per-level RoIAlign uses the gather backward on CPU."""
+    dicts are unchanged) whose per-level RoIAlign is the gather when training on CPU."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         feats = _filter_input(x, self.featmap_names)  # the maps named, in the order of x
-        if not _fast_grad_applies(feats[0], self.sampling_ratio):
+        if not _gather_applies(feats[0], self.sampling_ratio):
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
@@ -149,7 +168,7 @@ class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 
 def fast_grad_pool(pool: MultiScaleRoIAlign) -> FastGradMultiScaleRoIAlign:
-    """The same pooler with the gather backward (a no-op for one that already has it)."""
+    """The same pooler with the gather (a no-op for one that already has it)."""
     if isinstance(pool, FastGradMultiScaleRoIAlign):
         return pool
     return FastGradMultiScaleRoIAlign(pool.featmap_names, pool.output_size, pool.sampling_ratio,
