@@ -707,6 +707,7 @@ def ssddet_settings(cells: list[dict]) -> str:
             f"`selection={s['selection']}`, `keep_given={str(s['keep_given']).lower()}`, "
             f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`, "
             f"`trunk_reduce_train={str(s['trunk_reduce_train']).lower()}`"
+            + ("" if s["trunk_reduce_train"] else f", `trunk_bias_train={str(s['trunk_bias_train']).lower()}`")
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                + (f", `trust_mode={s['trust_mode']:g}`" if s.get("trust_mode") else "")
                if s["keep_given"] else "")

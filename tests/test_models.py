@@ -138,7 +138,8 @@ def test_ssddet_overfits_noisy_images(tmp_path):
     losses = [h[0] for h in hist]
     stats = [h[1] for h in hist]
 
-    assert sum(h["loss"] for h in losses[-3:]) / 3 < 0.5 * losses[0]["loss"]
+    # the total falls by ~half in 25 steps (4.85 -> 2.41 / 2.50 over the last 3, 1x1 conv bias trained / fixed)
+    assert sum(h["loss"] for h in losses[-3:]) / 3 < 0.6 * losses[0]["loss"]
     for term in ("loss_mil1", "loss_sisd"):
         assert sum(h[term] for h in losses[-3:]) / 3 < losses[0][term], term
     for s in stats:
@@ -337,9 +338,10 @@ def test_param_groups_give_the_refiner_its_lr_multiplier():
     base, refiner = method.param_groups(0.01)
     assert base["lr"] == 0.01 and refiner["lr"] == pytest.approx(0.08)
     assert {id(p) for p in refiner["params"]} == {id(p) for p in method.refiner.parameters() if p.requires_grad}
-    # the fixed 1x1 trunk convs (trunk_reduce_train=false) are in no group; everything else of the refiner is
-    assert {n for n, p in method.refiner.named_parameters() if not p.requires_grad} == {"trunk.0.weight",
-                                                                                      "sisd.trunk.0.weight"}
+    # the fixed 1x1 trunk convs (trunk_reduce_train=false, trunk_bias_train=false) are in no group; everything
+    # else of the refiner is
+    assert {n for n, p in method.refiner.named_parameters() if not p.requires_grad} == {
+        "trunk.0.weight", "trunk.0.bias", "sisd.trunk.0.weight", "sisd.trunk.0.bias"}
     trainable = {id(p) for p in method.parameters() if p.requires_grad}
     ids = [id(p) for g in (base, refiner) for p in g["params"]]
     assert len(ids) == len(set(ids)) and set(ids) == trainable  # every trainable tensor once, frozen ones never

@@ -97,27 +97,39 @@ def test_trunk_init_is_validated():
 
 def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
     """trunk_reduce_train=false: the same function at init (the conv keeps its init weights), no gradient
-    reaches the conv weights or flows back through RoIAlign, the bias and the FCs still get gradients."""
+    reaches the conv weights or flows back through RoIAlign, the FCs still get gradients; the bias trains with
+    trunk_bias_train=true, and without it fc6 gets no input gradient to compute."""
     feats = _features(2)
     outs = {}
-    for train in (True, False):
+    for train, bias in ((True, True), (False, True), (False, False)):
         torch.manual_seed(0)
         cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
-                           trunk_reduce_train=train)
+                           trunk_reduce_train=train, trunk_bias_train=bias)
         ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
         ref.manual_seed(0).train()
         trunks = ref._trunks()
         assert [t[0].weight.requires_grad for t in trunks] == [train] * 2
+        assert [t[0].bias.requires_grad for t in trunks] == [bias] * 2
         maps, _ = ref._maps(feats)
         assert all(m.requires_grad == train for m in maps.values())  # nothing for RoIAlign to scatter back
+        fc6_inputs: list[bool] = []
+
+        def record(module, inputs, output, seen=fc6_inputs):  # the passes that train, not the keep step's
+            if torch.is_grad_enabled():
+                seen.append(inputs[0].requires_grad)
+        hooks = [t[2].fc6.register_forward_hook(record) for t in trunks]
         out = ref(feats, SIZES, BOXES, LABELS, progress=0.5)
+        for h in hooks:
+            h.remove()
+        assert set(fc6_inputs) == {bias}
         sum(out.losses.values()).backward()
         for t in trunks:
             assert (t[0].weight.grad is not None) == train
-            assert t[0].bias.grad is not None and t[0].bias.grad.abs().sum() > 0
+            assert (t[0].bias.grad is not None and t[0].bias.grad.abs().sum() > 0) == bias
             assert t[2].fc6.weight.grad.abs().sum() > 0
-        outs[train] = out
-    for a, b in zip(outs[True].refined, outs[False].refined):
-        torch.testing.assert_close(a, b)
-    for name in outs[True].losses:
-        torch.testing.assert_close(outs[True].losses[name], outs[False].losses[name])
+        outs[(train, bias)] = out
+    for key in ((False, True), (False, False)):
+        for a, b in zip(outs[(True, True)].refined, outs[key].refined):
+            torch.testing.assert_close(a, b)
+        for name in outs[(True, True)].losses:
+            torch.testing.assert_close(outs[(True, True)].losses[name], outs[key].losses[name])

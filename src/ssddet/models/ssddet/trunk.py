@@ -25,12 +25,15 @@ from ..profiling import scoped
 class ReducedTwoMLPHead(nn.Sequential):
     """1x1 conv C -> c + ReLU, then TwoMLPHead(c*R*R, D)."""
 
-    def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int, train_reduce: bool = True):
+    def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int, train_reduce: bool = True,
+                 train_bias: bool = True):
         super().__init__(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU(inplace=True),
                          TwoMLPHead(reduce_channels * resolution * resolution, dim))
-        # A fixed conv weight (its init, a random projection C -> c) needs no gradient through RoIAlign; the
-        # bias is added after pooling (`from_reduced`) and trains either way.
+        # A fixed conv weight (its init, a random projection C -> c) needs no gradient through RoIAlign. The
+        # bias is added after pooling (`from_reduced`); training it needs fc6's input gradient for every RoI,
+        # so a fixed bias (its init) leaves the refiner's backward at the FCs' weight gradients.
         self[0].weight.requires_grad_(train_reduce)
+        self[0].bias.requires_grad_(train_reduce or train_bias)
 
     def from_reduced(self, pooled: Tensor) -> Tensor:
         """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
@@ -39,9 +42,9 @@ class ReducedTwoMLPHead(nn.Sequential):
 
 
 def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0,
-                train_reduce: bool = True) -> nn.Module:
+                train_reduce: bool = True, train_bias: bool = True) -> nn.Module:
     if reduce_channels and reduce_channels > 0:
-        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce)
+        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce, train_bias)
     return TwoMLPHead(in_channels * resolution * resolution, dim)
 
 
