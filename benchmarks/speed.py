@@ -7,7 +7,8 @@ profile of one SSD-Det step by part.
 
 For every --backbone (default: the default backbone), each configuration trains from the same initial weights
 on the same batches (noise 0.4); the first `--warmup` steps are discarded. Prints one table row per
-configuration (the ratio is to the first backbone's vanilla step).
+configuration (the ratio is to the first backbone's vanilla step). `--rounds R` repeats the whole comparison R
+times and reports each configuration's median step and median ratio over the rounds.
 
 --profile times the parts of one SSD-Det training step instead (the Trainer's step: forward, backward, per-group
 clipping, SGD), at each --threads count (default 1 and 2): the model code's named scopes (models/profiling.py)
@@ -261,6 +262,10 @@ def main() -> None:
     ap.add_argument("--min-size", type=int, default=0, help="image size (default: the config default)")
     ap.add_argument("--threads", type=int, nargs="+", default=[], help="torch threads, one run per count (default: "
                     "torch's; --profile: 1 2)")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the whole comparison this many times, each "
+                    "round from the same initial weights, and report each configuration's median step and median "
+                    "ratio over the rounds (this VM's speed drifts by ~10 %% over minutes: rounds spread the "
+                    "configurations over the same minutes)")
     ap.add_argument("--out", help="write the rows as JSON here")
     a = ap.parse_args()
     base = Config()
@@ -278,7 +283,8 @@ def main() -> None:
         if n:
             torch.set_num_threads(n)
             print(f"{n} thread(s)")
-        rows += compare(a, base, data, k)
+        rounds = [compare(a, base, data, k) for _ in range(max(a.rounds, 1))]
+        rows += rounds[0] if len(rounds) == 1 else over_rounds(rounds)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)
@@ -304,6 +310,21 @@ def compare(a, base: Config, data, k: int) -> list[dict]:
                          "iou_refined": stats.get("iou_refined"), "iou_noisy": stats.get("iou_noisy"),
                          "threads": torch.get_num_threads()})
             print(f"{name:60s} {t:8.3f} {t / t_ref:9.2f} {stats.get('num_rois_shared', 0):8.0f}")
+    return rows
+
+
+def over_rounds(rounds: list[list[dict]]) -> list[dict]:
+    """Each configuration's median step and median ratio over the rounds, with every round's values."""
+    rows = []
+    print(f"median over {len(rounds)} rounds")
+    for i, first in enumerate(rounds[0]):
+        steps = [r[i]["step_s"] for r in rounds]
+        ratios = [r[i]["ratio"] for r in rounds]
+        row = {**first, "step_s": statistics.median(steps), "ratio": statistics.median(ratios),
+               "rounds_step_s": steps, "rounds_ratio": ratios}
+        rows.append(row)
+        print(f"{row['config']:60s} {row['step_s']:8.3f} {row['ratio']:9.2f}  (ratios "
+              + " ".join(f"{x:.2f}" for x in ratios) + ")")
     return rows
 
 

@@ -97,3 +97,10 @@ def test_forward_without_gradient_in_grad_mode():
     out = roi_align(x, rois, (7, 7), 0.125, 1)
     assert not out.requires_grad and out.is_contiguous()
     assert torch.allclose(out, tv_roi_align(x, rois, (7, 7), 0.125, 1), atol=1e-5)
+
+
+def test_multiscale_pooler_without_rois():
+    feats = {str(i): torch.randn(1, 2, 16 >> i, 16 >> i, requires_grad=True) for i in range(2)}
+    out = fast_grad_pool(MultiScaleRoIAlign(list(feats), 3, 2))(feats, [torch.zeros(0, 4)], [(64, 64)])
+    out.sum().backward()
+    assert out.shape == (0, 2, 3, 3) and all(torch.equal(f.grad, torch.zeros_like(f)) for f in feats.values())

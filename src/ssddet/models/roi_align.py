@@ -31,11 +31,12 @@ from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setu
 __all__ = ["FastGradMultiScaleRoIAlign", "roi_align", "sampling_taps"]
 
 
-def _axis_taps(start: Tensor, bin_size: Tensor, pooled: int, sr: int, size: int) -> tuple[Tensor, Tensor]:
-    """One axis of the bilinear taps. start, bin_size: Tensor[K] -> (index Tensor[K, P, 2sr] long,
-    weight Tensor[K, P, 2sr]): for each bin and sample, the lower and the upper neighbour."""
+def _axis_taps(start: Tensor, bin_size: Tensor, pooled: int, sr: int, size: Tensor) -> tuple[Tensor, Tensor]:
+    """One axis of the bilinear taps. start, bin_size, size (the map's extent on this axis): Tensor[K] ->
+    (index Tensor[K, P, 2sr] long, weight Tensor[K, P, 2sr]): per bin and sample, the lower and upper neighbour."""
     p = torch.arange(pooled, dtype=start.dtype, device=start.device)
     i = torch.arange(sr, dtype=start.dtype, device=start.device)
+    size = size.to(start.dtype)[:, None, None]
     # the kernel's order of operations: start + p * bin + (i + .5) * bin / sr
     c = (start[:, None, None] + p[None, :, None] * bin_size[:, None, None]
          + (i[None, None, :] + 0.5) * bin_size[:, None, None] / sr)
@@ -43,7 +44,7 @@ def _axis_taps(start: Tensor, bin_size: Tensor, pooled: int, sr: int, size: int)
     c = c.clamp(min=0)
     low = c.floor()
     edge = low >= size - 1
-    low = torch.where(edge, torch.full_like(low, size - 1), low)
+    low = torch.where(edge, (size - 1).expand_as(low), low)
     high = torch.where(edge, low, low + 1)
     frac = torch.where(edge, torch.zeros_like(c), c - low)
     index = torch.stack([low, high], -1).long().flatten(-2)
@@ -51,78 +52,76 @@ def _axis_taps(start: Tensor, bin_size: Tensor, pooled: int, sr: int, size: int)
     return index, weight
 
 
-def sampling_taps(rois: Tensor, height: int, width: int, output_size: tuple[int, int], spatial_scale: float,
-                  sampling_ratio: int, aligned: bool = False) -> tuple[Tensor, Tensor]:
+def _per_roi(value, k: int, like: Tensor) -> Tensor:
+    return value.to(like.device) if isinstance(value, Tensor) else torch.full((k,), value, device=like.device)
+
+
+def sampling_taps(rois: Tensor, height, width, output_size: tuple[int, int], spatial_scale,
+                  sampling_ratio: int, aligned: bool = False, base=0) -> tuple[Tensor, Tensor]:
     """The sparse sampling matrix S of RoIAlign in row order.
 
-    rois: Tensor[K, 5] (batch index, x1, y1, x2, y2). Returns (column Tensor[K*PH*PW*T] long, weight
-    Tensor[K*PH*PW*T]) with T = 4 * sr^2 taps per output bin, bin (k, p, q) owning entries
-    [((k * PH + p) * PW + q) * T, ... + T); a column is n * H * W + y * W + x. Weights include 1 / sr^2.
+    rois: Tensor[K, 5] (batch index, x1, y1, x2, y2); height, width, spatial_scale and base (the map's first
+    row in the table) are numbers or Tensor[K], one per RoI (a multi-level pooler's level of each RoI). Returns
+    (column Tensor[K*PH*PW*T] long, weight Tensor[K*PH*PW*T]) with T = 4 * sr^2 taps per output bin, bin
+    (k, p, q) owning entries [((k * PH + p) * PW + q) * T, ... + T); a column is base + n * H * W + y * W + x.
+    Weights include 1 / sr^2.
     """
+    k = rois.shape[0]
     ph, pw = output_size
     sr = sampling_ratio
+    h, w = _per_roi(height, k, rois), _per_roi(width, k, rois)
+    scale = _per_roi(spatial_scale, k, rois).to(rois.dtype)
     offset = 0.5 if aligned else 0.0
-    x1, y1, x2, y2 = (rois[:, j] * spatial_scale - offset for j in range(1, 5))
+    x1, y1, x2, y2 = (rois[:, j] * scale - offset for j in range(1, 5))
     roi_w, roi_h = x2 - x1, y2 - y1
     if not aligned:  # the legacy kernel never pools a box smaller than one map cell
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    yi, yw = _axis_taps(y1, roi_h / ph, ph, sr, height)  # [K, PH, 2sr]
-    xi, xw = _axis_taps(x1, roi_w / pw, pw, sr, width)  # [K, PW, 2sr]
-    n = rois[:, 0].long()
-    col = (n[:, None, None, None, None] * (height * width) + yi[:, :, None, :, None] * width
-           + xi[:, None, :, None, :])  # [K, PH, PW, 2sr, 2sr]
-    weight = yw[:, :, None, :, None] * xw[:, None, :, None, :] / (sr * sr)
+    yi, yw = _axis_taps(y1, roi_h / ph, ph, sr, h)  # [K, PH, 2sr]
+    xi, xw = _axis_taps(x1, roi_w / pw, pw, sr, w)  # [K, PW, 2sr]
+    first = _per_roi(base, k, rois).long() + rois[:, 0].long() * (h * w).long()
+    wl = w.long()[:, None, None, None, None]
+    col = first[:, None, None, None, None] + yi[:, :, None, :, None] * wl + xi[:, None, :, None, :]
+    weight = yw[:, :, None, :, None] * xw[:, None, :, None, :] / (sr * sr)  # [K, PH, PW, 2sr, 2sr]
     return col.reshape(-1), weight.reshape(-1)
 
 
-def _bags(col: Tensor, weight: Tensor, rows: int, positions: int) -> tuple[Tensor, Tensor, Tensor]:
-    """S^T as embedding bags: for every map position (a bag, `offsets`), the output rows it feeds and their
-    weights. col, weight: `sampling_taps` of `rows` output bins over `positions` map positions."""
-    taps = col.numel() // max(rows, 1)
-    row = torch.arange(rows, device=col.device).repeat_interleave(taps)
-    order = torch.argsort(col, stable=True)  # group the taps by map position
-    counts = torch.bincount(col, minlength=positions)
-    return row[order], torch.cumsum(counts, 0) - counts, weight[order]
+class _Gather(torch.autograd.Function):
+    """out = S @ table, one bag of taps per output row; grad_table = S^T @ grad_out, one bag per table row
+    (the taps sorted by table row). table: Tensor[R, C] -> Tensor[rows, C]."""
 
-
-def _gather_forward(input: Tensor, col: Tensor, weight: Tensor, k: int, output_size: tuple[int, int]) -> Tensor:
-    """out = S @ X: one bag of 4 * sr^2 taps per output bin. input: Tensor[N, C, H, W] -> Tensor[K, C, PH, PW]."""
-    n, c, h, w = input.shape
-    ph, pw = output_size
-    x = input.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    taps = col.numel() // max(k * ph * pw, 1)
-    offsets = torch.arange(0, col.numel(), max(taps, 1), device=col.device)
-    out = F.embedding_bag(col, x, offsets, mode="sum", per_sample_weights=weight.to(x.dtype))
-    return out.view(k, ph, pw, c).permute(0, 3, 1, 2).contiguous()
-
-
-def _gather_input_grad(grad_out: Tensor, col: Tensor, weight: Tensor, shape: torch.Size) -> Tensor:
-    """grad_X = S^T @ grad_out. grad_out: Tensor[K, C, PH, PW] -> Tensor[N, C, H, W]."""
-    n, c, h, w = shape
-    k, _, ph, pw = grad_out.shape
-    row, offsets, wt = _bags(col, weight, k * ph * pw, n * h * w)
-    g = grad_out.permute(0, 2, 3, 1).reshape(k * ph * pw, c)
-    grad = F.embedding_bag(row, g, offsets, mode="sum", per_sample_weights=wt.to(g.dtype))
-    return grad.view(n, h, w, c).permute(0, 3, 1, 2)
-
-
-class _RoIAlignGather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
-                sampling_ratio: int, aligned: bool) -> Tensor:
-        col, weight = sampling_taps(rois, input.shape[2], input.shape[3], output_size, spatial_scale,
-                                    sampling_ratio, aligned)
+    def forward(ctx, table: Tensor, col: Tensor, weight: Tensor, rows: int) -> Tensor:
         ctx.save_for_backward(col, weight)
-        ctx.shape = input.shape
-        return _gather_forward(input, col, weight, rois.shape[0], output_size)
+        ctx.rows, ctx.table_rows = rows, table.shape[0]
+        taps = col.numel() // max(rows, 1)
+        offsets = torch.arange(0, col.numel(), max(taps, 1), device=col.device)[:rows]
+        return F.embedding_bag(col, table, offsets, mode="sum", per_sample_weights=weight.to(table.dtype))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
         col, weight = ctx.saved_tensors
-        if grad_out.shape[0] == 0:
-            return grad_out.new_zeros(ctx.shape), None, None, None, None, None
-        return _gather_input_grad(grad_out.contiguous(), col, weight, ctx.shape), None, None, None, None, None
+        taps = col.numel() // max(ctx.rows, 1)
+        row = torch.arange(ctx.rows, device=col.device).repeat_interleave(taps)
+        order = torch.argsort(col, stable=True)  # the taps grouped by table row: the bags of S^T
+        counts = torch.bincount(col, minlength=ctx.table_rows)
+        grad = F.embedding_bag(row[order], grad_out.contiguous(), torch.cumsum(counts, 0) - counts, mode="sum",
+                               per_sample_weights=weight[order].to(grad_out.dtype))
+        return grad, None, None, None
+
+
+def _pool(table: Tensor, col: Tensor, weight: Tensor, k: int, output_size: tuple[int, int]) -> Tensor:
+    """The pooled RoIs Tensor[K, C, PH, PW] of a channels-last table Tensor[R, C]."""
+    ph, pw = output_size
+    if k == 0:  # empty bags would still read the table; nothing to pool
+        return table.new_zeros((0, table.shape[1], ph, pw)) + 0 * table.sum()
+    out = _Gather.apply(table, col, weight, k * ph * pw)
+    return out.view(k, ph, pw, table.shape[1]).permute(0, 3, 1, 2).contiguous()
+
+
+def _table(feats: list[Tensor]) -> Tensor:
+    """The maps channels-last, stacked: Tensor[sum_l N * H_l * W_l, C]."""
+    return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats])
 
 
 def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
@@ -138,16 +137,15 @@ def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial
     if not _gather_applies(input, sampling_ratio):
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     output_size = tuple(output_size)
-    if input.requires_grad:
-        return _RoIAlignGather.apply(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     col, weight = sampling_taps(rois, input.shape[2], input.shape[3], output_size, spatial_scale,
                                 sampling_ratio, aligned)
-    return _gather_forward(input, col, weight, rois.shape[0], output_size)
+    return _pool(_table([input]), col, weight, rois.shape[0], output_size)
 
 
 class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's MultiScaleRoIAlign (same arguments, level mapping and output; no parameters, so state
-    dicts are unchanged) whose per-level RoIAlign is the gather when training on CPU."""
+    dicts are unchanged) that, when training on CPU, pools every level in one gather: the levels' maps stacked
+    in one channels-last table, each RoI's taps pointing into its level's part."""
 
     def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
         feats = _filter_input(x, self.featmap_names)  # the maps named, in the order of x
@@ -157,14 +155,15 @@ class FastGradMultiScaleRoIAlign(MultiScaleRoIAlign):
             self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
         rois = _convert_to_roi_format(boxes)
-        if len(feats) == 1:
-            return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
-        levels = self.map_levels(boxes)
-        out = feats[0].new_zeros((rois.shape[0], feats[0].shape[1], *self.output_size))
-        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
-            idx = torch.where(levels == level)[0]
-            out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio).to(out.dtype)
-        return out
+        dev = rois.device
+        level = (self.map_levels(boxes) if len(feats) > 1 else torch.zeros(len(rois), device=dev)).long()
+        dims = torch.tensor([f.shape[2:] for f in feats], device=dev)  # [L, 2]: H, W
+        rows = torch.tensor([f.shape[0] * f.shape[2] * f.shape[3] for f in feats], device=dev)
+        base = torch.cumsum(rows, 0) - rows
+        scale = torch.tensor(self.scales, dtype=rois.dtype, device=dev)
+        col, weight = sampling_taps(rois, dims[level, 0], dims[level, 1], self.output_size, scale[level],
+                                    self.sampling_ratio, base=base[level])
+        return _pool(_table(feats), col, weight, rois.shape[0], self.output_size)
 
 
 def fast_grad_pool(pool: MultiScaleRoIAlign) -> FastGradMultiScaleRoIAlign:
