@@ -127,6 +127,10 @@ def _table(feats: list[Tensor]) -> Tensor:
 def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
     """The gather is for CPU training: a fixed grid, a float map, grad mode, no autocast. CUDA's kernels are
     parallel already, and inference keeps torchvision's kernel."""
+    # Tracing (ONNX export, torch.jit) records torchvision's op, which exporters know; the gather is a
+    # custom autograd Function they cannot export.
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
     return (input.device.type == "cpu" and sampling_ratio > 0 and torch.is_grad_enabled()
             and input.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"))
 
