@@ -7,8 +7,10 @@ profile of one SSD-Det step by part.
 
 For every --backbone (default: the default backbone), each configuration trains from the same initial weights
 on the same batches (noise 0.4); the first `--warmup` steps are discarded. Prints one table row per
-configuration (the ratio is to the first backbone's vanilla step). `--rounds R` repeats the whole comparison R
-times and reports each configuration's median step and median ratio over the rounds.
+configuration (the ratio is to the first backbone's vanilla step). A backbone's configurations take turns
+batch by batch (vanilla's step 1, SSD-Det's step 1, vanilla's step 2, ...), so that the VM's speed drift hits
+them alike. `--rounds R` repeats the whole comparison R times and reports each configuration's median step and
+median ratio over the rounds.
 
 --profile times the parts of one SSD-Det training step instead (the Trainer's step: forward, backward, per-group
 clipping, SGD), at each --threads count (default 1 and 2): the model code's named scopes (models/profiling.py)
@@ -83,20 +85,34 @@ def batches(cfg: Config, n: int):
     return out, splits.train.num_classes
 
 
-def time_steps(cfg: Config, data, num_classes: int, warmup: int):
+def _stepper(cfg: Config, num_classes: int):
+    """A training step of cfg's method from seed 0's initial weights: (images, targets) -> (seconds, stats)."""
     torch.manual_seed(0)
     method = build_method(cfg, build_detector(cfg.model, num_classes), num_classes).train()
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
-    times, stats = [], {}
-    for i, (images, targets) in enumerate(data):
+
+    def step(images, targets):
         t0 = time.perf_counter()
         losses, stats = method(images, [dict(t) for t in targets], 0.5)
         opt.zero_grad()
         method.total_loss(losses).backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), stats
+        return time.perf_counter() - t0, stats
+    return step
+
+
+def time_steps(cfgs: list[Config], data, num_classes: int, warmup: int) -> list[tuple[float, dict]]:
+    """Each configuration's median step (and its last stats) on the same batches, the configurations taking
+    turns batch by batch, so that a drift of the machine's speed (minutes long on this VM) hits them alike."""
+    steppers = [_stepper(cfg, num_classes) for cfg in cfgs]
+    times: list[list[float]] = [[] for _ in cfgs]
+    stats: list[dict] = [{} for _ in cfgs]
+    for i, (images, targets) in enumerate(data):
+        for j, step in enumerate(steppers):
+            t, stats[j] = step(images, targets)
+            if i >= warmup:
+                times[j].append(t)
+    return [(statistics.median(t), st) for t, st in zip(times, stats)]
 
 
 # ------------------------------------------------------------------------------------------------ --profile
@@ -297,14 +313,14 @@ def compare(a, base: Config, data, k: int) -> list[dict]:
     print(f"{'config':60s} {'step s':>8s} {'x vanilla':>9s} {'RoIs/it':>8s}")
     for backbone in a.backbone or [base.model.backbone]:
         base.model.backbone = backbone
-        t_van, _ = time_steps(_with(base, "vanilla", []), data, k, a.warmup)
+        specs = [[s for s in spec.split(";") if s] for spec in a.set or [""]]
+        cfgs = [_with(base, "vanilla", [])] + [_with(base, "ssddet", o) for o in specs]
+        (t_van, _), *ssddet = time_steps(cfgs, data, k, a.warmup)
         t_ref = t_ref or t_van
         rows.append({"config": f"{backbone} vanilla", "step_s": t_van, "ratio": t_van / t_ref,
                      "threads": torch.get_num_threads()})
         print(f"{backbone + ' vanilla':60s} {t_van:8.3f} {t_van / t_ref:9.2f}")
-        for spec in a.set or [""]:
-            overrides = [s for s in spec.split(";") if s]
-            t, stats = time_steps(_with(base, "ssddet", overrides), data, k, a.warmup)
+        for overrides, (t, stats) in zip(specs, ssddet):
             name = f"{backbone} ssddet " + " ".join(overrides)
             rows.append({"config": name, "step_s": t, "ratio": t / t_ref, "rois": stats.get("num_rois_shared"),
                          "iou_refined": stats.get("iou_refined"), "iou_noisy": stats.get("iou_noisy"),

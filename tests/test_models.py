@@ -338,10 +338,10 @@ def test_param_groups_give_the_refiner_its_lr_multiplier():
     base, refiner = method.param_groups(0.01)
     assert base["lr"] == 0.01 and refiner["lr"] == pytest.approx(0.08)
     assert {id(p) for p in refiner["params"]} == {id(p) for p in method.refiner.parameters() if p.requires_grad}
-    # the fixed 1x1 trunk convs (trunk_reduce_train=false, trunk_bias_train=false) are in no group; everything
-    # else of the refiner is
-    assert {n for n, p in method.refiner.named_parameters() if not p.requires_grad} == {
-        "trunk.0.weight", "trunk.0.bias", "sisd.trunk.0.weight", "sisd.trunk.0.bias"}
+    # the fixed 1x1 trunk conv weights (trunk_reduce_train=false) are in no group; everything else of the
+    # refiner is, their biases included (trunk_bias_train=true)
+    assert {n for n, p in method.refiner.named_parameters() if not p.requires_grad} == {"trunk.0.weight",
+                                                                                      "sisd.trunk.0.weight"}
     trainable = {id(p) for p in method.parameters() if p.requires_grad}
     ids = [id(p) for g in (base, refiner) for p in g["params"]]
     assert len(ids) == len(set(ids)) and set(ids) == trainable  # every trainable tensor once, frozen ones never

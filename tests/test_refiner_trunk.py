@@ -133,3 +133,21 @@ def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
             torch.testing.assert_close(a, b)
         for name in outs[(True, True)].losses:
             torch.testing.assert_close(outs[(True, True)].losses[name], outs[key].losses[name])
+
+
+def test_channels_last_pooled_features_give_the_same_trunk_output_and_gradients():
+    """The CPU gather pools channels-last; `from_reduced` then feeds fc6 the rows as they lie with its weight
+    permuted: the same features and the same gradients (fc6, fc7, the bias, the input) as in NCHW order."""
+    torch.manual_seed(0)
+    trunk = ReducedTwoMLPHead(8, 3, 4, 6)
+    nchw = torch.randn(5, 4, 3, 3)
+    grads = []
+    for x in (nchw.clone(), nchw.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)):
+        assert x.is_contiguous() == (len(grads) == 0)
+        x.requires_grad_(True)
+        trunk.zero_grad()
+        out = trunk.from_reduced(x)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads.append([out.detach(), x.grad, trunk[0].bias.grad, trunk[2].fc6.weight.grad, trunk[2].fc7.weight.grad])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -134,8 +134,9 @@ class SSDDetConfig:
     trunk_reduce_train: bool = False
     # ... and its bias: true trains it (which needs the trunk's first FC to compute its input gradient for every
     # RoI, ~45 ms of a 0.8 s BCCD step at 2 threads); false keeps its init too, so the refiner's backward stops
-    # at the FCs' weights (docs/benchmarks.md, "Training speed"). Only with trunk_reduce_train=false
-    trunk_bias_train: bool = False
+    # at the FCs' weights: 4-6 % faster, but 0.028 lower val AP at 40 % noise, both seeds lower
+    # (docs/benchmarks.md, "Training speed"). Only with trunk_reduce_train=false
+    trunk_bias_train: bool = True
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
     trunk_init: str = "released"

@@ -38,7 +38,16 @@ class ReducedTwoMLPHead(nn.Sequential):
     def from_reduced(self, pooled: Tensor) -> Tensor:
         """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
         bias): the bias, the ReLU and the FCs."""
-        return self[2](torch.relu(pooled + self[0].bias.view(1, -1, 1, 1)))
+        x = torch.relu(pooled + self[0].bias.view(1, -1, 1, 1))  # keeps pooled's layout
+        head = self[2]
+        if x.is_contiguous() or not x.permute(0, 2, 3, 1).is_contiguous():
+            return head(x)
+        # Channels-last (the CPU gather's layout, `models/roi_align.py`): fc6 reads each RoI's values as they
+        # lie, (R, R, c), its weight permuted to match, instead of every RoI copied into (c, R, R) order.
+        n, c, r, _ = x.shape
+        w6 = head.fc6.weight.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
+        x = F.relu(F.linear(x.permute(0, 2, 3, 1).reshape(n, -1), w6, head.fc6.bias))
+        return F.relu(head.fc7(x))
 
 
 def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0,
