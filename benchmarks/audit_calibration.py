@@ -1,6 +1,7 @@
 """How well `ssddet audit` tells how noisy a dataset is: for each trained SSD-Det cell of the noise sweep, audit its
 own training boxes and compare what the audit sees without the clean boxes (mean IoU of the given boxes with their
-refinement, the share flagged, the estimate `ssddet audit` prints) with the truth (mean IoU of the given boxes with
+refinement, the refiner's agreement with itself between the image and its mirror, the share flagged, the estimate
+`ssddet audit` prints or withholds) with the truth (mean IoU of the given boxes with
 their clean boxes).
 
     python benchmarks/audit_calibration.py [--runs runs/sweep] [--data ../shared/data/bccd]
@@ -44,26 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         level = int(re.match(r"n(\d+)_", name).group(1)) / 100
         ckpt = runs / name / "checkpoint.pt"
-        if name in results and results[name].get("checkpoint_mtime") == ckpt.stat().st_mtime:
-            # audited already; the estimate is the current calibration line's, a function of the stored mean
-            results[name]["iou_estimate"] = estimate_box_iou(results[name]["iou_given_refined"])
+        done = results.get(name, {})
+        if done.get("checkpoint_mtime") == ckpt.stat().st_mtime and "self_agreement" in done:
+            # audited already; the estimate is the current calibration line's, a function of the stored means
+            done["iou_estimate"] = (estimate_box_iou(done["iou_given_refined"]) if done["estimate_reliable"]
+                                    else None)
             continue
         t0 = time.time()
         rep = ssddet.audit(ckpt, noisy_train_json(a.data, level, runs), images=a.data, split="train")
         s = rep.summary
         results[name] = {"noise": level, "annotations": s["annotations"], "checkpoint_mtime": ckpt.stat().st_mtime,
-                         **{k: s.get(k) for k in ("iou_given_refined", "flagged", "iou_estimate",
-                                                  "iou_given_clean", "iou_refined_clean")},
+                         **{k: s.get(k) for k in ("iou_given_refined", "self_agreement", "estimate_reliable",
+                                                  "flagged", "iou_estimate", "iou_given_clean", "iou_refined_clean")},
                          "seconds": time.time() - t0}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print("| cell | noise | IoU(given, refined) | flagged | estimate | true IoU(given, clean) | refined IoU |")
-    print("|---|---|---|---|---|---|---|")
+    print("| cell | noise | IoU(given, refined) | IoU(refined, mirror refined) | flagged | estimate | "
+          "true IoU(given, clean) | refined IoU |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in sorted(results.items()):
-        est = "–" if r.get("iou_estimate") is None else f"{r['iou_estimate']:.3f}"
-        print(f"| {name} | {r['noise']:.0%} | {r['iou_given_refined']:.3f} | {r['flagged']:.1%} | {est} | "
-              f"{r['iou_given_clean']:.3f} | {r['iou_refined_clean']:.3f} |")
+        est = "withheld" if r.get("iou_estimate") is None else f"{r['iou_estimate']:.3f}"
+        print(f"| {name} | {r['noise']:.0%} | {r['iou_given_refined']:.3f} | {r['self_agreement']:.3f} | "
+              f"{r['flagged']:.1%} | {est} | {r['iou_given_clean']:.3f} | {r['iou_refined_clean']:.3f} |")
     return 0
 
 

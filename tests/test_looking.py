@@ -214,6 +214,12 @@ def test_audit_api_with_the_real_refiner(run, tmp_path):
     assert all(r["kind"] == "missing" for r in rep.rows[6:])
     assert all(0.0 <= r["confidence"] <= 1.0 and np.isfinite(r["refined"]).all() for r in anns)
     assert rep.summary["with_clean"] == 6 and rep.summary["base_rate"] == pytest.approx(1 / 6)
+    # the refiner's second look, on the mirror image: per box and its mean, which decides the estimate
+    mirror = [r["iou_refined_mirror"] for r in anns]
+    assert all(0.0 <= v <= 1.0 for v in mirror)
+    assert rep.summary["self_agreement"] == pytest.approx(np.mean(mirror))
+    assert rep.summary["estimate_reliable"] == (rep.summary["iou_given_refined"] < np.mean(mirror))
+    assert (rep.summary["iou_estimate"] is None) == (not rep.summary["estimate_reliable"])
     with pytest.raises(UserError, match="needs an ssddet run|not a training checkpoint"):
         ssddet.audit(out / "model_final.pt", ann)
 
@@ -353,3 +359,21 @@ def test_box_quality_estimate_is_the_calibration_line():
     q = box_quality(np.array([0.2, 0.9, 1.0, 0.4]))
     assert q["iou_given_refined"] == pytest.approx(0.625) and q["flagged"] == 0.5
     assert q["iou_estimate"] == pytest.approx(estimate_box_iou(0.625))
+
+
+def test_box_quality_withholds_the_estimate_where_the_refiner_agrees_with_itself_no_better():
+    """IoU(given, b̃) below the refiner's self-agreement IoU(b̃, b̃ mirror): the estimate is the line's; at or
+    above it the moves are within the refiner's own noise, and no estimate is given (the summary says why)."""
+    from ssddet.engine.audit import box_quality, estimate_box_iou, format_summary
+
+    agree = np.array([0.5, 0.6])
+    q = box_quality(agree, np.array([0.8, 0.9]))
+    assert q["estimate_reliable"] and q["self_agreement"] == pytest.approx(0.85)
+    assert q["iou_estimate"] == pytest.approx(estimate_box_iou(0.55))
+    text = format_summary({"annotations": 2, **q})
+    assert "agrees with itself (image against mirror image) at mean IoU 0.850" in text
+    assert f"estimated mean IoU with the true boxes {estimate_box_iou(0.55):.2f}" in text
+    q = box_quality(agree, np.array([0.5, 0.6]))  # equal: no better than with the given boxes
+    assert not q["estimate_reliable"] and q["iou_estimate"] is None and q["flagged"] == 0.0
+    text = format_summary({"annotations": 2, **q})
+    assert "cannot judge these boxes" in text and "estimated mean IoU" not in text

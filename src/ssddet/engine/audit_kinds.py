@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
-from .refine import ImageView, image_views, refine_view
+from .refine import ImageView, image_views, mirror_features, mirror_refine, refine_view
 
 ANNOTATION_KINDS = ("spurious", "wrong_class", "misplaced")  # asked in this order (module docstring)
 KINDS = ("misplaced", "wrong_class", "spurious", "missing")
@@ -55,6 +55,7 @@ class ImageEvidence:
     """What the audit saw in one image; boxes xyxy in the JSON's pixel frame."""
 
     refined: np.ndarray  # [M, 4] b̃ of each given box (the given box where the refiner skips it)
+    refined_mirror: np.ndarray  # [M, 4] b̃ of each given box computed on the mirror image (mapped back)
     confidence: np.ndarray  # [M] the refiner's confidence in b̃ (`refiner_confidence`; 0 where skipped)
     probs_given: np.ndarray  # [M, K + 1] RoI-head softmax on the given box (column 0: background)
     probs_refined: np.ndarray  # [M, K + 1] the same on b̃
@@ -107,6 +108,16 @@ def refine_image(method, view: ImageView) -> tuple[torch.Tensor, torch.Tensor]:
     return refined, conf
 
 
+def refine_mirror(method, view: ImageView, chunk: int = 32) -> torch.Tensor:
+    """b̃ Tensor[M, 4] (resized frame) of every given box of the view, computed on its mirror image: a second
+    look by the same refiner, whose disagreement with the first is its own noise (`audit.box_quality`)."""
+    if len(view.boxes) == 0:
+        return view.boxes.clone().float()
+    feats, size = mirror_features(method, view.image), view.images.image_sizes[0]
+    return torch.cat([mirror_refine(method, feats, size, view.boxes[s:s + chunk], view.labels[s:s + chunk]).float()
+                      for s in range(0, len(view.boxes), chunk)])
+
+
 @torch.no_grad()
 def gather_evidence(method, records, device, bad=None) -> dict:
     """-> {image id: ImageEvidence} of every readable record, images without annotations too (they may miss
@@ -117,7 +128,8 @@ def gather_evidence(method, records, device, bad=None) -> dict:
         refined, conf = refine_image(method, view)
         dets = detect(method.detector, view)
         out[view.rec.image_id] = ImageEvidence(
-            refined=_np(refined * view.back), confidence=_np(conf),
+            refined=_np(refined * view.back), refined_mirror=_np(refine_mirror(method, view) * view.back),
+            confidence=_np(conf),
             probs_given=_np(roi_class_probs(method.detector, view, view.boxes)),
             probs_refined=_np(roi_class_probs(method.detector, view,
                                               clip_boxes_to_image(refined, view.images.image_sizes[0]))),
