@@ -764,12 +764,18 @@ def audit_lines(path: Path) -> list[str]:
     by: dict[float, list[dict]] = {}
     for r in json.loads(path.read_text()).values():
         by.setdefault(r["noise"], []).append(r)
-    out = ["| noise | audited cells | true mean IoU of the training boxes | `ssddet audit` estimate | flagged |",
-           "|---|---|---|---|---|"]
+    out = ["| noise | audited cells | true mean IoU of the training boxes | IoU(given, refined) | IoU(refined, "
+           "mirror refined) | `ssddet audit` estimate | flagged |", "|---|---|---|---|---|---|---|"]
     for noise, rs in sorted(by.items()):
         est = [r["iou_estimate"] for r in rs if r.get("iou_estimate") is not None]
+        mirror = [r["self_agreement"] for r in rs if r.get("self_agreement") is not None]
+        # an audit that found the refiner no better than its own noise withholds the estimate (engine/audit.py)
+        shown = _f(statistics.fmean(est)) if est else ("withheld" if mirror else "–")
+        if est and len(est) < len(rs):
+            shown += f" ({len(rs) - len(est)} withheld)"
         out.append(f"| {noise:.0%} | {len(rs)} | {statistics.fmean(r['iou_given_clean'] for r in rs):.3f} | "
-                   f"{_f(statistics.fmean(est) if est else None)} | "
+                   f"{_f(statistics.fmean(r['iou_given_refined'] for r in rs))} | "
+                   f"{_f(statistics.fmean(mirror) if mirror else None)} | {shown} | "
                    f"{100 * statistics.fmean(r['flagged'] for r in rs):.1f}% |")
     return ["", "How good are the training boxes, as `ssddet audit` sees them (`benchmarks/audit_calibration.py` "
                 "on each SSD-Det cell's own training boxes; the estimate's calibration: docs/results.md):", "", *out]

@@ -366,11 +366,26 @@ def test_audit_lines_set_the_estimate_against_the_truth(sweep, tmp_path):
     path = tmp_path / "audit.json"
     assert sweep.audit_lines(path) == []
     path.write_text(json.dumps({
-        "n40_ssddet_s0": {"noise": 0.4, "iou_given_clean": 0.46, "iou_estimate": 0.50, "flagged": 0.40},
-        "n40_ssddet_s1": {"noise": 0.4, "iou_given_clean": 0.47, "iou_estimate": 0.44, "flagged": 0.30},
-        "n00_ssddet_s0": {"noise": 0.0, "iou_given_clean": 1.0, "iou_estimate": 0.97, "flagged": 0.01}}))
+        "n40_ssddet_s0": {"noise": 0.4, "iou_given_clean": 0.46, "iou_given_refined": 0.5, "iou_estimate": 0.50,
+                          "flagged": 0.40},
+        "n40_ssddet_s1": {"noise": 0.4, "iou_given_clean": 0.47, "iou_given_refined": 0.4, "iou_estimate": 0.44,
+                          "flagged": 0.30},
+        "n00_ssddet_s0": {"noise": 0.0, "iou_given_clean": 1.0, "iou_given_refined": 0.8, "iou_estimate": 0.97,
+                          "flagged": 0.01}}))
     lines = sweep.audit_lines(path)
-    assert "| 0% | 1 | 1.000 | 0.970 | 1.0% |" in lines and "| 40% | 2 | 0.465 | 0.470 | 35.0% |" in lines
+    assert "| 0% | 1 | 1.000 | 0.800 | – | 0.970 | 1.0% |" in lines
+    assert "| 40% | 2 | 0.465 | 0.450 | – | 0.470 | 35.0% |" in lines
+    # audits with the mirror look: an estimate withheld by one of two cells, then by both
+    path.write_text(json.dumps({
+        "n00_ssddet_s0": {"noise": 0.0, "iou_given_clean": 1.0, "iou_given_refined": 0.8, "self_agreement": 0.9,
+                          "iou_estimate": 0.97, "flagged": 0.01},
+        "n00_ssddet_s1": {"noise": 0.0, "iou_given_clean": 1.0, "iou_given_refined": 0.6, "self_agreement": 0.5,
+                          "iou_estimate": None, "flagged": 0.03},
+        "n40_ssddet_s0": {"noise": 0.4, "iou_given_clean": 0.46, "iou_given_refined": 0.6, "self_agreement": 0.58,
+                          "iou_estimate": None, "flagged": 0.02}}))
+    lines = sweep.audit_lines(path)
+    assert "| 0% | 2 | 1.000 | 0.700 | 0.700 | 0.970 (1 withheld) | 2.0% |" in lines
+    assert "| 40% | 1 | 0.460 | 0.600 | 0.580 | withheld | 2.0% |" in lines
 
 
 def test_a_tampered_cell_is_re_run(sweep, tmp_path, monkeypatch):
