@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name, r in sorted(results.items()):
         est = "withheld" if r.get("iou_estimate") is None else f"{r['iou_estimate']:.3f}"
-        print(f"| {name} | {r['noise']:.0%} | {r['iou_given_refined']:.3f} | {r['self_agreement']:.3f} | "
-              f"{r['flagged']:.1%} | {est} | {r['iou_given_clean']:.3f} | {r['iou_refined_clean']:.3f} |")
+        f = {k: "–" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou_given_refined", "self_agreement",
+                                                                      "iou_given_clean", "iou_refined_clean")}
+        flagged = "–" if r.get("flagged") is None else f"{r['flagged']:.1%}"
+        print(f"| {name} | {r['noise']:.0%} | {f['iou_given_refined']} | {f['self_agreement']} | {flagged} | {est} | "
+              f"{f['iou_given_clean']} | {f['iou_refined_clean']} |")
     return 0
 
 

@@ -144,7 +144,8 @@ def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
 
 def roi_align(input: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
               sampling_ratio: int, aligned: bool = False) -> Tensor:
-    """torchvision's `roi_align` (rois as Tensor[K, 5]), as a gather where it applies."""
+    """torchvision's `roi_align` (rois as Tensor[K, 5]), as a gather where it applies. The gather's result is
+    Tensor[K, C, PH, PW] with channels-last strides (not contiguous): `reshape`, not `view`."""
     if not _gather_applies(input, sampling_ratio):
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     output_size = tuple(output_size)
