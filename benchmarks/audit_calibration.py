@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import ssddet
-from ssddet.engine.audit import estimate_box_iou
+from ssddet.engine.audit import estimate_box_iou, estimate_reliable
 
 
 def noisy_train_json(data: str, level: float, runs: Path) -> Path:
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = runs / name / "checkpoint.pt"
         done = results.get(name, {})
         if done.get("checkpoint_mtime") == ckpt.stat().st_mtime and "self_agreement" in done:
-            # audited already; the estimate is the current calibration line's, a function of the stored means
+            # audited already; the estimate and its test are today's, functions of the stored means
+            done["estimate_reliable"] = estimate_reliable(done["iou_given_refined"], done["self_agreement"])
             done["iou_estimate"] = (estimate_box_iou(done["iou_given_refined"]) if done["estimate_reliable"]
                                     else None)
             continue
