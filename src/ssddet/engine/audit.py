@@ -58,9 +58,8 @@ class AuditReport:
 
 
 CSV_FIELDS = ("rank", "score", "iou_given_refined", "iou_refined_mirror", "confidence", "annotation_id", "image_id",
-              "file_name",
-              "category", "given_x", "given_y", "given_w", "given_h", "refined_x", "refined_y", "refined_w",
-              "refined_h", "iou_given_clean", "iou_refined_clean",
+              "file_name", "category", "given_x", "given_y", "given_w", "given_h", "refined_x", "refined_y",
+              "refined_w", "refined_h", "iou_given_clean", "iou_refined_clean",
               # the kinds (engine/audit_kinds.py)
               "kind", "kind_rank", "wrong_class_score", "suggested_category", "spurious_score", "missing_score",
               "detected_x", "detected_y", "detected_w", "detected_h")
