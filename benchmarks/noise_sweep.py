@@ -225,6 +225,8 @@ PREDATED_FIELDS = {
     ("ssddet", "det_reset"): 0.0,
     ("ssddet", "target_momentum"): 0.0,
     ("ssddet", "unannotated_score"): 0.0,  # the R-CNN learned every unannotated RoI as background (before the field)
+    ("ssddet", "keep_history"): False,  # the keep step had no per-box history arm (before the field) ...
+    ("ssddet", "keep_history_delta"): 0.1,  # ... whose margin acts only with it (`effect`)
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them
@@ -283,6 +285,8 @@ def effect(spec: dict, data: str | None = None) -> dict:
     train.pop("sync_bn", None)
     if "ssddet" in out:
         out["ssddet"].pop("refiner_decay_epochs", None)
+        if not out["ssddet"].get("keep_history", False):
+            out["ssddet"].pop("keep_history_delta", None)
         out["refiner_schedule"] = _refiner_schedule(spec)
     if data is not None and "aspect_groups" in out.get("data", {}):
         out["data"]["aspect_groups"] = _groups(data, out["data"].get("train_split", "train"),
@@ -708,6 +712,8 @@ def ssddet_settings(cells: list[dict]) -> str:
             f"`w_det={s['w_det']:g}`, `model.box_bg_iou_thresh={band:g}`, "
             f"`trunk_reduce_train={str(s['trunk_reduce_train']).lower()}`"
             + ("" if s["trunk_reduce_train"] else f", `trunk_bias_train={str(s['trunk_bias_train']).lower()}`")
+            + (f", `trunk_bias_grad_stride={s['trunk_bias_grad_stride']}`"
+               if not s["trunk_reduce_train"] and s["trunk_bias_train"] else "")
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                + (f", `trust_mode={s['trust_mode']:g}`" if s.get("trust_mode") else "")
                if s["keep_given"] else "")

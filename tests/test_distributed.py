@@ -104,9 +104,9 @@ def _train(port: int, argv: list[str], crash_after_epoch1: bool = False) -> dict
     seen: dict = {"refined": set()}
     orig_update, orig_save, orig_resume = BoxBank.update_all_ranks, Trainer._save, Trainer._resume
 
-    def update(self, ann_ids, boxes):
+    def update(self, ann_ids, boxes, merged=None):
         seen["refined"].update(ann_ids.tolist())
-        orig_update(self, ann_ids, boxes)
+        orig_update(self, ann_ids, boxes, merged)
 
     def save(self, metrics, **kw):
         orig_save(self, metrics, **kw)

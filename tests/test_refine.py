@@ -164,7 +164,8 @@ def test_ssddet_method_passes_the_bank_boxes_for_the_negatives_to_avoid(monkeypa
     method.bank.update(torch.tensor([5, 9]), torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.6, 0.7]]))
     seen = {}
 
-    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None):
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None,
+                     previous=None):
         seen["avoid"] = avoid
         return RefinerOutput([b.clone() for b in boxes], [b.clone() for b in boxes], {}, {},
                              [torch.ones(len(b), dtype=torch.bool) for b in boxes])
@@ -190,7 +191,8 @@ def _fake_refined_method(monkeypatch, cfg, refined_box):
 
     method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), cfg, 2).train()
 
-    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None):
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None,
+                     previous=None):
         return RefinerOutput([refined_box.clone() for _ in boxes], [b.clone() for b in boxes], {}, {},
                              [torch.ones(len(b), dtype=torch.bool) for b in boxes])
 
@@ -381,3 +383,37 @@ def test_refining_another_file_takes_the_trust_from_that_file(tiny_ssddet_run, t
     assert 0.0 <= d["info"]["ssddet_refine"]["agreement"] <= 1.0
     assert "agreement" not in ssddet.refine(run / "checkpoint.pt")["info"]["ssddet_refine"]
     assert "agreement" in ssddet.refine(run / "checkpoint.pt", split="val")["info"]["ssddet_refine"]
+
+
+def test_refine_with_keep_history_takes_the_mirror_images_merged_box_as_second_view(tiny_ssddet_run, monkeypatch):
+    """keep_history at export: each chunk's refiner call gets `previous`, the merged box b̃ (keep step off) of the
+    same objects on the mirror image, mapped back; with the option off, none. A fake refiner that moves every box
+    3 px right in the frame it sees gives b̃ + 3 px in the image and b̃ - 3 px (mapped back) in the mirror."""
+    from ssddet.data.splits import training_split_json
+    from ssddet.engine.refine import load_refiner_method, refine_records
+    from ssddet.models.ssddet.refiner import RefinerOutput
+
+    _, run = tiny_ssddet_run
+    method, cfg, _ = load_refiner_method(run / "checkpoint.pt", torch.device("cpu"))
+    _, _, records = training_split_json(cfg.data)
+    records = [r for r in records if len(r.boxes)][:2]
+    seen = []
+
+    def biased(features, sizes, boxes, labels, *args, previous=None, **kwargs):
+        seen.append((boxes[0].clone(), previous, method.refiner.cfg.keep_given))
+        shift = boxes[0].new_tensor([3.0, 0.0, 3.0, 0.0])
+        return RefinerOutput([boxes[0] + shift], [boxes[0].clone()], {}, {},
+                             [torch.ones(len(boxes[0]), dtype=torch.bool)])
+
+    monkeypatch.setattr(method.refiner, "forward", biased)
+    for on in (False, True):
+        method.refiner.cfg.keep_history, seen[:] = on, []
+        refine_records(method, records, torch.device("cpu"))
+        main = [(b, p) for b, p, keep in seen if keep]
+        assert len(main) == len(records)
+        for boxes, prev in main:
+            if not on:
+                assert prev is None
+            else:
+                torch.testing.assert_close(prev[0], boxes + boxes.new_tensor([-3.0, 0.0, -3.0, 0.0]))
+        assert method.refiner.cfg.keep_given  # restored after each mirror pass

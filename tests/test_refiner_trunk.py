@@ -1,13 +1,17 @@
 """Reduce, then pool (models/ssddet/trunk.py): the reduced trunks' 1x1 convs run once on the FPN maps, and the
 result equals the per-RoI conv path up to float rounding, for RoIs inside, across and outside the map."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import MultiScaleRoIAlign
 
 from ssddet.config import SSDDetConfig
+from ssddet.models.ssddet import trunk as trunk_module
 from ssddet.models.ssddet.refiner import SSDDetRefiner
-from ssddet.models.ssddet.trunk import ReducedTwoMLPHead, embed, pool, reduce_maps
+from ssddet.models.ssddet.trunk import ReducedTwoMLPHead, SubsampledBiasLinear, embed, pool, reduce_maps
 
 C, R, K = 16, 5, 3
 NAMES = ["0", "1", "2", "3"]
@@ -95,7 +99,7 @@ def test_trunk_init_is_validated():
         validate(cfg, resume=False, output_given=True)
 
 
-def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
+def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward(monkeypatch):
     """trunk_reduce_train=false: the same function at init (the conv keeps its init weights), no gradient
     reaches the conv weights or flows back through RoIAlign, the FCs still get gradients; the bias trains with
     trunk_bias_train=true, and without it fc6 gets no input gradient to compute."""
@@ -104,7 +108,7 @@ def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
     for train, bias in ((True, True), (False, True), (False, False)):
         torch.manual_seed(0)
         cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
-                           trunk_reduce_train=train, trunk_bias_train=bias)
+                           trunk_reduce_train=train, trunk_bias_train=bias, trunk_bias_grad_stride=1)
         ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
         ref.manual_seed(0).train()
         trunks = ref._trunks()
@@ -114,13 +118,13 @@ def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward():
         assert all(m.requires_grad == train for m in maps.values())  # nothing for RoIAlign to scatter back
         fc6_inputs: list[bool] = []
 
-        def record(module, inputs, output, seen=fc6_inputs):  # the passes that train, not the keep step's
-            if torch.is_grad_enabled():
-                seen.append(inputs[0].requires_grad)
-        hooks = [t[2].fc6.register_forward_hook(record) for t in trunks]
+        def linear(x, *args, seen=fc6_inputs):  # fc6 and fc7 of the passes that train, not the keep step's
+            if torch.is_grad_enabled() and x.shape[1] == 4 * R * R:
+                seen.append(x.requires_grad)
+            return F.linear(x, *args)
+        monkeypatch.setattr(trunk_module, "F", SimpleNamespace(**{**vars(F), "linear": linear}))
         out = ref(feats, SIZES, BOXES, LABELS, progress=0.5)
-        for h in hooks:
-            h.remove()
+        monkeypatch.undo()
         assert set(fc6_inputs) == {bias}
         sum(out.losses.values()).backward()
         for t in trunks:
@@ -151,3 +155,82 @@ def test_channels_last_pooled_features_give_the_same_trunk_output_and_gradients(
         grads.append([out.detach(), x.grad, trunk[0].bias.grad, trunk[2].fc6.weight.grad, trunk[2].fc7.weight.grad])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def _bias_grads(stride: int, channels_last: bool, offsets=(None,)):
+    """Gradients (bias, fc6 weight, fc6 bias, fc7 weight) of a fixed loss of a fixed-conv trunk on 11 RoIs, one
+    set per call (`offsets`: the `_calls` counter before it, i.e. which rows train the bias)."""
+    torch.manual_seed(0)
+    trunk = ReducedTwoMLPHead(8, 3, 4, 6, train_reduce=False, train_bias=True, bias_grad_stride=stride)
+    torch.nn.init.normal_(trunk[0].bias)
+    pooled = torch.randn(11, 4, 3, 3)
+    if channels_last:
+        pooled = pooled.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    out = []
+    for calls in offsets:
+        if calls is not None:
+            trunk._calls = calls
+        trunk.zero_grad()
+        y = trunk.from_reduced(pooled)
+        (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()
+        out.append([trunk[0].bias.grad.clone(), trunk[2].fc6.weight.grad.clone(), trunk[2].fc6.bias.grad.clone(),
+                    trunk[2].fc7.weight.grad.clone()])
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_subsampled_bias_gradient_is_exact_for_fc6_and_unbiased_for_the_bias(channels_last):
+    """trunk_bias_grad_stride=3: the forward and fc6/fc7's gradients equal the exact ones; the bias's gradient
+    comes from every third RoI (scaled by 11/4 or 11/3), differs from the exact one, and its mean over the three
+    offsets weighted by the rows each one takes is the exact gradient."""
+    (exact,) = _bias_grads(1, channels_last)
+    sub = _bias_grads(3, channels_last, offsets=(2, 0, 1))  # the call counter +1: offsets 0, 1, 2
+    for g in sub:
+        for a, b in zip(exact[1:], g[1:]):
+            torch.testing.assert_close(a, b)
+        assert not torch.allclose(g[0], exact[0])
+    rows = torch.tensor([4.0, 4.0, 3.0])  # offsets 0, 1, 2 of 11 rows: 4, 4 and 3 rows
+    mean = sum(g[0] * n / 11 for g, n in zip(sub, rows))
+    torch.testing.assert_close(mean, exact[0])
+
+
+def test_subsampled_bias_linear_at_stride_one_equals_autograd():
+    """Stride 1 through the Function: the same output and the same gradients, bit for bit, as relu + F.linear."""
+    torch.manual_seed(0)
+    flat, b, w, fb = torch.randn(7, 12), torch.randn(12), torch.randn(5, 12), torch.randn(5)
+    grads = []
+    for use_fn in (False, True):
+        leaves = [t.clone().requires_grad_(True) for t in (b, w, fb)]
+        y = (SubsampledBiasLinear.apply(flat, *leaves, 1, 0) if use_fn
+             else F.linear(torch.relu(flat + leaves[0]), leaves[1], leaves[2]))
+        (y * torch.arange(35.0).view(7, 5)).sum().backward()
+        grads.append([y.detach()] + [t.grad for t in leaves])
+    for a, c in zip(*grads):
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+
+
+def test_subsampled_bias_gradient_only_where_the_bias_is_all_that_trains():
+    """The exact path (no Function) where the pooled features need a gradient (the conv trains, or the features
+    are not detached), and under no_grad; the Function where only the bias trains below fc6."""
+    trunk = ReducedTwoMLPHead(8, 3, 4, 6, train_reduce=False, train_bias=True, bias_grad_stride=4)
+    pooled = torch.randn(5, 4, 3, 3)
+    name = SubsampledBiasLinear.__name__
+    assert any(name in n for n in _graph_names(trunk.from_reduced(pooled)))
+    assert not any(name in n for n in _graph_names(trunk.from_reduced(pooled.clone().requires_grad_(True))))
+    trunk.bias_grad_stride = 1
+    assert not any(name in n for n in _graph_names(trunk.from_reduced(pooled)))
+    with torch.no_grad():
+        assert trunk.from_reduced(pooled).grad_fn is None
+
+
+def _graph_names(t: torch.Tensor) -> list[str]:
+    """The names of every node of t's autograd graph."""
+    seen, todo, names = set(), [t.grad_fn], []
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names

@@ -305,3 +305,91 @@ def test_the_warm_up_feeds_the_mean_but_not_the_window():
     assert torch.isnan(keep.recent).all() and torch.isnan(keep.mode) and float(keep.agreement) > 0.7
     keep.update(_agreements(1000, 0), progress=0.3)
     assert int(torch.isfinite(keep.recent).sum()) == 1000 and float(keep.mode) > 0.75
+
+
+def test_history_arm_keeps_a_box_moved_no_further_than_the_refiners_own_answer_moves():
+    """keep_history: b* stays where IoU(b*, b̃) >= IoU(b̃, previous b̃) - delta; objects without a previous visit
+    (NaN) are left to the other arms. Hand-built: IoU(b*, b̃) = 0.5 for all three objects."""
+    from ssddet.models.ssddet.keep import history_arm
+
+    given = torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(3, 1)
+    merged = torch.tensor([[0.0, 0.0, 10.0, 5.0]]).repeat(3, 1)  # half of b*: IoU 0.5
+    previous = torch.tensor([[0.0, 0.0, 10.0, 5.0],  # the same answer last visit: self-agreement 1.0
+                             [0.0, 0.0, 10.0, 10.0],  # last visit said b*: self-agreement 0.5
+                             [float("nan")] * 4])
+    cand, agree = torch.stack([given, merged], dim=1), torch.full((3,), 0.5)
+    keep, stats = history_arm(cand, previous, agree, delta=0.1)
+    assert keep.tolist() == [False, True, False]
+    assert float(stats["self_agreement"]) == pytest.approx(0.75)
+    assert float(stats["keep_history"]) == pytest.approx(1 / 3)
+    keep, _ = history_arm(cand, previous, agree, delta=0.6)  # a wide delta keeps every object seen before
+    assert keep.tolist() == [True, True, False]
+
+
+def test_keep_history_keeps_the_given_box_over_the_scores_only_when_switched_on():
+    """KeepTheBox: with keep_history the arm's boxes stay b* though the scores prefer b̃ and nothing is trusted;
+    without it (the default) the same call replaces them."""
+    given = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    merged = torch.tensor([[0.0, 0.0, 10.0, 5.0], [20.0, 20.0, 30.0, 25.0]])
+    previous = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 25.0]])
+    cand, cls = torch.stack([given, merged], dim=1), torch.tensor([[0.1, 0.9], [0.1, 0.9]])
+    for on, expected in ((True, [given[0], merged[1]]), (False, [merged[0], merged[1]])):
+        keep = KeepTheBox(SSDDetConfig(keep_history=on, keep_iou=0.0, trust_mode=0.0)).eval()
+        box, stats = keep(cand, cls, None, previous=previous)
+        assert torch.equal(box, torch.stack(expected))
+        assert ("keep_history" in stats) == on
+
+
+def test_the_bank_carries_each_objects_merged_box_to_its_next_visit(monkeypatch):
+    """keep_history: a step writes the selected objects' b̃ before the keep step (the refiner's bags["merged"])
+    into the bank's merged table in the unflipped unit frame; the next step hands it back to the refiner in the
+    image's own frame, NaN for an object never seen; the table survives the state dict, and a bank saved before
+    the table loads with an empty one."""
+    from types import SimpleNamespace
+
+    from ssddet.config import ModelConfig
+    from ssddet.models.detector import build_detector
+    from ssddet.models.methods import SSDDetMethod
+    from ssddet.models.ssddet.bank import BoxBank
+    from ssddet.models.ssddet.refiner import RefinerOutput
+
+    cfg = SSDDetConfig(keep_history=True, warmup_frac=0.0)
+    method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), cfg, 2).train()
+    merged, seen = torch.tensor([[40.0, 20.0, 80.0, 60.0]]), []
+
+    def fake_refiner(features, sizes, boxes, labels, true=None, progress=None, avoid=None, priority=None,
+                     previous=None):
+        seen.append([p.clone() for p in previous])
+        sel = [torch.arange(len(b)) == 0 for b in boxes]  # the first object of each image is refined
+        return RefinerOutput([b.clone() for b in boxes], [b.clone() for b in boxes], {}, {}, sel,
+                             {"merged": merged.repeat(len(boxes), 1)})
+
+    monkeypatch.setattr(method.refiner, "forward", fake_refiner)
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 5.0, 9.0, 9.0]])
+    sizes = SimpleNamespace(image_sizes=[(100, 200)])
+    first = {"boxes": boxes, "labels": torch.tensor([1, 1]), "ann_ids": torch.tensor([7, 8]), "flipped": True}
+    method.refine_targets({}, sizes, [first], 0.5)
+    assert torch.isnan(seen[0][0]).all()
+    method.refine_targets({}, sizes, [{**first, "flipped": False}], 0.6)
+    # (40, 20, 80, 60) in the flipped 200 px wide frame is (120, 20, 160, 60) unflipped
+    torch.testing.assert_close(seen[1][0][0], torch.tensor([120.0, 20.0, 160.0, 60.0]))
+    assert torch.isnan(seen[1][0][1]).all()  # object 8 was never refined
+    restored = BoxBank()
+    restored.set_extra_state(method.bank.get_extra_state())
+    assert restored.merged == method.bank.merged and len(restored.merged) == 1
+    old = {k: v for k, v in method.bank.get_extra_state().items() if not k.startswith("merged")}
+    restored.set_extra_state(old)
+    assert restored.merged == {} and restored.boxes == method.bank.boxes
+
+
+def test_refiner_with_keep_history_keeps_the_boxes_its_last_answer_agrees_with():
+    """The whole refiner: bags["merged"] is b̃ before step 8 (one row per object); given b̃ itself as the previous
+    answer, every object the arm can judge is kept exactly where b̃ stays within delta of b* (here: delta 1, all)."""
+    ref = _refiner(keep_history=True, keep_history_delta=1.0, keep_iou=0.0, trust_mode=0.0).train()
+    out = ref(_features(), SIZES, BOXES, LABELS, progress=0.5)
+    assert out.bags["merged"].shape == (4, 4) and "keep_history" not in out.stats  # no previous: no arm
+    prev = list(out.bags["merged"].split([3, 1]))
+    prev[1] = torch.full((1, 4), float("nan"))  # image 1's object: never seen
+    out = ref(_features(), SIZES, BOXES, LABELS, progress=0.5, previous=prev)
+    assert out.stats["keep_history"] == pytest.approx(0.75) and out.stats["self_agreement"] > 0
+    assert torch.equal(out.refined[0], BOXES[0])

@@ -217,7 +217,7 @@ PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epoch
             ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
             ("ssddet", "trunk_reduce_train"): True, ("ssddet", "trunk_bias_train"): True,
             # ... and trust came from the running mean of the agreements alone, not from their highest mode
-            ("ssddet", "trust_mode"): 0.0, ("ssddet", "trust_window"): 2048}
+            ("ssddet", "trust_mode"): 0.0, ("ssddet", "trust_window"): 2048, ("ssddet", "trunk_bias_grad_stride"): 1}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:

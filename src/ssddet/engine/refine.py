@@ -112,11 +112,27 @@ def refine_chunks(method, records, device, chunk: int = 32, bad: BadImages | Non
 @torch.no_grad()
 def refine_view(method, view: ImageView, chunk: int = 32):
     """Yield (slice of the image's objects, RefinerOutput) for every object of `view`, `chunk` objects per call
-    (eval mode, no per-image cap)."""
-    method.refiner.cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
+    (eval mode, no per-image cap). With `keep_history` the keep step's second view of each object is its b̃ on
+    the mirror image (in training: its previous visit; docs/method.md §3.1 step 8), one more backbone pass."""
+    cfg = method.refiner.cfg
+    cfg.max_objects_per_image = 0  # all objects; chunking bounds the cost
+    second = cfg.keep_history and cfg.keep_given and method.refiner.keep is not None
+    mirror, size = (mirror_features(method, view.image) if second else None), view.images.image_sizes[0]
     for s in range(0, len(view.boxes), chunk):
         part = slice(s, s + chunk)
-        yield part, method.refiner(view.features, view.images.image_sizes, [view.boxes[part]], [view.labels[part]])
+        prev = [mirror_merged(method, mirror, size, view.boxes[part], view.labels[part])] if second else None
+        yield part, method.refiner(view.features, view.images.image_sizes, [view.boxes[part]], [view.labels[part]],
+                                   previous=prev)
+
+
+def mirror_merged(method, features: dict, size: tuple[int, int], boxes, labels) -> torch.Tensor:
+    """`mirror_refine` without the keep step: b̃ itself, Tensor[M, 4] in the unmirrored frame."""
+    cfg = method.refiner.cfg
+    cfg.keep_given = False
+    try:
+        return mirror_refine(method, features, size, boxes, labels)
+    finally:
+        cfg.keep_given = True
 
 
 def mirror_features(method, image: torch.Tensor) -> dict:

@@ -61,12 +61,14 @@ class SSDDetMethod(DetectionMethod):
         return min(1.0, progress / self.cfg.warmup_frac)
 
     @scoped("bank")
-    def _with_bank(self, targets, refined, selected, sizes, smooth: bool = False) -> list:
+    def _with_bank(self, targets, refined, selected, sizes, smooth: bool = False, merged=None) -> list:
         """Objects refined now update the bank (of every DDP process: the bank is one logical bank, see
         ssddet/bank.py), averaged with their banked box if `smooth` (`target_momentum`); the others take their
-        banked box (else stay noisy)."""
-        out, new_ids, new_boxes = [], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)]
-        for t, r, sel, size in zip(targets, refined, selected, sizes):
+        banked box (else stay noisy). `merged` (Tensor[S, 4], the selected objects' b̃ before the keep step,
+        image-major) goes into the bank's merged table, the keep step's second view at the next visit."""
+        out, new_ids, new_boxes, new_merged = [], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)], []
+        merged = merged.split([int(s.sum()) for s in selected]) if merged is not None else [None] * len(targets)
+        for t, r, sel, size, mg in zip(targets, refined, selected, sizes, merged):
             if not self.training or "ann_ids" not in t or len(r) == 0:
                 out.append(r)
                 continue
@@ -77,6 +79,8 @@ class SSDDetMethod(DetectionMethod):
                 r[sel] = self._smoothed(ids[sel.cpu()], r[sel], size, flipped)
             new_ids.append(ids[sel.cpu()])
             new_boxes.append(to_unit(r[sel], size, flipped).detach().float().cpu())
+            if mg is not None:
+                new_merged.append(to_unit(mg.float(), size, flipped).cpu())
             banked, found = self.bank.lookup(ids[~sel.cpu()])
             rest = r[~sel].clone()
             if found.any():
@@ -84,7 +88,8 @@ class SSDDetMethod(DetectionMethod):
             r[~sel] = rest
             out.append(r)
         if self.training:  # a collective under DDP: called once per step on every process
-            self.bank.update_all_ranks(torch.cat(new_ids), torch.cat(new_boxes))
+            mg = torch.cat([torch.zeros(0, 4)] + new_merged) if merged[0] is not None else None
+            self.bank.update_all_ranks(torch.cat(new_ids), torch.cat(new_boxes), mg)
         return out
 
     def _smoothed(self, ids, boxes, size, flipped: bool):
@@ -112,6 +117,23 @@ class SSDDetMethod(DetectionMethod):
             out.append(from_unit(banked[found].to(empty), size, bool(t.get("flipped", False))))
         return out
 
+    @scoped("bank")
+    def previous_merged(self, targets, sizes) -> list | None:
+        """Per image Tensor[M_i, 4] in its (resized, flipped) frame: each object's b̃ of its last visit from the
+        bank's merged table, NaN rows where there is none; None unless `keep_history` trains with the bank."""
+        if not (self.training and self.cfg.bank and self.cfg.keep_history):
+            return None
+        out = []
+        for t, size in zip(targets, sizes):
+            prev = t["boxes"].new_full((len(t["boxes"]), 4), float("nan"))
+            if "ann_ids" in t and len(prev):
+                banked, found = self.bank.lookup(t["ann_ids"].cpu(), merged=True)
+                if found.any():
+                    f = found.to(prev.device)
+                    prev[f] = from_unit(banked[found].to(prev), size, bool(t.get("flipped", False)))
+            out.append(prev)
+        return out
+
     @scoped("ssddet.targets")
     def refine_targets(self, features, images, targets, progress: float):
         noisy = [t["boxes"] for t in targets]
@@ -121,13 +143,15 @@ class SSDDetMethod(DetectionMethod):
         avoid, priority = self.banked_boxes(targets, images.image_sizes), self.priority(targets)
         with scope("refiner"):
             out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
-                               progress=progress, avoid=avoid, priority=priority)
+                               progress=progress, avoid=avoid, priority=priority,
+                               previous=self.previous_merged(targets, images.image_sizes))
         refined = out.refined
         if self.cfg.bank:
             # no average while the refiner trusts the given boxes: they are the targets (but the few it moves
             # below trusted_keep_iou, keep.py), exact, and an average would drag them back (sampling_band)
             smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
-            refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth)
+            refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth,
+                                      out.bags.get("merged") if self.cfg.keep_history else None)
         # A training decision, taken here (after the keep step has updated its trust, before the R-CNN samples):
         # the statistics below only report it.
         band = self.sampling_band(progress)

@@ -45,7 +45,8 @@ SISD_PROBE_THRESHOLDS = (0.7, 0.75, 0.8)
 @torch.no_grad()
 def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
                  clean: Tensor | None = None, trusted_iou: float | None = None,
-                 agree: Tensor | None = None, keep_sisd: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+                 agree: Tensor | None = None, keep_sisd: float = 0.0,
+                 keep_also: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Choose b* or b̃ for every object.
 
     Args:
@@ -59,6 +60,7 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         agree: Tensor[M] IoU(b*, b̃) if the caller has it already.
         keep_sisd: untrusted, b* is also kept where SISD's IoU estimate of it is >= keep_sisd (<= 0 or without
             SISD: that arm is off).
+        keep_also: optional Bool[M], more b* to keep whatever the other arms say (`history_arm`).
 
     Returns:
         (Tensor[M, 4] the kept boxes, stats: keep_rate, iou_given_merged and with `clean` iou_merged,
@@ -75,6 +77,8 @@ def keep_the_box(cand: Tensor, cls: Tensor, iou: Tensor | None, keep_iou: float,
         keep |= u[:, 0] >= keep_sisd
     if trusted_iou is not None:
         keep = agree >= trusted_iou if trusted_iou > 0 else torch.ones_like(keep)
+    if keep_also is not None:
+        keep |= keep_also
     stats = {"keep_rate": keep.float().mean(), "iou_given_merged": agree.mean()}
     if clean is not None:
         ar = torch.arange(cand.shape[0], device=cand.device)
@@ -124,6 +128,23 @@ def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor, sisd_given: Tensor | N
         if sisd_given is not None:
             out[f"sisd_given_{name}"] = sisd_given[m].mean()
     return out
+
+
+@torch.no_grad()
+def history_arm(cand: Tensor, previous: Tensor, agree: Tensor, delta: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The per-box test against the refiner's own noise: b* is kept where IoU(b*, b̃) >= IoU(b̃, b̃ of the
+    object's previous visit) - delta, i.e. where the refiner moves b* no further than its own answer moves
+    between two looks at the object (another flip, another bag, an epoch more training). Objects without a
+    previous visit (NaN rows of `previous`: Tensor[M, 4]) are not kept by this arm.
+
+    -> (Bool[M] kept by this arm, stats: `self_agreement` (mean over objects with a previous visit, 0 if none)
+    and `keep_history` (the share of all objects this arm keeps)).
+    """
+    known = torch.isfinite(previous).all(dim=1)
+    self_agree = aligned_iou(cand[:, 1], torch.nan_to_num(previous))
+    keep = known & (agree >= self_agree - delta)
+    mean = self_agree[known].mean() if known.any() else agree.new_zeros(())
+    return keep, {"self_agreement": mean, "keep_history": keep.float().mean()}
 
 
 @torch.no_grad()
@@ -229,18 +250,22 @@ class KeepTheBox(nn.Module):
 
     @torch.no_grad()
     def forward(self, cand: Tensor, cls: Tensor, iou: Tensor | None, clean: Tensor | None = None,
-                progress: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """`keep_the_box` on Tensor[M, 2, 4] (b*, b̃) with the dataset's trust; stats add `agreement`,
-        `agreement_mode` and `given_trusted`."""
+                progress: float | None = None, previous: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """`keep_the_box` on Tensor[M, 2, 4] (b*, b̃) with the dataset's trust and, with cfg.keep_history and
+        `previous` (Tensor[M, 4], each object's b̃ of its last visit), the per-box `history_arm`; stats add
+        `agreement`, `agreement_mode` and `given_trusted` (and the arm's)."""
         agree = aligned_iou(cand[:, 0], cand[:, 1])
         if self.training:
             self.update(agree, progress)
         trusted = self.trusted(progress)
         if self.training:
             self.trust_on.fill_(float(trusted))
+        also, arm = (history_arm(cand, previous.to(cand), agree, float(self.cfg.keep_history_delta))
+                     if self.cfg.keep_history and previous is not None else (None, {}))
         box, stats = keep_the_box(cand, cls, iou, float(self.cfg.keep_iou), clean, agree=agree,
                                   trusted_iou=float(self.cfg.trusted_keep_iou) if trusted else None,
-                                  keep_sisd=float(self.cfg.keep_sisd))
+                                  keep_sisd=float(self.cfg.keep_sisd), keep_also=also)
+        stats.update(arm)
         # the mode is NaN until the window holds MIN_MODE_COUNT agreements: logged as 0 ("not yet known")
         stats.update(agreement=self.agreement.clone(), agreement_mode=torch.nan_to_num(self.mode.clone(), nan=0.0),
                      given_trusted=torch.tensor(float(trusted)))

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...data.boxes import clip_boxes
+from .sisd import spatial_confidence
+
 
 def topk_merge(bag: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Merge each bag into the score-weighted mean of its k best proposals.
@@ -46,3 +49,13 @@ def topk_merge(bag: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         boxes = (picked * w[..., None]).sum(dim=1)
         return boxes, s.sum(dim=1)
 
+
+
+@torch.no_grad()
+def final_merge(b2: Tensor, cls: Tensor, score: Tensor, u: Tensor | None, k: int, hw: Tensor) -> Tensor:
+    """Step 7: b̃ Tensor[M, 4], the top-k merge of B2 Tensor[M, P, 4] by sigma(cls) * U' (cls, u: Tensor[M, P];
+    the code: no instance term, method.md 5 item 3; not clipped), or without SISD (u None) by the stage-II bag
+    scores Tensor[M, P] (clipped to hw: Tensor[M, 2] (h, w))."""
+    if u is not None:
+        return topk_merge(b2, cls * spatial_confidence(u), k)[0]
+    return clip_boxes(topk_merge(b2, score, k)[0], hw)

@@ -11,7 +11,7 @@ Data flow of one call (the released code's path; method.md 5 items 1-4), one met
     random boxes clear of every object --> negatives [Q]                                   _negatives
     B2 + negatives --RoIAlign, shared trunk--> cls1/ins1 (stage-II MIL)   [M*P + Q RoIs]  _mil_stage2
     B2 feats --SISD trunk + ORE + iou--> U                                [M*P RoIs]      _sisd
-    B2 --top-k of sigma(cls)*U'--> b̃                                                      _final_merge
+    B2 --top-k of sigma(cls)*U'--> b̃                                                      final_merge
     b*, b̃ --RoIAlign, shared trunk + SISD trunk--> the higher sigma(cls)*U wins  [2M RoIs]  _keep_given
 
 Only boxes are detached here; every loss trains the features it is given (method.md 3.5). The training wrapper
@@ -29,7 +29,7 @@ from ...config import SAMPLERS, SSDDetConfig, resolve_sampler
 from ...data.boxes import clip_boxes, replace_degenerate
 from ..profiling import scoped
 from .keep import KeepTheBox
-from .merge import topk_merge
+from .merge import final_merge, topk_merge
 from .mil import negative_loss, stage1_bag_scores, stage1_loss, stage2_bag_scores, stage2_loss
 from .negatives import draw_negatives
 from .refiner_data import (
@@ -46,7 +46,7 @@ from .refiner_data import (
     to_floats,
 )
 from .sampler import PRESETS, auto_window, bag_validity, neighbourhood_bag, unshifted_correction
-from .sisd import SISDHead, sisd_loss, sisd_targets, spatial_confidence
+from .sisd import SISDHead, sisd_loss, sisd_targets
 from .spsd import SPSDRegressor
 from .trunk import build_trunk, embed, fan_in_init, pool, reduce_maps
 
@@ -105,9 +105,9 @@ class SSDDetRefiner(nn.Module):
         k, d = self.num_classes, int(cfg.trunk_dim)
         in_features = in_channels * resolution * resolution
         two = cfg.num_stages == 2
-        red, train_red = int(cfg.trunk_reduce), bool(cfg.trunk_reduce_train)
+        red, train_red, stride = int(cfg.trunk_reduce), bool(cfg.trunk_reduce_train), int(cfg.trunk_bias_grad_stride)
         train_bias = train_red or bool(cfg.trunk_bias_train)
-        self.trunk = build_trunk(in_channels, resolution, d, red, train_red, train_bias)
+        self.trunk = build_trunk(in_channels, resolution, d, red, train_red, train_bias, stride)
         self.reg_ori = SPSDRegressor(d) if cfg.spsd else None
         self.cls0 = nn.Linear(d, k + 1)
         self.ins0 = nn.Linear(d, k + 1)
@@ -115,7 +115,8 @@ class SSDDetRefiner(nn.Module):
         self.cls1 = nn.Linear(d, k) if two else None
         self.ins1 = nn.Linear(d, k) if two else None
         self.sisd = (SISDHead(in_features, d, ore=cfg.ore,
-                              trunk=build_trunk(in_channels, resolution, d, red, train_red, train_bias))
+                              trunk=build_trunk(in_channels, resolution, d, red, train_red, train_bias,
+                                                stride))
                      if (cfg.sisd and two) else None)
         self.keep = KeepTheBox(cfg) if two else None  # step 8 (used while cfg.keep_given)
         self.reduced = red > 0  # reduce, then pool (trunk.py): channels [0, red) shared trunk, [red, 2 red) SISD
@@ -216,7 +217,8 @@ class SSDDetRefiner(nn.Module):
     def forward(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]], boxes: list[Tensor],
                 labels: list[Tensor], true_boxes: list[Tensor] | None = None,
                 generator: torch.Generator | None = None, progress: float | None = None,
-                avoid: list[Tensor] | None = None, priority: list[Tensor] | None = None) -> RefinerOutput:
+                avoid: list[Tensor] | None = None, priority: list[Tensor] | None = None,
+                previous: list[Tensor] | None = None) -> RefinerOutput:
         """Refine the noisy boxes of a batch.
 
         Args:
@@ -232,6 +234,8 @@ class SSDDetRefiner(nn.Module):
                 bank's last refined boxes of its objects); every box of `boxes` is avoided anyway.
             priority: optional N x Tensor[M_i]; over the cap, the objects of highest priority are refined (the
                 training method passes "least recently refined first"); None: a random subset.
+            previous: optional N x Tensor[M_i, 4], each object's b̃ of its last visit (NaN rows: none), the
+                second view of step 8's `keep_history` arm.
 
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
@@ -252,7 +256,8 @@ class SSDDetRefiner(nn.Module):
                                  to_floats(stats), selected_masks(boxes, sel))
 
         maps, sisd_maps = self._maps(features)
-        obj = gather_objects(maps, image_sizes, noisy, labels, true_boxes, sel, *self.sampler_params(), sisd_maps)
+        obj = gather_objects(maps, image_sizes, noisy, labels, true_boxes, sel, *self.sampler_params(), sisd_maps,
+                             previous)
         b0, v0 = self._bag_construction(obj)  # step 1
         b1, loss_spsd1 = self._spsd1(obj, b0, progress, stats)  # step 2
         st1 = self._mil_stage1(obj, b1, v0)  # step 3
@@ -266,11 +271,13 @@ class SSDDetRefiner(nn.Module):
             losses.update(loss_mil2=st2.loss, loss_neg=st2.loss_neg)
             stats["num_negatives"] = torch.tensor(float(st2.num_negatives))
             u, ctx, losses["loss_sisd"] = self._sisd(obj, st2.pooled, b2, st1.box)  # step 6 (with ORE)
-            b_fin, n_bad2 = replace_degenerate(self._final_merge(obj, b2, st2, u), obj.gt, MIN_BOX_SIZE)  # step 7
-            if self.cfg.keep_given:
-                b_fin = self._keep_given(obj, b_fin, ctx, stats, progress)  # step 8
+            merged = final_merge(b2, st2.cls, st2.score, u, self.cfg.top_k, obj.hw)  # step 7
+            b_til, n_bad2 = replace_degenerate(merged, obj.gt, MIN_BOX_SIZE)
+            b_fin = self._keep_given(obj, b_til, ctx, stats, progress) if self.cfg.keep_given else b_til  # step 8
             n_bad, bag_fin = n_bad + n_bad2, b2
-            bags.update(bag2=b2.detach(), cls2=st2.cls, **({"sisd": u.detach()} if u is not None else {}))
+            # merged: b̃ before step 8, the bank's second view of the object at its next visit (`keep_history`)
+            bags.update(bag2=b2.detach(), cls2=st2.cls, merged=b_til.detach(),
+                        **({"sisd": u.detach()} if u is not None else {}))
 
         refined, stage1 = noisy, [b.clone() for b in noisy]
         for i, (s, bf, bh) in enumerate(zip(sel, b_fin.split(obj.counts), st1.box.split(obj.counts))):
@@ -374,14 +381,6 @@ class SSDDetRefiner(nn.Module):
         u = self.sisd.predict(g, ctx := self.sisd.context(g))
         return u, (ctx.detach() if ctx is not None else None), sisd_loss(u, sisd_targets(b2, b_hat))
 
-    @torch.no_grad()
-    def _final_merge(self, obj: Objects, b2: Tensor, st2: Stage2, u: Tensor | None) -> Tensor:
-        """Step 7: b̃ Tensor[M, 4], the top-k merge of B2 by sigma(cls) * U' (the code: no instance term,
-        method.md 5 item 3; not clipped), or without SISD by the stage-II bag scores (clipped)."""
-        if u is not None:
-            return topk_merge(b2, st2.cls * spatial_confidence(u), self.cfg.top_k)[0]
-        return clip_boxes(topk_merge(b2, st2.score, self.cfg.top_k)[0], obj.hw)
-
     @scoped("refiner.keep")
     @torch.no_grad()
     def _keep_given(self, obj: Objects, b_fin: Tensor, ctx: Tensor | None, stats: dict[str, Tensor],
@@ -394,6 +393,6 @@ class SSDDetRefiner(nn.Module):
         pooled, f = self._pool_embed(obj, rois)
         cls = self.cls1(f).float().sigmoid().reshape(m, 2, -1)[ar, :, obj.labels - 1]  # [M, 2]
         iou = self.sisd.predict(self._sisd_embed(obj, pooled, rois), ctx).float() * 0.5 + 0.5 if self.sisd else None
-        box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress)
+        box, keep_stats = self.keep(cand, cls, iou, obj.clean, progress, obj.previous)
         stats.update(keep_stats)
         return box.to(b_fin)

@@ -56,6 +56,7 @@ class Objects:
     rois_shared: int = 0  # RoIs through the shared trunk
     rois_sisd: int = 0  # RoIs through the SISD trunk
     sisd_features: dict[str, Tensor] | None = None  # SISD's own reduced maps (None: it reuses the shared pool)
+    previous: Tensor | None = None  # [M, 4] each object's b̃ of its previous visit (NaN: none), `keep_history`
 
     @property
     def m(self) -> int:
@@ -108,9 +109,10 @@ def select_objects(boxes: list[Tensor], cap: int, gen: torch.Generator | None,
 @scoped("refiner.bags")
 def gather_objects(features: dict[str, Tensor], image_sizes: list[tuple[int, int]], noisy: list[Tensor],
                    labels: list[Tensor], true_boxes: list[Tensor] | None, sel: list[Tensor], scales: list[float],
-                   shift: float, sisd_features: dict[str, Tensor] | None = None) -> Objects:
-    """The selected objects of every image (`sel`: per image Int64 indices into noisy[i] Tensor[M_i, 4]),
-    concatenated image-major."""
+                   shift: float, sisd_features: dict[str, Tensor] | None = None,
+                   previous: list[Tensor] | None = None) -> Objects:
+    """The selected objects of every image (`sel`: per image Int64 indices into noisy[i] Tensor[M_i, 4], and
+    into previous[i], the same objects' b̃ of their last visit), concatenated image-major."""
     with torch.no_grad():
         dev = noisy[0].device
         counts = [int(s.numel()) for s in sel]
@@ -120,7 +122,9 @@ def gather_objects(features: dict[str, Tensor], image_sizes: list[tuple[int, int
                  if true_boxes is not None else None)
         return Objects(features, image_sizes, counts, torch.cat([b[s] for b, s in zip(noisy, sel)]),
                        torch.cat([lab.to(dev)[s] for lab, s in zip(labels, sel)]).long(), hw, clean, scales, shift,
-                       sisd_features=sisd_features)
+                       sisd_features=sisd_features,
+                       previous=(torch.cat([p.to(dev, torch.float32)[s] for p, s in zip(previous, sel)])
+                                 if previous is not None else None))
 
 
 def box_quality(gt: Tensor, bag: Tensor, clean: Tensor | None = None, b0: Tensor | None = None,

@@ -26,34 +26,77 @@ class ReducedTwoMLPHead(nn.Sequential):
     """1x1 conv C -> c + ReLU, then TwoMLPHead(c*R*R, D)."""
 
     def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int, train_reduce: bool = True,
-                 train_bias: bool = True):
+                 train_bias: bool = True, bias_grad_stride: int = 1):
         super().__init__(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU(inplace=True),
                          TwoMLPHead(reduce_channels * resolution * resolution, dim))
         # A fixed conv weight (its init, a random projection C -> c) needs no gradient through RoIAlign. The
-        # bias is added after pooling (`from_reduced`); training it needs fc6's input gradient for every RoI,
-        # so a fixed bias (its init) leaves the refiner's backward at the FCs' weight gradients.
+        # bias is added after pooling (`from_reduced`); training it needs fc6's input gradient, which
+        # `bias_grad_stride` > 1 computes for every stride-th RoI only (`SubsampledBiasLinear`).
         self[0].weight.requires_grad_(train_reduce)
         self[0].bias.requires_grad_(train_reduce or train_bias)
+        self.bias_grad_stride, self._calls = max(int(bias_grad_stride), 1), 0
 
     def from_reduced(self, pooled: Tensor) -> Tensor:
         """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
         bias): the bias, the ReLU and the FCs."""
-        x = torch.relu(pooled + self[0].bias.view(1, -1, 1, 1))  # keeps pooled's layout
-        head = self[2]
-        if x.is_contiguous() or not x.permute(0, 2, 3, 1).is_contiguous():
-            return head(x)
-        # Channels-last (the CPU gather's layout, `models/roi_align.py`): fc6 reads each RoI's values as they
-        # lie, (R, R, c), its weight permuted to match, instead of every RoI copied into (c, R, R) order.
-        n, c, r, _ = x.shape
-        w6 = head.fc6.weight.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
-        x = F.relu(F.linear(x.permute(0, 2, 3, 1).reshape(n, -1), w6, head.fc6.bias))
-        return F.relu(head.fc7(x))
+        head, bias = self[2], self[0].bias
+        n, c, r, _ = pooled.shape
+        w6 = head.fc6.weight
+        if pooled.is_contiguous() or not pooled.permute(0, 2, 3, 1).is_contiguous():
+            flat, bias_flat = pooled.reshape(n, -1), bias.repeat_interleave(r * r)
+        else:
+            # Channels-last (the CPU gather's layout, `models/roi_align.py`): fc6 reads each RoI's values as they
+            # lie, (R, R, c), its weight permuted to match, instead of every RoI copied into (c, R, R) order.
+            flat, bias_flat = pooled.permute(0, 2, 3, 1).reshape(n, -1), bias.repeat(r * r)
+            w6 = w6.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
+        if (self.bias_grad_stride > 1 and torch.is_grad_enabled() and bias.requires_grad
+                and not pooled.requires_grad and not torch.is_autocast_enabled(pooled.device.type)):
+            self._calls += 1
+            x = SubsampledBiasLinear.apply(flat, bias_flat, w6, head.fc6.bias, self.bias_grad_stride,
+                                           self._calls % self.bias_grad_stride)
+        else:
+            x = F.linear(torch.relu(flat + bias_flat), w6, head.fc6.bias)
+        return F.relu(head.fc7(F.relu(x)))
+
+
+class SubsampledBiasLinear(torch.autograd.Function):
+    """fc6(relu(pooled + bias)), Tensor[N, F] -> Tensor[N, D], with the bias's gradient from every stride-th RoI.
+
+    The bias (c values, F = c*R*R entries of `bias_flat`) is all that trains below fc6 when the 1x1 conv's weight
+    is fixed and the features detached; its exact gradient needs fc6's input gradient for every RoI, an
+    [N, D] x [D, F] product as large as fc6's forward (~6,200 RoIs per BCCD step). The RoIs of one step come from
+    the same few images, so the rows offset, offset + stride, ... (every bag's proposals in turn, `offset`
+    rotating from call to call), scaled by N / their count, estimate that sum with an error far below the batch's
+    own gradient noise, at 1/stride of the cost (docs/method.md §3.3). fc6's own gradients stay exact."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, bias_flat: Tensor, weight: Tensor, fc_bias: Tensor, stride: int,
+                offset: int) -> Tensor:
+        x = torch.relu(flat + bias_flat)
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.offset = stride, offset
+        return F.linear(x, weight, fc_bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_w = grad.t().mm(x) if need[2] else None
+        g_fb = grad.sum(0) if need[3] else None
+        g_b = None
+        if need[1]:
+            rows = torch.arange(ctx.offset % max(len(x), 1), len(x), ctx.stride, device=x.device)
+            g_x = grad[rows].mm(weight) * (x[rows] > 0)
+            g_b = g_x.sum(0) * (len(x) / max(len(rows), 1))
+        return None, g_b, g_w, g_fb, None, None
 
 
 def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0,
-                train_reduce: bool = True, train_bias: bool = True) -> nn.Module:
+                train_reduce: bool = True, train_bias: bool = True, bias_grad_stride: int = 1) -> nn.Module:
     if reduce_channels and reduce_channels > 0:
-        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce, train_bias)
+        return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce, train_bias,
+                                 bias_grad_stride)
     return TwoMLPHead(in_channels * resolution * resolution, dim)
 
 
