@@ -159,7 +159,7 @@ def test_channels_last_pooled_features_give_the_same_trunk_output_and_gradients(
 
 def _bias_grads(stride: int, channels_last: bool, offsets=(None,)):
     """Gradients (bias, fc6 weight, fc6 bias, fc7 weight) of a fixed loss of a fixed-conv trunk on 11 RoIs, one
-    set per call (`offsets`: the `_calls` counter before it, i.e. which rows train the bias)."""
+    set per call (`offsets`: the `bias_grad_calls` counter before it, i.e. which rows train the bias)."""
     torch.manual_seed(0)
     trunk = ReducedTwoMLPHead(8, 3, 4, 6, train_reduce=False, train_bias=True, bias_grad_stride=stride)
     torch.nn.init.normal_(trunk[0].bias)
@@ -169,7 +169,7 @@ def _bias_grads(stride: int, channels_last: bool, offsets=(None,)):
     out = []
     for calls in offsets:
         if calls is not None:
-            trunk._calls = calls
+            trunk.bias_grad_calls.fill_(calls)
         trunk.zero_grad()
         y = trunk.from_reduced(pooled)
         (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()

@@ -34,7 +34,14 @@ class ReducedTwoMLPHead(nn.Sequential):
         # `bias_grad_stride` > 1 computes for every stride-th RoI only (`SubsampledBiasLinear`).
         self[0].weight.requires_grad_(train_reduce)
         self[0].bias.requires_grad_(train_reduce or train_bias)
-        self.bias_grad_stride, self._calls = max(int(bias_grad_stride), 1), 0
+        self.bias_grad_stride = max(int(bias_grad_stride), 1)
+        # passes so far that trained the bias on a subsample: its offset rotates with it (saved: a resumed run
+        # takes the same rows as one that never stopped)
+        self.register_buffer("bias_grad_calls", torch.zeros((), dtype=torch.int64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "bias_grad_calls", torch.zeros((), dtype=torch.int64))  # older runs
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def from_reduced(self, pooled: Tensor) -> Tensor:
         """Trunk features Tensor[N, D] of pooled `reduce_maps` channels Tensor[N, c, R, R] (conv without its
@@ -51,9 +58,9 @@ class ReducedTwoMLPHead(nn.Sequential):
             w6 = w6.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
         if (self.bias_grad_stride > 1 and torch.is_grad_enabled() and bias.requires_grad
                 and not pooled.requires_grad and not torch.is_autocast_enabled(pooled.device.type)):
-            self._calls += 1
+            self.bias_grad_calls += 1
             x = SubsampledBiasLinear.apply(flat, bias_flat, w6, head.fc6.bias, self.bias_grad_stride,
-                                           self._calls % self.bias_grad_stride)
+                                           int(self.bias_grad_calls) % self.bias_grad_stride)
         else:
             x = F.linear(torch.relu(flat + bias_flat), w6, head.fc6.bias)
         return F.relu(head.fc7(F.relu(x)))
