@@ -227,6 +227,7 @@ PREDATED_FIELDS = {
     ("ssddet", "unannotated_score"): 0.0,  # the R-CNN learned every unannotated RoI as background (before the field)
     ("ssddet", "keep_history"): False,  # the keep step had no per-box history arm (before the field) ...
     ("ssddet", "keep_history_delta"): 0.1,  # ... whose margin acts only with it (`effect`)
+    ("ssddet", "trust_self"): False,  # ... and no trust from the refiner's agreement with itself
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them

@@ -393,3 +393,28 @@ def test_refiner_with_keep_history_keeps_the_boxes_its_last_answer_agrees_with()
     out = ref(_features(), SIZES, BOXES, LABELS, progress=0.5, previous=prev)
     assert out.stats["keep_history"] == pytest.approx(0.75) and out.stats["self_agreement"] > 0
     assert torch.equal(out.refined[0], BOXES[0])
+
+
+def test_trust_self_trusts_the_given_boxes_while_the_refiner_agrees_with_them_as_well_as_with_itself():
+    """trust_self: the running mean of IoU(b*, b̃) - IoU(b̃, previous b̃) (`self_gap`) decides the trust after the
+    warm-up (before it the gap is not measured); trusted, b* is kept where IoU(b*, b̃) >= trusted_keep_iou; a
+    negative gap (the refiner is surer of itself than of the boxes) leaves the scores to decide."""
+    given = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    merged = torch.tensor([[0.0, 0.0, 10.0, 8.0]])  # IoU(b*, b̃) = 0.8
+    cand, cls = torch.stack([given, merged], dim=1), torch.tensor([[0.1, 0.9]])
+    far = torch.tensor([[0.0, 0.0, 10.0, 4.0]])  # IoU(b̃, b̃') = 0.5: gap +0.3
+    same = merged.clone()  # IoU 1.0: gap -0.2
+    cfg = SSDDetConfig(trust_self=True, keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5, trusted_keep_iou=0.5)
+    keep = KeepTheBox(cfg).train()
+    box, stats = keep(cand, cls, None, progress=0.2, previous=far)  # warm-up: not measured, not trusted
+    assert torch.isnan(keep.self_gap) and torch.equal(box, merged) and stats["given_trusted"] == 0.0
+    box, stats = keep(cand, cls, None, progress=0.6, previous=far)
+    assert float(keep.self_gap) == pytest.approx(0.3) and torch.equal(box, given) and stats["given_trusted"] == 1.0
+    for _ in range(200):  # the refiner now agrees with itself more than with the boxes
+        box, stats = keep(cand, cls, None, progress=0.7, previous=same)
+    assert float(keep.self_gap) < -0.02 and torch.equal(box, merged) and stats["given_trusted"] == 0.0
+    keep.set_from(torch.full((4,), 0.8))  # another file's boxes: no second view of them, no such trust
+    assert torch.isnan(keep.self_gap)
+    off = KeepTheBox(SSDDetConfig(keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5)).train()
+    box, _ = off(cand, cls, None, progress=0.6, previous=far)
+    assert torch.equal(box, merged)  # the default: off

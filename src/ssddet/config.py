@@ -118,6 +118,10 @@ class SSDDetConfig:
     # (docs/method.md §3.1 step 8; false: off)
     keep_history: bool = False
     keep_history_delta: float = 0.1
+    # ... or trust the given boxes (box by box, as under trust_mode) while the running mean of IoU(b*, b̃) -
+    # IoU(b̃, b̃ of the previous visit) is >= 0: the refiner agrees with the given boxes as well as with itself, so its
+    # moves are its own noise (docs/method.md §3.1 step 8; false: off)
+    trust_self: bool = False
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25

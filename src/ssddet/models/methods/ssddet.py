@@ -120,8 +120,9 @@ class SSDDetMethod(DetectionMethod):
     @scoped("bank")
     def previous_merged(self, targets, sizes) -> list | None:
         """Per image Tensor[M_i, 4] in its (resized, flipped) frame: each object's b̃ of its last visit from the
-        bank's merged table, NaN rows where there is none; None unless `keep_history` trains with the bank."""
-        if not (self.training and self.cfg.bank and self.cfg.keep_history):
+        bank's merged table, NaN rows where there is none; None unless `keep_history` or `trust_self` trains with
+        the bank."""
+        if not (self.training and self.cfg.bank and (self.cfg.keep_history or self.cfg.trust_self)):
             return None
         out = []
         for t, size in zip(targets, sizes):
@@ -151,7 +152,8 @@ class SSDDetMethod(DetectionMethod):
             # below trusted_keep_iou, keep.py), exact, and an average would drag them back (sampling_band)
             smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth,
-                                      out.bags.get("merged") if self.cfg.keep_history else None)
+                                      out.bags.get("merged") if self.cfg.keep_history or self.cfg.trust_self
+                                      else None)
         # A training decision, taken here (after the keep step has updated its trust, before the R-CNN samples):
         # the statistics below only report it.
         band = self.sampling_band(progress)

@@ -130,6 +130,12 @@ def _by_exactness(q: Tensor, keep: Tensor, agree: Tensor, sisd_given: Tensor | N
     return out
 
 
+def self_agreement(cand: Tensor, previous: Tensor) -> tuple[Tensor, Tensor]:
+    """(Bool[M] objects with a second view, Tensor[M] IoU(b̃, second view)) of cand Tensor[M, 2, 4] (b*, b̃) and
+    previous Tensor[M, 4] (NaN rows: none)."""
+    return torch.isfinite(previous).all(dim=1), aligned_iou(cand[:, 1], torch.nan_to_num(previous))
+
+
 @torch.no_grad()
 def history_arm(cand: Tensor, previous: Tensor, agree: Tensor, delta: float) -> tuple[Tensor, dict[str, Tensor]]:
     """The per-box test against the refiner's own noise: b* is kept where IoU(b*, b̃) >= IoU(b̃, b̃ of the
@@ -140,8 +146,7 @@ def history_arm(cand: Tensor, previous: Tensor, agree: Tensor, delta: float) -> 
     -> (Bool[M] kept by this arm, stats: `self_agreement` (mean over objects with a previous visit, 0 if none)
     and `keep_history` (the share of all objects this arm keeps)).
     """
-    known = torch.isfinite(previous).all(dim=1)
-    self_agree = aligned_iou(cand[:, 1], torch.nan_to_num(previous))
+    known, self_agree = self_agreement(cand, previous)
     keep = known & (agree >= self_agree - delta)
     mean = self_agree[known].mean() if known.any() else agree.new_zeros(())
     return keep, {"self_agreement": mean, "keep_history": keep.float().mean()}
@@ -189,6 +194,8 @@ class KeepTheBox(nn.Module):
         self.register_buffer("mode", torch.tensor(float("nan")))
         self.register_buffer("recent", torch.full((max(int(cfg.trust_window), 1),), float("nan")))
         self.register_buffer("recent_pos", torch.tensor(0, dtype=torch.int64))
+        # running mean of mean(IoU(b*, b̃) - IoU(b̃, previous b̃)) over objects seen before (`trust_self`)
+        self.register_buffer("self_gap", torch.tensor(float("nan")))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the step had a memory: nothing known yet; before the hysteresis: the
@@ -198,6 +205,7 @@ class KeepTheBox(nn.Module):
         state_dict.setdefault(prefix + "mode", torch.tensor(float("nan")))
         state_dict.setdefault(prefix + "recent", torch.full_like(self.recent, float("nan")))
         state_dict.setdefault(prefix + "recent_pos", torch.tensor(0, dtype=torch.int64))
+        state_dict.setdefault(prefix + "self_gap", torch.tensor(float("nan")))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -219,6 +227,13 @@ class KeepTheBox(nn.Module):
         if float(self.cfg.trust_mode) > 0:
             self.mode.fill_(self._fit_mode(self.recent))
 
+    @torch.no_grad()
+    def _update_gap(self, agree: Tensor, known: Tensor, self_agree: Tensor) -> None:
+        """Fold this step's mean IoU(b*, b̃) - IoU(b̃, b̃') over the objects with a second view into `self_gap`."""
+        if known.any():
+            m, g = self.self_gap, (agree - self_agree)[known].float().mean().to(self.self_gap)
+            self.self_gap.copy_(g if torch.isnan(m) else self.momentum * m + (1 - self.momentum) * g)
+
     @staticmethod
     def _fit_mode(values: Tensor) -> float:
         """The highest mode's mean of the finite `values` (NaN below MIN_MODE_COUNT of them)."""
@@ -233,10 +248,12 @@ class KeepTheBox(nn.Module):
         self.recent.fill_(float("nan"))
         self.recent_pos.zero_()
         self.trust_on.fill_(0.0)
+        self.self_gap.fill_(float("nan"))  # needs a second view of those boxes
 
-    def _passes(self, value: Tensor, thresh: float) -> bool:
-        """Whether a rule's value passes its threshold (> 0: on), minus the margin while trusted (hysteresis)."""
-        if thresh <= 0 or math.isnan(float(value)):
+    def _passes(self, value: Tensor, thresh: float, on: bool | None = None) -> bool:
+        """Whether a rule's value passes its threshold (on: > 0, unless `on` says), minus the margin while trusted
+        (hysteresis)."""
+        if not (thresh > 0 if on is None else on) or math.isnan(float(value)):
             return False
         return float(value) >= thresh - (float(self.cfg.trust_margin) if float(self.trust_on) > 0 else 0.0)
 
@@ -246,7 +263,8 @@ class KeepTheBox(nn.Module):
         if self.training and progress is not None and progress < float(self.cfg.warmup_frac):
             return False
         return (self._passes(self.mode, float(self.cfg.trust_mode))
-                or self._passes(self.agreement, float(self.cfg.trust_agreement)))
+                or self._passes(self.agreement, float(self.cfg.trust_agreement))
+                or self._passes(self.self_gap, 0.0, on=bool(self.cfg.trust_self)))
 
     @torch.no_grad()
     def forward(self, cand: Tensor, cls: Tensor, iou: Tensor | None, clean: Tensor | None = None,
@@ -257,6 +275,10 @@ class KeepTheBox(nn.Module):
         agree = aligned_iou(cand[:, 0], cand[:, 1])
         if self.training:
             self.update(agree, progress)
+            # after the warm-up only: while the refiner still learns fast its answer drifts between visits, and
+            # a low self-agreement would pass for moves within its noise
+            if previous is not None and (progress is None or progress >= float(self.cfg.warmup_frac)):
+                self._update_gap(agree, *self_agreement(cand, previous.to(cand)))
         trusted = self.trusted(progress)
         if self.training:
             self.trust_on.fill_(float(trusted))
@@ -268,5 +290,6 @@ class KeepTheBox(nn.Module):
         stats.update(arm)
         # the mode is NaN until the window holds MIN_MODE_COUNT agreements: logged as 0 ("not yet known")
         stats.update(agreement=self.agreement.clone(), agreement_mode=torch.nan_to_num(self.mode.clone(), nan=0.0),
-                     given_trusted=torch.tensor(float(trusted)))
+                     given_trusted=torch.tensor(float(trusted)),
+                     **({"self_gap": torch.nan_to_num(self.self_gap.clone(), nan=0.0)} if previous is not None else {}))
         return box, stats
