@@ -16,6 +16,12 @@ b* is kept where IoU(b*, b̃) >= `trusted_keep_iou` and replaced below it, so a 
 its right boxes and still has its wrong ones corrected (docs/method.md 3.1 step 8). The older rule, the running mean
 of all agreements against `trust_agreement`, stays as an option (0: off). Both have hysteresis: trust ends only
 below the threshold minus `trust_margin`.
+
+Two options ask the refiner about its own noise instead, with a second view b̃' of each object (its b̃ of the
+previous visit, from the bank; at export, on the mirror image): `history_arm` keeps b* box by box where
+IoU(b*, b̃) >= IoU(b̃, b̃') - delta (`keep_history`), and `trust_self` trusts the given boxes while the running
+mean of IoU(b*, b̃) - IoU(b̃, b̃') is >= 0 (`self_gap`). Shapes: previous Tensor[M, 4], NaN rows where an object
+has no second view.
 """
 from __future__ import annotations
 
