@@ -212,12 +212,12 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
 
 # Changed defaults, with what a run whose config.json predates the field trained with (it resumes as it started)
 PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0,
-            # the keep step kept every given box while trusted, trust followed the threshold step by step, there
-            # was no SISD arm, and the refiner's 1x1 trunk convs trained (before the fields)
+            # the keep step kept every given box while trusted, trust followed the threshold step by step, no SISD
+            # arm, trust came from the agreements' running mean alone; the 1x1 trunk convs trained (before the fields)
             ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
-            ("ssddet", "trunk_reduce_train"): True, ("ssddet", "trunk_bias_train"): True,
-            # ... and trust came from the running mean of the agreements alone, not from their highest mode
-            ("ssddet", "trust_mode"): 0.0, ("ssddet", "trust_window"): 2048, ("ssddet", "trunk_bias_grad_stride"): 1}
+            ("ssddet", "trust_self"): False, ("ssddet", "trunk_reduce_train"): True, ("ssddet", "trust_mode"): 0.0,
+            ("ssddet", "trunk_bias_train"): True, ("ssddet", "trust_window"): 2048,
+            ("ssddet", "trunk_bias_grad_stride"): 1}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
