@@ -149,8 +149,8 @@ class SSDDetConfig:
     # (docs/benchmarks.md, "Training speed"). Only with trunk_reduce_train=false
     trunk_bias_train: bool = True
     # ... its gradient from every n-th RoI of each trunk pass, scaled (c values summed over thousands of RoIs of
-    # the same images; docs/method.md §3.3): a BCCD step 1.27x -> 1.23x vanilla's, 40 % noise within the seed
-    # spread (val AP 0.434 against 0.422, 2 seeds). 1: the exact gradient. Not under autocast
+    # the same images; docs/method.md §3.3): a BCCD step 1.27x -> 1.23x vanilla's in one interleaved run, 40 %
+    # noise within the seed spread (val AP 0.434 against 0.422, 2 seeds). 1: the exact gradient. Not under autocast
     trunk_bias_grad_stride: int = 8
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
