@@ -121,6 +121,11 @@ def test_full_table_and_headline(sweep):
     mode = {**cells[3], "seed": 2, "spec": {**cells[3]["spec"], "ssddet": {**cells[3]["spec"]["ssddet"],
                                                                             "trust_mode": 0.72}}}
     assert "`trust_agreement=0`, `trust_mode=0.72`" in sweep.ssddet_settings([mode])  # named where it is on
+    # the fixed convs' bias: how its gradient was taken (predated: exact, stride 1), where it trained
+    fixed = {**mode, "spec": {**mode["spec"], "ssddet": {**mode["spec"]["ssddet"], "trunk_reduce_train": False}}}
+    assert "`trunk_bias_train=true`, `trunk_bias_grad_stride=1`" in sweep.ssddet_settings([fixed])
+    fixed["spec"]["ssddet"]["trunk_bias_grad_stride"] = 8
+    assert "`trunk_bias_grad_stride=8`" in sweep.ssddet_settings([fixed])
     summary = _summary(sweep, cells)
     md = sweep.markdown(summary)
     assert ("| 40% | ssddet | 0,1 | 0.320 ± 0.028 | 0.640 ± 0.057 | 0.160 ± 0.014 | 0.320 | 0.000 | 55% | "
