@@ -121,7 +121,7 @@ class SSDDetConfig:
     # ... or trust the given boxes (box by box, as under trust_mode) while the running mean of IoU(b*, b̃) -
     # IoU(b̃, b̃ of the previous visit) is >= 0: the refiner agrees with the given boxes as well as with itself, so its
     # moves are its own noise. Aquarium 0 %: test AP 0.123 -> 0.177; BCCD 20/40 %: never trusted; but the main
-    # command's 40 % boxes were trusted in epochs 2-3 (a 4-epoch refiner still drifting): val AP 0.232 -> 0.150, so
+    # command's 40 % boxes were trusted in epochs 2-3 (a 4-epoch refiner still drifting): val AP 0.197 -> 0.150, so
     # off (docs/method.md §3.1 step 8)
     trust_self: bool = False
     # loss weights (method.md 3.2)
