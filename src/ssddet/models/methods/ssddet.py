@@ -67,8 +67,8 @@ class SSDDetMethod(DetectionMethod):
         banked box (else stay noisy). `merged` (Tensor[S, 4], the selected objects' b̃ before the keep step,
         image-major) goes into the bank's merged table, the keep step's second view at the next visit."""
         out, new_ids, new_boxes, new_merged = [], [torch.zeros(0, dtype=torch.int64)], [torch.zeros(0, 4)], []
-        merged = merged.split([int(s.sum()) for s in selected]) if merged is not None else [None] * len(targets)
-        for t, r, sel, size, mg in zip(targets, refined, selected, sizes, merged):
+        parts = merged.split([int(s.sum()) for s in selected]) if merged is not None else [None] * len(targets)
+        for t, r, sel, size, mg in zip(targets, refined, selected, sizes, parts):
             if not self.training or "ann_ids" not in t or len(r) == 0:
                 out.append(r)
                 continue
@@ -88,7 +88,7 @@ class SSDDetMethod(DetectionMethod):
             r[~sel] = rest
             out.append(r)
         if self.training:  # a collective under DDP: called once per step on every process
-            mg = torch.cat([torch.zeros(0, 4)] + new_merged) if merged[0] is not None else None
+            mg = torch.cat([torch.zeros(0, 4)] + new_merged) if merged is not None else None
             self.bank.update_all_ranks(torch.cat(new_ids), torch.cat(new_boxes), mg)
         return out
 
@@ -117,12 +117,17 @@ class SSDDetMethod(DetectionMethod):
             out.append(from_unit(banked[found].to(empty), size, bool(t.get("flipped", False))))
         return out
 
+    @property
+    def second_view(self) -> bool:
+        """Whether the keep step asks for each object's b̃ of its previous visit (`keep_history`, `trust_self`)."""
+        return bool(self.cfg.keep_history or self.cfg.trust_self)
+
     @scoped("bank")
     def previous_merged(self, targets, sizes) -> list | None:
         """Per image Tensor[M_i, 4] in its (resized, flipped) frame: each object's b̃ of its last visit from the
         bank's merged table, NaN rows where there is none; None unless `keep_history` or `trust_self` trains with
         the bank."""
-        if not (self.training and self.cfg.bank and (self.cfg.keep_history or self.cfg.trust_self)):
+        if not (self.training and self.cfg.bank and self.second_view):
             return None
         out = []
         for t, size in zip(targets, sizes):
@@ -152,8 +157,7 @@ class SSDDetMethod(DetectionMethod):
             # below trusted_keep_iou, keep.py), exact, and an average would drag them back (sampling_band)
             smooth = self.cfg.target_momentum > 0 and not self.trusts_given(progress)
             refined = self._with_bank(targets, refined, out.selected, images.image_sizes, smooth,
-                                      out.bags.get("merged") if self.cfg.keep_history or self.cfg.trust_self
-                                      else None)
+                                      out.bags.get("merged") if self.second_view else None)
         # A training decision, taken here (after the keep step has updated its trust, before the R-CNN samples):
         # the statistics below only report it.
         band = self.sampling_band(progress)
