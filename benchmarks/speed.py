@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -219,8 +218,7 @@ def profile(a, base: Config, data, k: int) -> None:
                    "each part its own time less the parts nested in it (time.perf_counter at the model's scopes, "
                    "src/ssddet/models/profiling.py)",
            "command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                       "torch": torch.__version__, "cpus": cpu_count()},
+           "machine": {**machine(), "cpus_usable": cpu_count()},
            "settings": {"data": a.data, "noise": a.noise, "steps": a.steps, "warmup": a.warmup,
                         "progress": a.progress, "batch_size": cfg.train.batch_size, "images_per_step": images,
                         "backbone": cfg.model.backbone, "min_size": cfg.model.min_size,
@@ -233,6 +231,16 @@ def profile(a, base: Config, data, k: int) -> None:
     print(profile_table(runs))
     if a.profile_out:
         print(f"\nwrote {a.profile_out}")
+
+
+def machine() -> dict:
+    """noise_sweep's record of the machine (CPU model, kernels, versions), for the issue's "report the machine"."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:  # loaded by path (the tests), not run as a script
+        sys.path.insert(0, here)
+    from noise_sweep import machine as sweep_machine
+
+    return sweep_machine()
 
 
 def profile_table(runs: list[dict]) -> str:
@@ -302,8 +310,9 @@ def main() -> None:
         rounds = [compare(a, base, data, k) for _ in range(max(a.rounds, 1))]
         rows += rounds[0] if len(rounds) == 1 else over_rounds(rounds)
     if a.out:
+        host = machine()  # the issue's "report the machine": each row says where it was measured
         with open(a.out, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump([{**r, "machine": host} for r in rows], f, indent=2)
 
 
 def compare(a, base: Config, data, k: int) -> list[dict]:
