@@ -227,7 +227,10 @@ PREDATED_FIELDS = {
     ("ssddet", "unannotated_score"): 0.0,  # the R-CNN learned every unannotated RoI as background (before the field)
     ("ssddet", "keep_history"): False,  # the keep step had no per-box history arm (before the field) ...
     ("ssddet", "keep_history_delta"): 0.1,  # ... whose margin acts only with it (`effect`)
-    ("ssddet", "trust_self"): False,  # ... and no trust from the refiner's agreement with itself
+    ("ssddet", "trust_self"): False,  # ... and no trust from the refiner's agreement with itself ...
+    ("ssddet", "self_view"): "previous",  # ... whose second view, cadence and margin act only with it (`effect`)
+    ("ssddet", "self_view_every"): 8,
+    ("ssddet", "trust_self_delta"): 0.0,
 }
 # Fields that act only on the steps where the keep step trusts the given boxes (keep.py): a run whose log shows no
 # trusted step (`given_trusted` 0 in every epoch) trained exactly what it would have under any value of them
@@ -288,6 +291,9 @@ def effect(spec: dict, data: str | None = None) -> dict:
         out["ssddet"].pop("refiner_decay_epochs", None)
         if not out["ssddet"].get("keep_history", False):
             out["ssddet"].pop("keep_history_delta", None)
+        if not out["ssddet"].get("trust_self", False):
+            for k in ("self_view", "self_view_every", "trust_self_delta"):
+                out["ssddet"].pop(k, None)
         out["refiner_schedule"] = _refiner_schedule(spec)
     if data is not None and "aspect_groups" in out.get("data", {}):
         out["data"]["aspect_groups"] = _groups(data, out["data"].get("train_split", "train"),

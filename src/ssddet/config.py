@@ -124,6 +124,14 @@ class SSDDetConfig:
     # command's 40 % boxes were trusted in epochs 2-3 (a 4-epoch refiner still drifting): val AP 0.197 -> 0.150, so
     # off (docs/method.md §3.1 step 8)
     trust_self: bool = False
+    # ... its second view b̃': "previous" (the bank's b̃ of the object's last visit, free but carrying the refiner's
+    # drift between visits) | "mirror" (b̃ of the mirror image, now: a no-grad backbone and refiner pass on every
+    # self_view_every-th step after the warm-up; trust decided on the last 256 objects' gaps)
+    self_view: str = "previous"
+    self_view_every: int = 8
+    # ... trusted while the gap is >= -trust_self_delta (a refiner whose moves are its own noise agrees with the given
+    # boxes about as well as with itself: the gap hovers at 0)
+    trust_self_delta: float = 0.0
     # loss weights (method.md 3.2)
     w_spsd1: float = 0.25
     w_mil1: float = 0.25

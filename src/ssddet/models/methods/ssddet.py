@@ -13,6 +13,7 @@ from ..profiling import scope, scoped
 from ..roi_align import FastGradMultiScaleRoIAlign
 from ..ssddet import SSDDetRefiner
 from ..ssddet.bank import BoxBank, from_unit, to_unit
+from ..ssddet.mirror import mirror_gap_terms, mirror_merged
 from .base import DetectionMethod, weighted_total
 
 DETECTOR_TERMS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg")
@@ -119,8 +120,9 @@ class SSDDetMethod(DetectionMethod):
 
     @property
     def second_view(self) -> bool:
-        """Whether the keep step asks for each object's b̃ of its previous visit (`keep_history`, `trust_self`)."""
-        return bool(self.cfg.keep_history or self.cfg.trust_self)
+        """Whether the keep step asks for each object's b̃ of its previous visit (`keep_history`, `trust_self` with
+        `self_view="previous"`)."""
+        return bool(self.cfg.keep_history or (self.cfg.trust_self and self.cfg.self_view == "previous"))
 
     @scoped("bank")
     def previous_merged(self, targets, sizes) -> list | None:
@@ -151,6 +153,8 @@ class SSDDetMethod(DetectionMethod):
             out = self.refiner(features, images.image_sizes, noisy, [t["labels"] for t in targets], true,
                                progress=progress, avoid=avoid, priority=priority,
                                previous=self.previous_merged(targets, images.image_sizes))
+        if self.refiner.keep is not None and self.refiner.keep.measures_mirror(progress):
+            self._observe_mirror(images, noisy, [t["labels"] for t in targets], out)
         refined = out.refined
         if self.cfg.bank:
             # no average while the refiner trusts the given boxes: they are the targets (but the few it moves
@@ -171,6 +175,17 @@ class SSDDetMethod(DetectionMethod):
                 stats["iou_det_target"] = float(aligned_iou(boxes, clean).mean())
             stats.update(iou_by_size(out.refined, true, out.selected, [t.get("resize", 1.0) for t in targets]))
         return det_targets, out.losses, stats
+
+    def _observe_mirror(self, images, noisy, labels, out) -> None:
+        """`self_view="mirror"`: the refiner's b̃ of this step's refined objects again on the mirror image, their
+        gaps IoU(b*, b̃) - IoU(b̃, b̃ mirrored) into the keep step's window (it decides from the next step on)."""
+        merged = out.bags.get("merged")
+        if merged is None or not len(merged):
+            return
+        given = [n[s] for n, s in zip(noisy, out.selected)]
+        mirrored = mirror_merged(self.detector.backbone, self.refiner, images.tensors, images.image_sizes, given,
+                                 [lb[s] for lb, s in zip(labels, out.selected)])
+        self.refiner.keep.observe_mirror(*mirror_gap_terms(torch.cat(given), merged, mirrored))
 
     def sampling_band(self, progress: float) -> bool:
         """Set the R-CNN's ignore band for this step; True if proposals in [model.box_bg_iou_thresh, 0.5) are

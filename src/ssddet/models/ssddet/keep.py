@@ -20,8 +20,10 @@ below the threshold minus `trust_margin`.
 Two options ask the refiner about its own noise instead, with a second view b̃' of each object (its b̃ of the
 previous visit, from the bank; at export, on the mirror image): `history_arm` keeps b* box by box where
 IoU(b*, b̃) >= IoU(b̃, b̃') - delta (`keep_history`), and `trust_self` trusts the given boxes while the running
-mean of IoU(b*, b̃) - IoU(b̃, b̃') is >= 0 (`self_gap`). Shapes: previous Tensor[M, 4], NaN rows where an object
-has no second view.
+mean of IoU(b*, b̃) - IoU(b̃, b̃') is >= -`trust_self_delta` (`self_gap`). Shapes: previous Tensor[M, 4], NaN rows
+where an object has no second view. With `self_view="mirror"` the training method measures b̃' on the mirror
+image instead, every few steps (`observe_mirror`): the previous visit carries the refiner's drift between visits,
+which a refiner still learning makes look like agreement with any box.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ MIN_MODE_COUNT = 256
 # at least 0.XX (`iou_keep_sXX`, `keep_sXX`, and per group `iou_keep_sXX_G`). On BCCD's final refiners it
 # separates exact from noised given boxes (docs/method.md 3.1 step 8); logged to choose a threshold on data.
 SISD_PROBE_THRESHOLDS = (0.7, 0.75, 0.8)
+SELF_VIEWS = ("previous", "mirror")  # trust_self's second view of each object (config `self_view`)
 
 
 @torch.no_grad()
@@ -194,6 +197,8 @@ class KeepTheBox(nn.Module):
 
     def __init__(self, cfg, momentum: float = 0.98):
         super().__init__()
+        if cfg.self_view not in SELF_VIEWS:
+            raise ValueError(f"ssddet.self_view must be one of {', '.join(SELF_VIEWS)}, got {cfg.self_view!r}")
         self.cfg, self.momentum = cfg, float(momentum)  # cfg: SSDDetConfig (keep_iou, trust_*, warmup_frac)
         self.register_buffer("agreement", torch.tensor(float("nan")))
         self.register_buffer("trust_on", torch.tensor(0.0))
@@ -202,6 +207,11 @@ class KeepTheBox(nn.Module):
         self.register_buffer("recent_pos", torch.tensor(0, dtype=torch.int64))
         # running mean of mean(IoU(b*, b̃) - IoU(b̃, previous b̃)) over objects seen before (`trust_self`)
         self.register_buffer("self_gap", torch.tensor(float("nan")))
+        # self_view="mirror": the last MIN_MODE_COUNT objects' gaps (NaN: unfilled), the next slot, and the
+        # training steps counted for its cadence
+        self.register_buffer("mirror_gaps", torch.full((MIN_MODE_COUNT,), float("nan")))
+        self.register_buffer("mirror_pos", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("mirror_step", torch.tensor(0, dtype=torch.int64))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the step had a memory: nothing known yet; before the hysteresis: the
@@ -212,6 +222,9 @@ class KeepTheBox(nn.Module):
         state_dict.setdefault(prefix + "recent", torch.full_like(self.recent, float("nan")))
         state_dict.setdefault(prefix + "recent_pos", torch.tensor(0, dtype=torch.int64))
         state_dict.setdefault(prefix + "self_gap", torch.tensor(float("nan")))
+        state_dict.setdefault(prefix + "mirror_gaps", torch.full_like(self.mirror_gaps, float("nan")))
+        for name in ("mirror_pos", "mirror_step"):
+            state_dict.setdefault(prefix + name, torch.tensor(0, dtype=torch.int64))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -225,11 +238,7 @@ class KeepTheBox(nn.Module):
         self.agreement.copy_(a if torch.isnan(m) else self.momentum * m + (1 - self.momentum) * a)
         if progress is not None and progress < float(self.cfg.warmup_frac):
             return
-        w = self.recent.numel()
-        vals = agree.detach().float().flatten()[-w:].to(self.recent)
-        idx = (int(self.recent_pos) + torch.arange(len(vals))) % w
-        self.recent[idx.to(self.recent.device)] = vals
-        self.recent_pos.fill_((int(self.recent_pos) + len(vals)) % w)
+        _push(self.recent, self.recent_pos, agree)
         if float(self.cfg.trust_mode) > 0:
             self.mode.fill_(self._fit_mode(self.recent))
 
@@ -239,6 +248,26 @@ class KeepTheBox(nn.Module):
         if known.any():
             m, g = self.self_gap, (agree - self_agree)[known].float().mean().to(self.self_gap)
             self.self_gap.copy_(g if torch.isnan(m) else self.momentum * m + (1 - self.momentum) * g)
+
+    def measures_mirror(self, progress: float | None) -> bool:
+        """Count a training step; True on the steps that measure the mirror view (`self_view="mirror"` under
+        `trust_self`: every `self_view_every`-th step after the warm-up)."""
+        cfg = self.cfg
+        if not (self.training and cfg.trust_self and cfg.self_view == "mirror"):
+            return False
+        self.mirror_step += 1
+        warm = progress is not None and progress < float(cfg.warmup_frac)
+        return not warm and (int(self.mirror_step) - 1) % max(int(cfg.self_view_every), 1) == 0
+
+    @torch.no_grad()
+    def observe_mirror(self, agree: Tensor, self_agree: Tensor) -> None:
+        """Fold Tensor[M] IoU(b*, b̃) and Tensor[M] IoU(b̃, b̃ of the mirror image) into the window of the last
+        MIN_MODE_COUNT gaps; `self_gap` becomes the window's mean once it is full (NaN before: a few objects' gaps
+        say nothing). A window, not a running mean: measured every few steps, a running mean would lag the refiner
+        by hundreds of steps."""
+        _push(self.mirror_gaps, self.mirror_pos, agree - self_agree)
+        gaps = self.mirror_gaps[torch.isfinite(self.mirror_gaps)]
+        self.self_gap.fill_(float(gaps.mean()) if gaps.numel() >= MIN_MODE_COUNT else float("nan"))
 
     @staticmethod
     def _fit_mode(values: Tensor) -> float:
@@ -255,6 +284,8 @@ class KeepTheBox(nn.Module):
         self.recent_pos.zero_()
         self.trust_on.fill_(0.0)
         self.self_gap.fill_(float("nan"))  # needs a second view of those boxes
+        self.mirror_gaps.fill_(float("nan"))
+        self.mirror_pos.zero_()
 
     def _passes(self, value: Tensor, thresh: float, on: bool | None = None) -> bool:
         """Whether a rule's value passes its threshold (on: > 0, unless `on` says), minus the margin while trusted
@@ -270,7 +301,7 @@ class KeepTheBox(nn.Module):
             return False
         return (self._passes(self.mode, float(self.cfg.trust_mode))
                 or self._passes(self.agreement, float(self.cfg.trust_agreement))
-                or self._passes(self.self_gap, 0.0, on=bool(self.cfg.trust_self)))
+                or self._passes(self.self_gap, -float(self.cfg.trust_self_delta), on=bool(self.cfg.trust_self)))
 
     @torch.no_grad()
     def forward(self, cand: Tensor, cls: Tensor, iou: Tensor | None, clean: Tensor | None = None,
@@ -283,7 +314,8 @@ class KeepTheBox(nn.Module):
             self.update(agree, progress)
             # after the warm-up only: while the refiner still learns fast its answer drifts between visits, and
             # a low self-agreement would pass for moves within its noise
-            if previous is not None and (progress is None or progress >= float(self.cfg.warmup_frac)):
+            if (previous is not None and self.cfg.self_view == "previous"
+                    and (progress is None or progress >= float(self.cfg.warmup_frac))):
                 self._update_gap(agree, *self_agreement(cand, previous.to(cand)))
         trusted = self.trusted(progress)
         if self.training:
@@ -297,5 +329,16 @@ class KeepTheBox(nn.Module):
         # the mode is NaN until the window holds MIN_MODE_COUNT agreements: logged as 0 ("not yet known")
         stats.update(agreement=self.agreement.clone(), agreement_mode=torch.nan_to_num(self.mode.clone(), nan=0.0),
                      given_trusted=torch.tensor(float(trusted)),
-                     **({"self_gap": torch.nan_to_num(self.self_gap.clone(), nan=0.0)} if previous is not None else {}))
+                     **({"self_gap": torch.nan_to_num(self.self_gap.clone(), nan=0.0)}
+                        if previous is not None or self.cfg.trust_self else {}))
         return box, stats
+
+
+def _push(window: Tensor, pos: Tensor, values: Tensor) -> None:
+    """Write Tensor[n] `values` into the ring buffer `window` Tensor[W] from slot `pos` (a 0-dim buffer, advanced),
+    the last W of them if n > W."""
+    w = window.numel()
+    vals = values.detach().float().flatten()[-w:].to(window)
+    idx = (int(pos) + torch.arange(len(vals))) % w
+    window[idx.to(window.device)] = vals
+    pos.fill_((int(pos) + len(vals)) % w)

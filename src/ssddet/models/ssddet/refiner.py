@@ -218,7 +218,7 @@ class SSDDetRefiner(nn.Module):
                 labels: list[Tensor], true_boxes: list[Tensor] | None = None,
                 generator: torch.Generator | None = None, progress: float | None = None,
                 avoid: list[Tensor] | None = None, priority: list[Tensor] | None = None,
-                previous: list[Tensor] | None = None) -> RefinerOutput:
+                previous: list[Tensor] | None = None, keep_step: bool = True) -> RefinerOutput:
         """Refine the noisy boxes of a batch.
 
         Args:
@@ -236,6 +236,7 @@ class SSDDetRefiner(nn.Module):
                 training method passes "least recently refined first"); None: a random subset.
             previous: optional N x Tensor[M_i, 4], each object's b̃ of its last visit (NaN rows: none), the
                 second view of step 8's `keep_history` arm.
+            keep_step: False: step 8 is skipped, b̃ itself is returned (the mirror view, `mirror.py`).
 
         Returns:
             RefinerOutput. Negatives are drawn only in training mode (loss_neg is 0 in eval mode).
@@ -273,7 +274,8 @@ class SSDDetRefiner(nn.Module):
             u, ctx, losses["loss_sisd"] = self._sisd(obj, st2.pooled, b2, st1.box)  # step 6 (with ORE)
             merged = final_merge(b2, st2.cls, st2.score, u, self.cfg.top_k, obj.hw)  # step 7
             b_til, n_bad2 = replace_degenerate(merged, obj.gt, MIN_BOX_SIZE)
-            b_fin = self._keep_given(obj, b_til, ctx, stats, progress) if self.cfg.keep_given else b_til  # step 8
+            keep = self.cfg.keep_given and keep_step
+            b_fin = self._keep_given(obj, b_til, ctx, stats, progress) if keep else b_til  # step 8
             n_bad, bag_fin = n_bad + n_bad2, b2
             # merged: b̃ before step 8, the bank's second view of the object at its next visit (`keep_history`)
             bags.update(bag2=b2.detach(), cls2=st2.cls, merged=b_til.detach(),
