@@ -58,6 +58,7 @@ PARTS = [
     ("refiner.negatives", "refiner: negatives"),
     ("refiner.sisd", "refiner: SISD (IoU head, loss)"),
     ("refiner.keep", "refiner: keep step"),
+    ("refiner.mirror", "refiner: mirror view (trust_self, self_view=mirror)"),
     ("refiner", "refiner: the rest (final top-k merge, statistics, outputs)"),
     ("ssddet.targets", "SSD-Det targets: the rest (blend, statistics)"),
     ("rpn", "RPN (anchors, proposals, losses)"),
