@@ -106,6 +106,8 @@ def test_mirror_steps_come_every_nth_step_after_the_warm_up():
     prev = KeepTheBox(SSDDetConfig(trust_self=True, self_view="previous")).train()
     assert not any(prev.measures_mirror(0.9) for _ in range(10))
     assert int(prev.mirror_step) == 0
+    off = KeepTheBox(SSDDetConfig(trust_self=True, self_view="mirror", keep_given=False)).train()
+    assert not any(off.measures_mirror(0.9) for _ in range(10))  # no keep step, nothing to decide
 
 
 def test_a_training_step_measures_the_mirror_view_and_leaves_the_detector_as_it_was(tmp_path):

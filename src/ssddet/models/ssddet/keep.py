@@ -251,9 +251,9 @@ class KeepTheBox(nn.Module):
 
     def measures_mirror(self, progress: float | None) -> bool:
         """Count a training step; True on the steps that measure the mirror view (`self_view="mirror"` under
-        `trust_self`: every `self_view_every`-th step after the warm-up)."""
+        `trust_self` with the keep step on: every `self_view_every`-th step after the warm-up)."""
         cfg = self.cfg
-        if not (self.training and cfg.trust_self and cfg.self_view == "mirror"):
+        if not (self.training and cfg.keep_given and cfg.trust_self and cfg.self_view == "mirror"):
             return False
         self.mirror_step += 1
         warm = progress is not None and progress < float(cfg.warmup_frac)
