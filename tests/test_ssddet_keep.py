@@ -353,7 +353,7 @@ def test_the_bank_carries_each_objects_merged_box_to_its_next_visit(monkeypatch)
     from ssddet.models.ssddet.bank import BoxBank
     from ssddet.models.ssddet.refiner import RefinerOutput
 
-    cfg = SSDDetConfig(keep_history=True, warmup_frac=0.0)
+    cfg = SSDDetConfig(keep_history=True, warmup_frac=0.0, trust_self=False)  # the bank's view alone
     method = SSDDetMethod(build_detector(ModelConfig(min_size=64, max_size=96), 2), cfg, 2).train()
     merged, seen = torch.tensor([[40.0, 20.0, 80.0, 60.0]]), []
 
@@ -404,7 +404,8 @@ def test_trust_self_trusts_the_given_boxes_while_the_refiner_agrees_with_them_as
     cand, cls = torch.stack([given, merged], dim=1), torch.tensor([[0.1, 0.9]])
     far = torch.tensor([[0.0, 0.0, 10.0, 4.0]])  # IoU(b̃, b̃') = 0.5: gap +0.3
     same = merged.clone()  # IoU 1.0: gap -0.2
-    cfg = SSDDetConfig(trust_self=True, keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5, trusted_keep_iou=0.5)
+    cfg = SSDDetConfig(trust_self=True, self_view="previous", trust_self_delta=0.0, keep_iou=0.0, trust_mode=0.0,
+                       warmup_frac=0.5, trusted_keep_iou=0.5)
     keep = KeepTheBox(cfg).train()
     box, stats = keep(cand, cls, None, progress=0.2, previous=far)  # warm-up: not measured, not trusted
     assert torch.isnan(keep.self_gap) and torch.equal(box, merged) and stats["given_trusted"] == 0.0
@@ -415,6 +416,9 @@ def test_trust_self_trusts_the_given_boxes_while_the_refiner_agrees_with_them_as
     assert float(keep.self_gap) < -0.02 and torch.equal(box, merged) and stats["given_trusted"] == 0.0
     keep.set_from(torch.full((4,), 0.8))  # another file's boxes: no second view of them, no such trust
     assert torch.isnan(keep.self_gap)
-    off = KeepTheBox(SSDDetConfig(keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5)).train()
+    off = KeepTheBox(SSDDetConfig(keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5, trust_self=False)).train()
     box, _ = off(cand, cls, None, progress=0.6, previous=far)
-    assert torch.equal(box, merged)  # the default: off
+    assert torch.equal(box, merged)  # off: the previous visit is not read
+    mirror = KeepTheBox(SSDDetConfig(keep_iou=0.0, trust_mode=0.0, warmup_frac=0.5)).train()
+    box, _ = mirror(cand, cls, None, progress=0.6, previous=far)
+    assert torch.equal(box, merged) and torch.isnan(mirror.self_gap)  # the default's view is the mirror's, not this

@@ -216,8 +216,8 @@ PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epoch
             # arm, trust came from the agreements' running mean alone; the 1x1 trunk convs trained (before the fields)
             ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
             ("ssddet", "trust_self"): False, ("ssddet", "trunk_reduce_train"): True, ("ssddet", "trust_mode"): 0.0,
-            ("ssddet", "trunk_bias_train"): True, ("ssddet", "trust_window"): 2048,
-            ("ssddet", "trunk_bias_grad_stride"): 1}
+            ("ssddet", "trunk_bias_train"): True, ("ssddet", "trust_window"): 2048, ("ssddet", "self_view"): "previous",
+            ("ssddet", "trunk_bias_grad_stride"): 1, ("ssddet", "trust_self_delta"): 0.0}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
