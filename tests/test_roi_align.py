@@ -6,7 +6,8 @@ from torchvision.ops import roi_align as tv_roi_align
 
 from ssddet.config import ModelConfig
 from ssddet.models.detector import build_detector
-from ssddet.models.roi_align import FastGradMultiScaleRoIAlign, fast_grad_pool, roi_align, sampling_taps
+from ssddet.models.roi_align import (FastGradMultiScaleRoIAlign, fast_grad_pool, gather_without_grad, roi_align,
+                                     sampling_taps)
 
 
 def _rois(n, images, extent, seed=0):
@@ -73,6 +74,11 @@ def test_multiscale_pooler_matches_torchvision():
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
     with torch.no_grad():  # inference takes torchvision's kernel
+        assert torch.equal(pool(feats, boxes, shapes), ref_pool(feats, boxes, shapes))
+    with torch.no_grad(), gather_without_grad():  # the mirror view's no-grad pass takes the gather
+        fast = pool(feats, boxes, shapes)
+    assert not torch.equal(fast, ref) and torch.allclose(fast, ref, atol=1e-5)
+    with torch.no_grad():  # and only inside it
         assert torch.equal(pool(feats, boxes, shapes), ref_pool(feats, boxes, shapes))
 
 

@@ -20,6 +20,8 @@ Shapes: K RoIs, N images, C channels, H x W map, PH x PW bins, sr samples per bi
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -131,6 +133,22 @@ def _table(feats: list[Tensor]) -> Tensor:
     return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in feats])
 
 
+_NO_GRAD_GATHER = False  # `gather_without_grad`
+
+
+@contextmanager
+def gather_without_grad():
+    """Let the gather serve no-grad passes too: the mirror view's refiner pass during training (`ssddet/mirror.py`),
+    whose ~6,000 RoIs torchvision's serial CPU kernel would pool several times slower. The same values up to float
+    rounding; inference outside it keeps torchvision's kernel."""
+    global _NO_GRAD_GATHER
+    before, _NO_GRAD_GATHER = _NO_GRAD_GATHER, True
+    try:
+        yield
+    finally:
+        _NO_GRAD_GATHER = before
+
+
 def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
     """The gather is for CPU training: a fixed grid, a float map, grad mode, no autocast. CUDA's kernels are
     parallel already, and inference keeps torchvision's kernel."""
@@ -138,7 +156,7 @@ def _gather_applies(input: Tensor, sampling_ratio: int) -> bool:
     # custom autograd Function they cannot export.
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
-    return (input.device.type == "cpu" and sampling_ratio > 0 and torch.is_grad_enabled()
+    return (input.device.type == "cpu" and sampling_ratio > 0 and (torch.is_grad_enabled() or _NO_GRAD_GATHER)
             and input.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu"))
 
 
