@@ -36,6 +36,13 @@ def test_norm_stats_kept_leaves_batchnorm_statistics_as_they_were():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     net(torch.randn(2, 3, 5, 5))  # outside it, a training batch counts
     assert not torch.equal(net[1].running_mean, before["1.running_mean"])
+    # inside a training step: the step's backward still finds the tensors its graph saved as they were
+    x = torch.randn(2, 3, 5, 5)
+    loss = net(x).square().mean()
+    with norm_stats_kept(net), torch.no_grad():
+        net(x.flip(-1))
+    loss.backward()
+    assert net[0].weight.grad is not None
 
 
 class _Maps(nn.Module):

@@ -28,13 +28,19 @@ def norm_stats_kept(module: nn.Module):
     """Run `module` in training mode without changing its BatchNorm running statistics: the second view must not
     count as a training batch (a from-scratch backbone's BatchNorm trains; a pretrained one is frozen anyway)."""
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [{k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+    saved = [dict(m.named_buffers(recurse=False)) for m in norms]
+    # The pass updates copies, and the modules get their own tensors back untouched: an in-place write to them
+    # (an update, or copying the old values back) would bump the version of tensors the training step's graph
+    # saved, and its backward would refuse them.
+    for m, bufs in zip(norms, saved):
+        for k, b in bufs.items():
+            setattr(m, k, b.clone())
     try:
         yield
     finally:
         for m, bufs in zip(norms, saved):
             for k, b in bufs.items():
-                getattr(m, k).copy_(b)
+                setattr(m, k, b)
 
 
 def mirror_batch(tensors: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
