@@ -127,12 +127,7 @@ def refine_view(method, view: ImageView, chunk: int = 32):
 
 def mirror_merged(method, features: dict, size: tuple[int, int], boxes, labels) -> torch.Tensor:
     """`mirror_refine` without the keep step: b̃ itself, Tensor[M, 4] in the unmirrored frame."""
-    cfg = method.refiner.cfg
-    cfg.keep_given = False
-    try:
-        return mirror_refine(method, features, size, boxes, labels)
-    finally:
-        cfg.keep_given = True
+    return mirror_refine(method, features, size, boxes, labels, keep_step=False)
 
 
 def mirror_features(method, image: torch.Tensor) -> dict:
@@ -141,12 +136,12 @@ def mirror_features(method, image: torch.Tensor) -> dict:
     return method.detector.backbone(images.tensors)
 
 
-def mirror_refine(method, features: dict, size: tuple[int, int], boxes, labels) -> torch.Tensor:
+def mirror_refine(method, features: dict, size: tuple[int, int], boxes, labels, keep_step: bool = True) -> torch.Tensor:
     """The refiner's Tensor[M, 4] boxes for `boxes` (resized frame of an (h, w) image), computed on the mirror
     image's `features` and mapped back. A refiner's box for one object differs between the two views (BCCD
     40 %: IoU 0.72, docs/benchmarks.md), so their mean is a better estimate than either."""
     w = float(size[1])
-    res = method.refiner(features, [size], [hflip_boxes(boxes, w)], [labels])
+    res = method.refiner(features, [size], [hflip_boxes(boxes, w)], [labels], keep_step=keep_step)
     return hflip_boxes(res.refined[0], w)
 
 
