@@ -9,7 +9,6 @@ from ssddet.models.detector import build_detector
 from ssddet.models.roi_align import (
     FastGradMultiScaleRoIAlign,
     fast_grad_pool,
-    gather_without_grad,
     roi_align,
     sampling_taps,
 )
@@ -78,13 +77,9 @@ def test_multiscale_pooler_matches_torchvision():
     got = torch.autograd.grad(out, list(feats.values()), g)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-5)
-    with torch.no_grad():  # inference takes torchvision's kernel
-        assert torch.equal(pool(feats, boxes, shapes), ref_pool(feats, boxes, shapes))
-    with torch.no_grad(), gather_without_grad():  # the mirror view's no-grad pass takes the gather
+    with torch.no_grad():  # inference takes the gather too (evaluation, the export's and the mirror's passes)
         fast = pool(feats, boxes, shapes)
     assert not torch.equal(fast, ref) and torch.allclose(fast, ref, atol=1e-5)
-    with torch.no_grad():  # and only inside it
-        assert torch.equal(pool(feats, boxes, shapes), ref_pool(feats, boxes, shapes))
 
 
 def test_no_rois_gives_a_zero_gradient():

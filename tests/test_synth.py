@@ -66,7 +66,9 @@ def test_box_is_tight_extent_of_mask():
     for i in range(20):
         prop = synth._propose(rs, digits[i], (96, 80), 20, 60)
         assert prop is not None
-        alpha, (x0, y0, x1, y1) = prop
+        mask, window, (x0, y0, x1, y1) = prop
+        alpha = np.zeros((80, 96), dtype=np.float32)
+        alpha[window] = mask  # the window lies inside the canvas and holds the whole mask
         ys, xs = np.nonzero(alpha)
         assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 

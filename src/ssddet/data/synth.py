@@ -140,7 +140,9 @@ def _contrast_colour(rs: np.random.RandomState, bg_lum: float) -> np.ndarray:
 
 
 def _propose(rs, glyph, size, min_digit, max_digit):
-    """Draw one placement: returns ``(alpha HxW canvas-sized, box xyxy)`` or None if empty."""
+    """Draw one placement: returns ``(mask, window, box xyxy)`` or None if empty: the glyph's alpha mask, the
+    canvas slices it covers (everything outside is alpha 0, so the compositing touches the window only) and
+    its tight box."""
     W, H = size
     base = rs.uniform(min_digit, max_digit)
     w = int(round(min(base * rs.uniform(1 - STRETCH, 1 + STRETCH), 0.95 * W)))
@@ -151,24 +153,23 @@ def _propose(rs, glyph, size, min_digit, max_digit):
     ys, xs = np.nonzero(m)
     if len(xs) == 0:
         return None
-    alpha = np.zeros((H, W), dtype=np.float32)
-    alpha[y:y + m.shape[0], x:x + m.shape[1]] = m
+    window = (slice(y, y + m.shape[0]), slice(x, x + m.shape[1]))
     box = (float(x + xs.min()), float(y + ys.min()), float(x + xs.max() + 1), float(y + ys.max() + 1))
-    return alpha, box
+    return m, window, box
 
 
-def _accept(alpha, box, placed) -> bool:
+def _accept(mask, window, box, placed) -> bool:
     """True if a proposal keeps pairwise IoU <= MAX_PAIR_IOU and every earlier object visible enough."""
     if placed and aligned_iou_np(box, [p["box"] for p in placed]).max() > MAX_PAIR_IOU:
         return False
-    cover = alpha > 0.5
-    return all((p["visible"] & ~cover).sum() >= MIN_VISIBLE * p["full"] for p in placed)
+    cover = mask > 0.5
+    return all(p["count"] - (p["visible"][window] & cover).sum() >= MIN_VISIBLE * p["full"] for p in placed)
 
 
 def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, contrast=1.0,
                    class_hues=False):
     """Render one image; returns ``(HxWx3 uint8, [(label, box_xyxy, visible_fraction), ...])``."""
-    canvas = _random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size, contrast)
+    canvas = np.array(_random_crop(rs, backgrounds[rs.randint(len(backgrounds))][1], size, contrast))  # own copy
     if class_hues:  # dim the photo so bright digits of any hue stand out without washing the hue to white
         canvas = canvas * CLASS_HUE_BG
     n_obj = rs.randint(n_range[0], n_range[1] + 1)
@@ -181,20 +182,23 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, 
                 break
         else:
             continue  # could not place this object without violating the caps
-        alpha, box = prop
-        cover = alpha > 0.5
+        mask, window, box = prop
+        cover = mask > 0.5
         for p in placed:
-            p["visible"] &= ~cover
+            p["count"] -= int((p["visible"][window] & cover).sum())  # its visible pixels, kept as a count
+            p["visible"][window] &= ~cover
         if class_hues:
             hue = (labels[idx] / 10.0 + rs.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
             colour = np.array(colorsys.hsv_to_rgb(hue, rs.uniform(0.6, 0.9), 1.0), dtype=np.float32)
         else:
             x0, y0, x1, y1 = (int(v) for v in box)
             colour = _contrast_colour(rs, float(canvas[y0:y1, x0:x1].mean()))
-        a = alpha[:, :, None]
-        canvas = canvas * (1.0 - a) + colour[None, None, :] * a
-        vis = alpha > 0
-        placed.append({"label": int(labels[idx]), "box": box, "visible": vis, "full": int(vis.sum())})
+        a = mask[:, :, None]  # alpha is 0 outside the window: the pixels there stay as they are, exactly
+        canvas[window] = canvas[window] * (1.0 - a) + colour[None, None, :] * a
+        vis = np.zeros(canvas.shape[:2], dtype=bool)
+        vis[window] = mask > 0
+        full = int(vis.sum())
+        placed.append({"label": int(labels[idx]), "box": box, "visible": vis, "full": full, "count": full})
     img = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
     objs = [(p["label"], p["box"], p["visible"].sum() / p["full"]) for p in placed]
     return img, objs

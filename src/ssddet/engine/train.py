@@ -34,7 +34,7 @@ from ..data.splits import load_train_val
 from ..errors import TrainingError, UserError
 from ..models.detector import build_detector
 from ..models.methods import build_method
-from .accel import Precision, maybe_sync_batchnorm, scaled_lr
+from .accel import Precision, build_sgd, maybe_sync_batchnorm, scaled_lr
 from .checkpoint import atomic_save, deployable, load_checkpoint, rng_state, set_rng_state
 from .distributed import any_rank, barrier, cleanup, gather_objects, init_distributed, is_main, mean_across_ranks
 from .evaluate import evaluate_sharded, format_metrics
@@ -116,8 +116,7 @@ class Trainer:
                 self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
         lr = scaled_lr(cfg.train, self.world, self.main)
-        self.optimizer = torch.optim.SGD(self.method.param_groups(lr, cfg.train), lr=lr, momentum=cfg.train.momentum,
-                                         weight_decay=cfg.train.weight_decay)
+        self.optimizer = build_sgd(self.method.param_groups(lr, cfg.train), lr, cfg.train, self.device)
         self.iters_per_epoch = min(len(self.train_loader), cfg.train.max_iters_per_epoch or len(self.train_loader))
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         # one schedule per parameter group: a group may carry its own decay points ("lr_steps")

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from ...data.boxes import aligned_iou
 from ...data.transforms import hflip_boxes
 from ..profiling import scoped
-from ..roi_align import gather_without_grad
 
 
 @contextmanager
@@ -64,8 +63,7 @@ def mirror_merged(backbone: nn.Module, refiner: nn.Module, tensors: Tensor, imag
     was = refiner.training
     refiner.eval()
     try:
-        with gather_without_grad():
-            out = refiner(feats, image_sizes, flipped, labels, keep_step=False)
+        out = refiner(feats, image_sizes, flipped, labels, keep_step=False)
     finally:
         refiner.train(was)
     return torch.cat([hflip_boxes(r, float(w)) for r, (_, w) in zip(out.refined, image_sizes)])
