@@ -221,3 +221,22 @@ def test_cli_synth_help_states_the_generators_sizes(capsys):
     for k, v in inspect.signature(synth.make_synth).parameters.items():
         if k in ("num_train", "num_val", "num_test"):
             assert f"--{k.replace('_', '-')} {k.upper()} " in text and f"the built-in set's, {v.default})" in text, k
+
+
+def test_composition_is_pinned_to_the_data_version():
+    """synth-v4's pixels and boxes, pinned (the hash of the full-canvas compositing before 2026-12-07, which the
+    per-window compositing reproduces byte for byte): a change to the generator that moves one pixel changes the
+    set every recorded built-in result was measured on, and must bump DATA_VERSION (and this hash) instead."""
+    import hashlib
+    import json
+
+    assert synth.DATA_VERSION == "synth-v4"
+    rs = np.random.RandomState(3)
+    bgs = synth._load_backgrounds(synth.BACKGROUND_NAMES)
+    digits, labels = synth._load_digits(None)
+    h = hashlib.sha256()
+    for _ in range(4):
+        img, objs = synth._compose_image(rs, bgs, digits, labels, (96, 80), (4, 10), (16, 40), 0.4, True)
+        h.update(img.tobytes())
+        h.update(json.dumps([(lab, box, round(float(v), 6)) for lab, box, v in objs]).encode())
+    assert h.hexdigest() == "b7a236f7bce0bafb7a3cbc0142a8b1566a48a72fd3ab54a454b8324ae31988ba"
