@@ -6,12 +6,7 @@ from torchvision.ops import roi_align as tv_roi_align
 
 from ssddet.config import ModelConfig
 from ssddet.models.detector import build_detector
-from ssddet.models.roi_align import (
-    FastGradMultiScaleRoIAlign,
-    fast_grad_pool,
-    roi_align,
-    sampling_taps,
-)
+from ssddet.models.roi_align import FastGradMultiScaleRoIAlign, fast_grad_pool, roi_align, sampling_taps
 
 
 def _rois(n, images, extent, seed=0):

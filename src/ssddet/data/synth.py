@@ -200,7 +200,7 @@ def _compose_image(rs, backgrounds, digits, labels, size, n_range, digit_range, 
         full = int(vis.sum())
         placed.append({"label": int(labels[idx]), "box": box, "visible": vis, "full": full, "count": full})
     img = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    objs = [(p["label"], p["box"], p["visible"].sum() / p["full"]) for p in placed]
+    objs = [(p["label"], p["box"], p["count"] / p["full"]) for p in placed]
     return img, objs
 
 

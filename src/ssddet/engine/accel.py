@@ -1,6 +1,6 @@
-"""Accelerator options of a training run: mixed precision (`--amp`, `--amp-dtype`), SyncBatchNorm (`--sync-bn`),
-the linear LR scaling rule (`train.lr_ref_batch`) and the optimizer's kernel. Each says in one log line what it
-does on this device."""
+"""Accelerator options of a training run: mixed precision (`--amp`, `--amp-dtype`), SyncBatchNorm (`--sync-bn`)
+and the linear LR scaling rule (`train.lr_ref_batch`), each saying in one log line what it does on this device;
+and the SGD with the device's faster kernel (`build_sgd`)."""
 from __future__ import annotations
 
 import contextlib
