@@ -236,6 +236,32 @@ def test_eval_leaves_an_unreadable_image_out(truncated_run, capsys, one_torch_th
     assert rc == 2 and "images/a.jpg: cannot read image (image id 1): image file is truncated" in error_line(err)
 
 
+def test_no_readable_evaluation_image_is_an_error_not_an_ap_of_zero(truncated_run, tmp_path, capsys, monkeypatch,
+                                                                     one_torch_thread):
+    """Every image of the split unreadable: `eval` and the training loop's evaluation stop with one line (an AP of
+    0 would read like a model that found nothing)."""
+    from ssddet.engine import evaluate as ev
+
+    data, out, rc, _ = truncated_run
+    assert rc == 0
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    truncate(copy / "images/d.jpg")  # the only val image
+    rc, _, err = run(["eval", "--data", copy, "--checkpoint", out / "model_final.pt", "--workers", "0"], capsys)
+    assert rc == 2 and "none of the 1 images of split 'val' could be read" in error_line(err)
+    dset = load_coco(copy / "annotations.json", copy)
+    records = dset.select("val")
+
+    def unreadable_all(detector, loader, device, label_to_cat, progress=True, bad=None):
+        for r in records:
+            bad.files[str(r.path)] = "truncated"
+        return []
+
+    monkeypatch.setattr(ev, "predict", unreadable_all)
+    with pytest.raises(UserError, match="none of the 1 images to evaluate could be read"):
+        ev.evaluate_sharded(None, None, torch.device("cpu"), dset, records, bad=BadImages())
+
+
 def test_refine_audit_show_predict_skip_or_stop(truncated_run, tmp_path, capsys, caplog, one_torch_thread):
     data, out, rc, _ = truncated_run
     assert rc == 0

@@ -294,3 +294,26 @@ def test_iscrowd_is_read_leniently(value, crowd):
     from ssddet.data.coco import is_crowd
 
     assert is_crowd(value) is crowd
+
+
+def test_split_names_match_exactly_and_near_misses_are_named(tmp_path, caplog, capsys):
+    """An image of split "Train" or " train" is not in 'train': selecting warns that it was left out, a split
+    with only near misses is an error that names them, and `check --strict` fails on them."""
+    from ssddet.cli import main
+
+    d = tiny_coco_dict()
+    d["images"][1]["split"] = "Train"
+    d["images"][2]["split"] = " train"
+    write_coco(tmp_path, d)
+    data = load_coco(tmp_path / "annotations.json")
+    with caplog.at_level(logging.WARNING):
+        assert [r.image_id for r in data.select("train")] == [1]
+    assert "left out, since split names match exactly: 1 with ' train', 1 with 'Train'" in caplog.text
+    d["images"][0]["split"] = "TRAIN"
+    write_coco(tmp_path, d)
+    with pytest.raises(UserError, match="no image has split 'train'.*1 with 'TRAIN'"):
+        load_coco(tmp_path / "annotations.json").select("train")
+    assert main(["check", "--data", str(tmp_path), "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "1 image(s) have split 'Train', which no command selects" in out
+    assert "no image of split 'train'" in out and "3 image(s) in a split that differs" in out

@@ -381,3 +381,29 @@ def test_box_quality_withholds_the_estimate_where_the_refiner_agrees_with_itself
     assert box_quality(agree, agree + SELF_MARGIN + 0.001)["estimate_reliable"]
     text = format_summary({"annotations": 2, **q})
     assert "cannot judge these boxes" in text and "estimated mean IoU" not in text
+
+
+@pytest.mark.parametrize("score", [None, "high", [0.9], 10 ** 400, "0.9"])
+def test_show_compare_names_a_results_entry_with_a_bad_score(tiny_coco, tmp_path, score, capsys):
+    """A --compare results file is read as `eval --results` reads it: a score that is not a finite number is a
+    one-line error naming the entry, not a traceback (nor a string taken for a number)."""
+    data, _, _ = tiny_coco
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20], "score": 0.9},
+                               {"image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20], "score": score}]))
+    rc = main(["show", "--data", str(data), "--compare", str(res), "--out", str(tmp_path / "s"), "--n", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"{res}: entry 1 has an invalid score" in err
+
+
+def test_show_draws_a_box_far_outside_the_image(tiny_coco, tmp_path):
+    """A box reaching 1e30 px is drawn clipped to the image (PIL cannot place it), the clipped edges on the
+    image's last row and column."""
+    from ssddet.viz.draw import draw_boxes
+
+    img = torch.zeros(3, 40, 50, dtype=torch.uint8)
+    out = draw_boxes(img, [[10, 5, 1e30, 1e30], [60, 60, 90, 90]], (255, 0, 0), width=1)
+    drawn = out[0] > 0
+    assert drawn[5, 10:].all() and drawn[5:, 49].all() and drawn[39, 10:].all()  # top, right, bottom edges
+    assert drawn.sum() == (50 - 10) * 2 + (40 - 5 - 2) * 2  # that one rectangle only: the second box is outside

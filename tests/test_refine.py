@@ -417,3 +417,20 @@ def test_refine_with_keep_history_takes_the_mirror_images_merged_box_as_second_v
             else:
                 torch.testing.assert_close(prev[0], boxes + boxes.new_tensor([-3.0, 0.0, -3.0, 0.0]))
         assert method.refiner.cfg.keep_given  # the mirror pass skips step 8 without touching the config
+
+
+def test_refine_ann_without_split_field_refines_every_image(tiny_ssddet_run, tmp_path):
+    """`refine --ann` reads a file as `eval --ann` and `audit --ann` do: its images all, when none has a `split`
+    field (a per-split export, a labelling tool's file)."""
+    data, run = tiny_ssddet_run
+    d = tiny_coco_dict()
+    for im in d["images"]:
+        del im["split"]
+    ann = tmp_path / "nosplit.json"
+    ann.write_text(json.dumps(d))
+    dst = tmp_path / "refined.json"
+    assert main(["refine", "--checkpoint", str(run / "checkpoint.pt"), "--ann", str(ann), "--images", str(data),
+                 "--out", str(dst)]) == 0
+    out = json.loads(dst.read_text())
+    assert sorted(im["id"] for im in out["images"]) == [1, 2, 3, 4, 5]
+    assert sorted(a["id"] for a in out["annotations"] if "noisy_bbox" in a) == [11, 12, 21, 41, 42, 51]

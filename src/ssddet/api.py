@@ -119,6 +119,9 @@ def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=No
         dets = load_results(results, dset.gt_dict(records))
     else:
         dets = _predict_records(checkpoint, dset, records, device, batch_size, workers, bad)
+        if records and not readable(records, bad.files):
+            raise UserError(f"{dset.ann_path}: none of the {len(records)} images of split '{split}' could be "
+                            "read (see the warnings above): there is no AP to report (`ssddet check`)")
         records = readable(records, bad.files)
         if save_results:
             import json
@@ -176,7 +179,8 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     method, cfg, meta = load_refiner_method(checkpoint, dev)
     trained_split = cfg.data.train_split
     if data or train_ann:
-        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, None
+        # a file given as `ann` is read as `eval --ann` reads it: its `split` images, all of them without the field
+        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, train_ann
         cfg.data.images = images
         if train_ann and (cfg.data.noise or _label_noise_on(cfg.data)) and _holds_simulated_noise(train_ann):
             log.info("%s already holds simulated noise (true_bbox, true_category_id, spurious or "
@@ -280,8 +284,8 @@ def predict(checkpoint, images, *, out=None, score: float = 0.5, device: str = "
     dev = resolve_device(device)
     out_dir = Path(out) if out else None
     dets, stats = predict_images(detector.to(dev), items, meta, dev, score, out_dir, draw, progress, on_bad_image)
-    log.info("predicted %d image(s) in %.1f s of model time (%.2f images/s on %s)%s", stats.images,
-             stats.seconds, stats.images_per_second, dev,
+    rate = f" ({stats.images_per_second:.2f} images/s on {dev})" if stats.images else ""
+    log.info("predicted %d image(s) in %.1f s of model time%s%s", stats.images, stats.seconds, rate,
              f"; skipped {sum(stats.skipped.values())} unreadable file(s)" if stats.skipped else "")
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from .coco import IMAGE_SIZE_FROM_FILE, warning_unit
+from .coco import IMAGE_SIZE_FROM_FILE, split_key, warning_unit
 from .images import UnreadableImage, decoded
 
 # image problems that make the set unusable (the others are warnings); keys start with the kind
@@ -84,16 +84,45 @@ def empty_categories(data) -> list[str]:
     return [n for i, n in enumerate(data.class_names) if per_class.get(i + 1, 0) == 0]
 
 
+STANDARD_SPLITS = ("train", "val", "test")
+
+
+def near_miss_splits(data) -> Counter:
+    """Split values that a person reads as train/val/test but no command selects ("Train", " val", a JSON list):
+    value -> images. Split names are matched exactly (`CocoData.select`)."""
+    return Counter(r.split for r in data.records if r.split is not None and r.split not in STANDARD_SPLITS
+                   and split_key(r.split) in STANDARD_SPLITS)
+
+
+def split_warnings(data) -> list[str]:
+    """What `train --data` would make of the `split` fields: near-miss names, images in no split, a missing
+    train or val split."""
+    splits = Counter(r.split for r in data.records)
+    out = [f"warning: {n} image(s) have split {k!r}, which no command selects (split names match exactly: "
+           f"'{split_key(k)}')" for k, n in sorted(near_miss_splits(data).items())]
+    if splits.get(None) and len(splits) > 1:
+        out.append(f"warning: {splits[None]} image(s) have no split field: `--data` leaves them out of every split")
+    absent = [k for k in ("train", "val") if not splits.get(k)]
+    if absent and data.records:
+        out.append(f"warning: no image of split {' or '.join(repr(k) for k in absent)}: `ssddet train --data` trains "
+                   "on 'train' and validates on 'val' (other names: --set data.train_split=NAME / "
+                   "data.val_split=NAME; separate files: --train-ann / --val-ann)")
+    return out
+
+
 def strict_findings(data, images: ImageProblems) -> list[str]:
     """What --strict fails on: annotations dropped, clipped or with an unknown image/category id, images whose
-    boxes get rescaled or that cannot be decoded, categories without a box. Sizes read from the image file and
-    non-RGB images are not findings: they change no box."""
+    boxes get rescaled or that cannot be decoded, images in a near-miss split, categories without a box. Sizes
+    read from the image file and non-RGB images are not findings: they change no box."""
     found = [f"{n} {warning_unit(k)} {k}" for k, n in sorted(data.warnings.items()) if k != IMAGE_SIZE_FROM_FILE]
     found += [f"{n} image(s) rescaled" for k, n in sorted(images.counts.items()) if k.startswith(RESCALED)]
     found += [f"{n} EXIF-rotated image(s) sized unrotated in the JSON" for k, n in sorted(images.counts.items())
               if k.startswith(EXIF_UNROTATED)]
     if images.unreadable:
         found.append(f"{len(images.unreadable)} image(s) {UNREADABLE}")
+    near = sum(near_miss_splits(data).values())
+    if near:
+        found.append(f"{near} image(s) in a split that differs from train/val/test only by case, spaces or quoting")
     empty = empty_categories(data)
     if empty:
         found.append(f"{len(empty)} category(ies) without any box")
@@ -119,6 +148,7 @@ def summarise(data, images: ImageProblems | None = None, strict: bool = False) -
     empty_cats = empty_categories(data)
     if empty_cats:
         lines.append(f"warning: categories without any box: {empty_cats}")
+    lines += split_warnings(data)
     examples = getattr(data, "warning_examples", {}) or {}
     for kind, n in sorted(data.warnings.items()):
         ex = f" (e.g. ids {examples[kind]})" if examples.get(kind) else ""

@@ -69,13 +69,20 @@ class CocoData:
         return {i + 1: int(c["id"]) for i, c in enumerate(self.categories)}
 
     def select(self, split: str | None) -> list[ImageRecord]:
-        """Records of one split (None: all). Raises if the split is requested but absent."""
+        """Records of one split (None: all). Raises if the split is requested but absent; warns about the
+        images left out whose split differs from it only by case, spaces or quoting ("Train", " train")."""
         if split is None:
             return list(self.records)
         out = [r for r in self.records if r.split == split]
+        near = Counter(r.split for r in self.records if r.split != split and split_key(r.split) == split_key(split))
+        near_text = ", ".join(f"{n} with {k!r}" for k, n in sorted(near.items()))
         if not out:
             found = sorted({str(r.split) for r in self.records})
-            raise UserError(f"{self.ann_path}: no image has split '{split}' (splits found: {found})")
+            hint = f"; split names match exactly, and {near_text} are not '{split}'" if near else ""
+            raise UserError(f"{self.ann_path}: no image has split '{split}' (splits found: {found}){hint}")
+        if near:
+            log.warning("%s: images of split '%s' selected: %d; left out, since split names match exactly: %s",
+                        self.ann_path, split, len(out), near_text)
         return out
 
     def gt_dict(self, records: list[ImageRecord]) -> dict:
@@ -95,6 +102,11 @@ class CocoData:
         for i, a in enumerate(anns):  # ids must be unique and positive for COCOeval
             a["id"] = i + 1
         return {"images": images, "annotations": anns, "categories": self.categories}
+
+
+def split_key(split: str | None) -> str:
+    """A split value as a person reads it: "Train", " train" and "['train']" (a JSON list) -> "train"."""
+    return str(split).strip().strip("[]()'\" ").lower()
 
 
 def read_json(path: str | Path, what: str = "annotation file") -> dict:

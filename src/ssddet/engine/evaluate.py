@@ -62,9 +62,16 @@ def evaluate_sharded(detector, loader: DataLoader, device: torch.device, data, r
     metrics = None
     if parts is not None:
         kept = readable(records, {f for _, files in parts for f in files})
-        metrics = coco_evaluate(data.gt_dict(kept), merge_rank_results([d for d, _ in parts],
-                                                                       [r.image_id for r in kept]))
-    return broadcast_from_main(metrics)
+        metrics = coco_evaluate(data.gt_dict(kept), merge_rank_results(
+            [d for d, _ in parts], [r.image_id for r in kept])) if kept or not records else NOTHING_READ
+    metrics = broadcast_from_main(metrics)
+    if metrics == NOTHING_READ:  # on every rank: an AP of 0 would read like a model that found nothing
+        raise UserError(f"{data.ann_path}: none of the {len(records)} images to evaluate could be read (see the "
+                        "warnings above): there is no AP to report; repair or replace the files (`ssddet check`)")
+    return metrics
+
+
+NOTHING_READ = "no image of the evaluation set could be read"
 
 
 def readable(records: list, unreadable) -> list:

@@ -62,12 +62,16 @@ def draw_boxes(image: Tensor, boxes, colour, labels: list[str] | None = None, wi
                fill: bool = False) -> Tensor:
     """Draw xyxy `boxes` (array-like [N, 4]) in one colour (an RGB tuple) or one colour per box (a list of
     tuples) on uint8 Tensor[3, H, W] -> the drawn copy. Invalid boxes (see `valid_boxes`) are not drawn."""
+    h, w = image.shape[-2:]
     b = torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4))
+    # clipped to the last pixel: an edge outside the image cannot be seen, and a coordinate such as 1e30
+    # overflows the integer pixel positions PIL draws with
+    b = torch.stack([b[:, 0].clamp(0, w - 1), b[:, 1].clamp(0, h - 1), b[:, 2].clamp(0, w - 1),
+                     b[:, 3].clamp(0, h - 1)], 1)
     ok = valid_boxes(b)
     if not ok.any():
         return image
     colours = colour if isinstance(colour, list) else [colour] * len(b)
-    h, w = image.shape[-2:]
     return draw_bounding_boxes(
         image, b[ok], labels=[labels[i] for i in ok.nonzero().flatten().tolist()] if labels else None,
         colors=[colours[i] for i in ok.nonzero().flatten().tolist()], fill=fill,
