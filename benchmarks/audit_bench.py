@@ -147,7 +147,7 @@ def audit_scores(rep, removed: list[dict], truth: dict, label_to_cat: dict) -> d
     """{kind: {name: metrics}}: the audit's default score of each kind ("audit") and its variants."""
     from ssddet.engine.audit_kinds import spurious_score, wrong_class_score
 
-    anns = [r for r in rep.rows if r["kind"] != "missing"]
+    anns = [r for r in rep.rows if r["kind"] not in ("missing", "invalid")]
     pg, pr = np.stack([r["probs_given"] for r in anns]), np.stack([r["probs_refined"] for r in anns])
     labels = np.array([r["label"] for r in anns])
     conf = np.array([r["confidence"] for r in anns])
@@ -218,7 +218,7 @@ def cleanlab_scores(noisy: dict, rep, removed: list[dict], truth: dict, cats: li
     from cleanlab.object_detection import rank
 
     labels, preds, ids = cleanlab_inputs(noisy, rep, cats)
-    audited = {r["annotation_id"] for r in rep.rows if r["kind"] != "missing"}
+    audited = {r["annotation_id"] for r in rep.rows if r["kind"] not in ("missing", "invalid")}
     flat = [(i, j) for i, per in enumerate(ids) for j, aid in enumerate(per) if aid in audited]
     badloc = rank.compute_badloc_box_scores(labels=labels, predictions=preds)
     swap = rank.compute_swap_box_scores(labels=labels, predictions=preds)
@@ -308,7 +308,7 @@ def evaluate_seed(noisy_path: Path, data: Path, run: Path, missing_score: float)
     label_to_cat = {k + 1: c for k, c in enumerate(cats)}
     truth = annotation_truth(noisy)
     removed = removed_objects(noisy, set(rep.detections))
-    anns = [r for r in rep.rows if r["kind"] != "missing"]
+    anns = [r for r in rep.rows if r["kind"] not in ("missing", "invalid")]
     counts = {k: int(sum(truth[r["annotation_id"]][k] for r in anns)) for k in ("misplaced", "wrong_class",
                                                                                  "spurious")}
     return {"true_counts": {**counts, "missing": len(removed)}, "annotations": len(anns),

@@ -844,7 +844,8 @@ def headline(summary: dict) -> str:
                                       *(_ms(r["AP"]) if r else "–" for r in cells), iou]) + " |")
     # the settings the SSD-Det cells trained with are listed under the full table (`markdown`): a front page
     # keeps one pointer, not a paragraph of fields
-    settings = "per noise level under the full table (docs/benchmarks.md)" if ssddet_settings(summary.get("cells", [])) else ""
+    settings = ("per noise level under the full table (docs/benchmarks.md)"
+                if ssddet_settings(summary.get("cells", [])) else "")
     preset = f"`{summary['preset']}` (`{' '.join(summary['preset_args'])}`)"
     band = (f" OA-MIL is shown twice: with torchvision's R-CNN sampling, as published, and \"+ band\" with SSD-Det's "
             f"ignore band (`model.box_bg_iou_thresh={BAND:g}`: proposals of IoU [{BAND:g}, 0.5) with every box are "
@@ -874,8 +875,8 @@ def user_twins(cells: list[dict]) -> tuple[bool, str]:
         if any(_refiner_spec(c) != _refiner_spec(twins[(c["noise"], c["seed"])]) for c in user
                if (c["noise"], c["seed"]) in twins):
             return False, ("The user-path cells trained with other SSD-Det settings than their `--noise` twins (the "
-                           "full table's settings line names both), so the two rows differ by those settings and by the machines, "
-                           "not by the path (docs/benchmarks.md, \"Run to run\").")
+                           "full table's settings line names both), so the two rows differ by those settings and by "
+                           "the machines, not by the path (docs/benchmarks.md, \"Run to run\").")
         host = {(c["noise"], c["seed"], c.get("variant", "")): (c.get("machine") or {}).get("host") for c in cells
                 if c["method"] == "ssddet"}
         # a twin without a machine record may have run anywhere

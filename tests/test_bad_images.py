@@ -248,7 +248,7 @@ def test_no_readable_evaluation_image_is_an_error_not_an_ap_of_zero(truncated_ru
     shutil.copytree(data, copy)
     truncate(copy / "images/d.jpg")  # the only val image
     rc, _, err = run(["eval", "--data", copy, "--checkpoint", out / "model_final.pt", "--workers", "0"], capsys)
-    assert rc == 2 and "none of the 1 images of split 'val' could be read" in error_line(err)
+    assert rc == 2 and "no image of split 'val' could be read: no AP to report" in error_line(err)
     dset = load_coco(copy / "annotations.json", copy)
     records = dset.select("val")
 

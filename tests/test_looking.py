@@ -260,7 +260,8 @@ def test_audit_kinds_in_the_csv_html_and_api(run, tmp_path):
     assert [(r["kind"], r["kind_rank"], r["category"]) for r in rep.rows] == \
         [(r["kind"], int(r["kind_rank"]) if r["kind_rank"] else None, r["category"]) for r in rows]
     kinds = Counter(r["kind"] for r in rows)
-    assert rep.summary["kinds"] == {k: kinds[k] for k in ("misplaced", "wrong_class", "spurious", "missing", "ok")}
+    assert rep.summary["kinds"] == {k: kinds[k] for k in ("misplaced", "wrong_class", "spurious", "missing", "ok",
+                                                          "invalid")}
     assert "likely missing objects: " + str(kinds["missing"]) in str(rep)
     assert set(rep.detections) == {1, 2, 3} and rep.of_kind("missing") == [r for r in rep.rows[6:]]
     page = html.read_text()
@@ -269,6 +270,45 @@ def test_audit_kinds_in_the_csv_html_and_api(run, tmp_path):
     for kind in ("all", "misplaced", "wrong_class", "spurious", "missing", "ok"):
         assert f"<button data-k='{kind}'" in page
     assert "function show(k)" in page and "http" not in page.replace("http-equiv", "") and "<link" not in page
+
+
+def test_audit_lists_the_annotations_no_command_can_use_first(run, tmp_path):
+    """Annotations the loader leaves out (an unknown image or category id, a zero-width or NaN box, a box outside its
+    image) are errors too: kind `invalid`, first in the CSV in file order, each with its problem; the others are
+    ranked as before, and an invalid one on an image of another split is not listed."""
+    _, _, out = run
+    ann, _ = _audit_set(tmp_path / "audit")
+    coco = json.loads(ann.read_text())
+    coco["annotations"] += [
+        {"id": 90, "image_id": 99, "category_id": 3, "bbox": [1, 1, 5, 5]},
+        {"id": 91, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]},
+        {"id": 92, "image_id": 2, "category_id": 7, "bbox": [10, 10, 0, 5]},
+        {"id": 93, "image_id": 3, "category_id": 42, "bbox": [float("nan"), 1, 5, 5]},
+        {"id": 94, "image_id": 3, "category_id": 42, "bbox": [70, 70, 5, 5]}]
+    ann.write_text(json.dumps(coco))
+    csv_path, html = tmp_path / "audit.csv", tmp_path / "audit.html"
+    assert main(["audit", "--checkpoint", str(out / "checkpoint.pt"), "--ann", str(ann), "--out", str(csv_path),
+                 "--html", str(html)]) == 0
+    assert "invalid annotations, left out by every command" in html.read_text()  # the page's summary
+    rows = list(csv.DictReader(csv_path.open()))
+    bad = rows[:5]
+    assert [(r["annotation_id"], r["kind"], r["kind_rank"], r["rank"]) for r in bad] == \
+        [(str(90 + i), "invalid", str(i + 1), str(i + 1)) for i in range(5)]
+    assert [r["problem"].split(" (bbox")[0] for r in bad] == [
+        "unknown image_id", "unknown category_id", "non-positive width/height", "bbox is not 4 finite numbers",
+        "outside the image (nothing left after clipping)"]
+    assert bad[0]["file_name"] == "" and bad[2]["file_name"].endswith("2.jpg") and bad[2]["category"] == "cat7"
+    assert bad[1]["category"] == "5" and bad[0]["score"] == bad[0]["given_x"] == ""
+    assert sorted(r["annotation_id"] for r in rows[5:] if r["kind"] != "missing") == ["11", "12", "21", "22", "31",
+                                                                                     "32"]
+    rep = ssddet.audit(out / "checkpoint.pt", ann)
+    assert rep.summary["kinds"]["invalid"] == 5 and rep.summary["annotations"] == 6
+    assert "invalid annotations, left out by every command" in str(rep) and ": 5" in str(rep)
+    for im in coco["images"]:
+        im["split"] = "train" if im["id"] == 1 else "val"
+    ann.write_text(json.dumps(coco))
+    rep = ssddet.audit(out / "checkpoint.pt", ann, split="train")
+    assert [r["annotation_id"] for r in rep.rows if r["kind"] == "invalid"] == [90, 91]  # no image, image 1
 
 
 def test_audit_reports_a_confident_detection_no_annotation_covers(run, tmp_path, monkeypatch):

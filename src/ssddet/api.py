@@ -120,8 +120,7 @@ def evaluate(checkpoint=None, *, results=None, data=None, ann=None, train_ann=No
     else:
         dets = _predict_records(checkpoint, dset, records, device, batch_size, workers, bad)
         if records and not readable(records, bad.files):
-            raise UserError(f"{dset.ann_path}: none of the {len(records)} images of split '{split}' could be "
-                            "read (see the warnings above): there is no AP to report (`ssddet check`)")
+            raise UserError(f"{dset.ann_path}: no image of split '{split}' could be read: no AP to report")
         records = readable(records, bad.files)
         if save_results:
             import json
@@ -179,8 +178,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     method, cfg, meta = load_refiner_method(checkpoint, dev)
     trained_split = cfg.data.train_split
     if data or train_ann:
-        # a file given as `ann` is read as `eval --ann` reads it: its `split` images, all of them without the field
-        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, train_ann
+        cfg.data.data_dir, cfg.data.train_ann, cfg.data.val_ann = data, train_ann, train_ann  # as `eval --ann` reads
         cfg.data.images = images
         if train_ann and (cfg.data.noise or _label_noise_on(cfg.data)) and _holds_simulated_noise(train_ann):
             log.info("%s already holds simulated noise (true_bbox, true_category_id, spurious or "
@@ -324,17 +322,15 @@ def plot(runs, *, out="curves.png", names: list[str] | None = None) -> Path:
 
 def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = None, out=None, html=None,
           html_top: int = 200, device: str = "auto", on_bad_image: str = "skip", missing_score: float = 0.5):
-    """Rank every annotation of `ann` (or `data`/annotations.json) by how likely it is wrong, in four kinds
-    (engine/audit.py and engine/audit_kinds.py explain the scores): misplaced, wrong class and spurious per
-    annotation, and the objects each image likely misses (detections with score >= `missing_score` that no
-    annotation covers) -> AuditReport (rows: annotations worst misplaced first, then the missing objects; each
-    row's `kind` and `kind_rank`; summary with each kind's share and the ranking precision when `true_bbox` is
-    known; detections: every detection of the run's detector; str() is what `ssddet audit` prints); CSV to `out`,
-    HTML to `html` if given. The annotations of an unreadable image are left out with a counted warning
-    (on_bad_image "skip") or stop it ("stop")."""
+    """Rank every annotation of `ann` (or `data`/annotations.json) by how likely it is wrong (engine/audit.py and
+    engine/audit_kinds.py explain the scores): misplaced, wrong class, spurious, the objects images likely miss
+    (detections of score >= `missing_score` no annotation covers), the annotations no command can use (`invalid`)
+    -> AuditReport (rows: invalid, annotations worst misplaced first, missing; each with `kind` and `kind_rank`;
+    summary: each kind's share, the ranking precision when `true_bbox` is known; detections: all of the run's; str:
+    what `ssddet audit` prints); CSV to `out`, HTML to `html`. Unreadable images: skipped, counted, or stop."""
     from .data.coco import load_coco
     from .data.images import BadImages
-    from .engine.audit import AuditReport, rank_annotations, report_detections, summarise, write_csv
+    from .engine.audit import AuditReport, invalid_rows, rank_annotations, report_detections, summarise, write_csv
     from .engine.audit_html import write_html
     from .engine.audit_kinds import gather_evidence
     from .engine.device import resolve_device
@@ -356,7 +352,7 @@ def audit(checkpoint, ann=None, *, data=None, images=None, split: str | None = N
     bad = BadImages(on_bad_image)
     evidence = gather_evidence(method, records, dev, bad)
     records = readable(records, bad.files)
-    rows = rank_annotations(records, evidence, dataset.class_names, missing_score)
+    rows = rank_annotations(records, evidence, dataset.class_names, missing_score, invalid_rows(dataset, records))
     rep = AuditReport(rows, {**summarise(rows, missing_score), "skipped_images": len(bad.files)},
                       report_detections(records, evidence, dataset.label_to_cat))
     if out:

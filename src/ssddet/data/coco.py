@@ -55,6 +55,9 @@ class CocoData:
     warnings: Counter
     info: dict
     warning_examples: dict = field(default_factory=dict)  # warning kind -> first few annotation/image ids
+    # every annotation left out (not crowd boxes): {"annotation_id", "image_id", "bbox", "category_id", "reason"},
+    # the JSON's values as given; `ssddet audit` lists them as invalid
+    dropped: list = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -296,7 +299,7 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
     images = _parse_images(d, src, root, warn, examples)
     slot_keys = ("boxes", "labels", "ids", "source", "true", "crowd", "crowd_labels")
     per_image: dict[int, dict[str, list]] = {iid: {k: [] for k in slot_keys} for iid in images}
-    ann_ids, keys = set(), internal_ann_ids(d["annotations"])
+    ann_ids, keys, dropped = set(), internal_ann_ids(d["annotations"]), []
     for i, a in enumerate(d["annotations"]):
         if not isinstance(a, dict):
             raise UserError(f"{src}: annotations[{i}] is not an object")
@@ -307,21 +310,19 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
             raise UserError(f"{src}: duplicate annotation id {aid}")
         ann_ids.add(aid)
         iid = _hashable(a.get("image_id"))
-        if iid is None or iid not in images:
-            _note(warn, examples, "unknown image_id (skipped)", aid, src)
-            continue
-        if _hashable(a.get("category_id")) not in cat_to_label:
-            _note(warn, examples, "unknown category_id (skipped)", aid, src)
-            continue
         box = parse_box(a.get("bbox"))
-        if box is None:
-            _note(warn, examples, "bbox is not 4 finite numbers (skipped)", aid, src)
-            continue
-        im = images[iid]
-        box, reason = _clip_box(box, im["width"], im["height"])
+        reason = ("unknown image_id" if iid is None or iid not in images else
+                  "unknown category_id" if _hashable(a.get("category_id")) not in cat_to_label else
+                  "bbox is not 4 finite numbers" if box is None else None)
+        if reason is None:
+            box, reason = _clip_box(box, images[iid]["width"], images[iid]["height"])
+            if reason and box is not None:  # clipped, kept
+                _note(warn, examples, reason, aid, src)
+                reason = None
         if reason:
-            _note(warn, examples, reason if box is not None else f"{reason} (skipped)", aid, src)
-        if box is None:
+            _note(warn, examples, f"{reason} (skipped)", aid, src)
+            dropped.append({"annotation_id": aid, "image_id": a.get("image_id"), "bbox": a.get("bbox"),
+                            "category_id": a.get("category_id"), "reason": reason})
             continue
         slot = per_image[iid]
         if is_crowd(a.get("iscrowd", 0)):
@@ -342,7 +343,7 @@ def parse_coco(d: dict, src: str, images_root: str | Path) -> CocoData:
     records = [_make_record(images[iid], per_image[iid]) for iid in order]
     info = d.get("info", {}) if isinstance(d.get("info"), dict) else {}
     return CocoData(ann_path=src, images_root=root, categories=cats, records=records, warnings=warn,
-                    info=info, warning_examples=examples)
+                    info=info, warning_examples=examples, dropped=dropped)
 
 
 def warning_unit(reason: str) -> str:

@@ -62,7 +62,10 @@ CSV_FIELDS = ("rank", "score", "iou_given_refined", "iou_refined_mirror", "confi
               "refined_w", "refined_h", "iou_given_clean", "iou_refined_clean",
               # the kinds (engine/audit_kinds.py)
               "kind", "kind_rank", "wrong_class_score", "suggested_category", "spurious_score", "missing_score",
-              "detected_x", "detected_y", "detected_w", "detected_h")
+              "detected_x", "detected_y", "detected_w", "detected_h",
+              # an annotation the loader left out (kind `invalid`): why
+              "problem")
+INVALID = "invalid"  # an annotation no command can use (unknown image or category id, unusable bbox)
 
 
 def wrong_score(iou: np.ndarray) -> np.ndarray:
@@ -110,19 +113,45 @@ def missing_rows(rec, ev, class_names: list[str], min_score: float) -> list[dict
             for d in missing_objects(ev.det_boxes, ev.det_scores, covered, min_score)]
 
 
-def rank_annotations(records, evidence: dict, class_names: list[str], missing_score: float) -> list[dict]:
-    """Every annotation of `records` with evidence (audit_kinds.gather_evidence), worst (misplaced score) first
-    (ties: annotation order), then the likely missing objects, most confident first; `rank` is the row's place,
-    `kind_rank` its place within its kind (by that kind's score)."""
+def invalid_rows(dataset, records) -> list[dict]:
+    """One row (kind `invalid`) per annotation the loader left out (`CocoData.dropped`) that belongs to `records`'
+    images or to no image of the file at all, its `problem` the reason."""
+    ids = {r.image_id for r in records}
+    known = {r.image_id: r for r in dataset.records}
+    names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.categories}
+    blank = dict.fromkeys(("score", "iou_given_refined", "iou_refined_mirror", "confidence", "label", "given",
+                           "refined", "clean", "iou_given_clean", "iou_refined_clean", "wrong_class_score",
+                           "suggested_category", "spurious_score", "missing_score", "detected", "probs_given",
+                           "probs_refined"))
+    rows = []
+    for d in dataset.dropped:
+        iid = d["image_id"] if isinstance(d["image_id"], (int, str)) else None
+        if iid in ids or iid not in known:
+            cat = d["category_id"] if isinstance(d["category_id"], (int, str)) else None
+            rows.append({**blank, "kind": INVALID, "annotation_id": d["annotation_id"], "image_id": d["image_id"],
+                         "file_name": str(known[iid].path) if iid in known else None,
+                         "category": names.get(cat, d["category_id"]),
+                         "problem": f"{d['reason']} (bbox {d['bbox']!r})"})
+    return rows
+
+
+def rank_annotations(records, evidence: dict, class_names: list[str], missing_score: float,
+                     invalid: list[dict] = ()) -> list[dict]:
+    """The `invalid` rows first (annotations no command can use, `invalid_rows`), then every annotation of
+    `records` with evidence (audit_kinds.gather_evidence), worst (misplaced score) first (ties: annotation order),
+    then the likely missing objects, most confident first; `rank` is the row's place, `kind_rank` its place within
+    its kind (by that kind's score; invalid rows in file order)."""
     rows, missing = [], []
     for rec in records:
         ev = evidence.get(rec.image_id)
         if ev is not None:
             rows += annotation_rows(rec, ev, class_names)
             missing += missing_rows(rec, ev, class_names, missing_score)
-    rows = sorted(rows, key=lambda r: -r["score"]) + sorted(missing, key=lambda r: -r["missing_score"])  # stable
+    rows = [*invalid, *sorted(rows, key=lambda r: -r["score"]), *sorted(missing, key=lambda r: -r["missing_score"])]
     for rank, row in enumerate(rows, start=1):
         row["rank"], row["kind_rank"] = rank, None
+    for k, row in enumerate(invalid, start=1):
+        row["kind_rank"] = k
     for kind in KINDS:
         key = KIND_SCORE[kind]
         for k, row in enumerate(sorted((r for r in rows if r["kind"] == kind), key=lambda r: -r[key]), start=1):
@@ -150,8 +179,8 @@ def ranking_precision(scores: np.ndarray, iou_clean: np.ndarray, frac: float = T
 def summarise(rows: list[dict], missing_score: float | None = None) -> dict:
     """Counts and the share of each kind; with clean boxes the ranking precision (also of the confidence-weighted
     (1 - IoU) x c ranking, for reference) against the base rate."""
-    anns = [r for r in rows if r["kind"] != "missing"]
-    s = {"annotations": len(anns), "kinds": {k: sum(r["kind"] == k for r in rows) for k in (*KINDS, OK)}}
+    anns = [r for r in rows if r["kind"] not in ("missing", INVALID)]
+    s = {"annotations": len(anns), "kinds": {k: sum(r["kind"] == k for r in rows) for k in (*KINDS, OK, INVALID)}}
     if missing_score is not None:
         s["missing_min_score"] = missing_score
     if not anns:
@@ -250,6 +279,9 @@ def format_summary(s: dict) -> str:
         lines.append(_box_quality_line(s))
     if "kinds" in s and s["annotations"]:
         lines.append(format_kinds(s))
+    if s.get("kinds", {}).get(INVALID):
+        lines.append(f"invalid annotations, left out by every command (unknown image or category id, unusable bbox; "
+                     f"kind `{INVALID}`, first in the CSV): {s['kinds'][INVALID]}")
     if "precision" in s:
         lift = s["precision"] / s["base_rate"] if s["base_rate"] > 0 else float("inf")
         lines.append(f"ranking precision: {s['precision']:.3f} of the top {TOP_FRACTION:.0%} ({s['top']} boxes) have "
@@ -280,5 +312,5 @@ def write_csv(rows: list[dict], path: str | Path) -> Path:
             flat = {**r, **_xywh(("given_x", "given_y", "given_w", "given_h"), r["given"]),
                     **_xywh(("refined_x", "refined_y", "refined_w", "refined_h"), r["refined"]),
                     **_xywh(("detected_x", "detected_y", "detected_w", "detected_h"), r["detected"])}
-            w.writerow([_fmt(flat[k]) for k in CSV_FIELDS])
+            w.writerow([_fmt(flat.get(k)) for k in CSV_FIELDS])  # `problem`: invalid rows only
     return path
