@@ -451,3 +451,24 @@ def test_eval_of_a_file_that_is_no_model(tiny_coco, tmp_path, capsys, content, p
 def test_data_dir_without_annotations(tmp_path, capsys):
     rc, _, err = run(["eval", "--data", tmp_path, "--results", tmp_path / "r.json"], capsys)
     assert_one_error(rc, err, f"{tmp_path}: expected annotations.json inside the dataset directory")
+
+
+def test_noise_and_refine_write_standard_json_whatever_the_input_holds(tiny_coco, tmp_path):
+    """A bbox of NaN / Infinity (tokens Python's json reads) is written as null, not as a token other JSON
+    readers reject; the rest of the file is unchanged."""
+    from ssddet.data.coco import write_json
+
+    data, ann, coco = tiny_coco
+    coco["annotations"][0]["bbox"] = [float("nan"), 1.0, float("inf"), 2.0]
+    ann.write_text(json.dumps(coco))
+    out = tmp_path / "noisy.json"
+    assert main(["noise", "--ann", str(ann), "--noise", "0.2", "--out", str(out)]) == 0
+
+    def strict(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    d = json.loads(out.read_text(), parse_constant=strict)
+    assert d["annotations"][0]["bbox"] == [None, 1.0, None, 2.0]
+    assert len(d["annotations"]) == len(coco["annotations"])
+    path = write_json(tmp_path / "sub" / "x.json", {"a": (1, float("-inf")), "b": {"c": float("nan")}, "d": "NaN"})
+    assert json.loads(path.read_text(), parse_constant=strict) == {"a": [1, None], "b": {"c": None}, "d": "NaN"}

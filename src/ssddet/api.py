@@ -166,8 +166,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     the input box, `true_bbox` kept; counts and mean IoUs in info.ssddet_refine), written to `out` if given. Without
     `data` / `ann` the run's own dataset and on-the-fly noise are used (`train_ann`: the earlier name of `ann`).
     An unreadable image's boxes keep their input box (on_bad_image "skip", counted) or stop the export ("stop")."""
-    import json
-
+    from .data.coco import write_json
     from .data.images import BadImages
     from .data.splits import training_split_json
     from .engine.device import resolve_device
@@ -206,8 +205,7 @@ def refine(checkpoint, *, out=None, data=None, ann=None, images=None, split: str
     d["info"]["ssddet_refine"].update(stats=stats, images_refined=len(records) - len(bad.files),
                                       images_in_source=n_all)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(d))
+        write_json(out, d)
     return d
 
 
@@ -234,17 +232,14 @@ def noise(ann=None, *, data=None, level: float = 0.4, seed: int = 45, split: str
     generator as `train(noise=level, noise_seed=seed)`. `fraction`: the share of the boxes noised (`noised` flag
     on each annotation when < 1); `missing`, `spurious`, `swap`: label errors (data/label_noise.py), as
     `train(noise_missing=..., noise_spurious=..., noise_swap=...)`."""
-    import json
-
-    from .data.coco import read_json
+    from .data.coco import read_json, write_json
     from .data.simulate import noisy_copy
 
     src, root = _dataset_ann(ann, data, images)
     noisy, _ = noisy_copy(read_json(src), level, seed, root or src.parent, split, src=str(src), fraction=fraction,
                           missing=missing, spurious=spurious, swap=swap)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(noisy))
+        write_json(out, noisy)
     return noisy
 
 

@@ -112,6 +112,21 @@ def split_key(split: str | None) -> str:
     return str(split).strip().strip("[]()'\" ").lower()
 
 
+def write_json(path: str | Path, d) -> Path:
+    """`d` as standard JSON at `path` (folders made): a non-finite number, which Python reads from the tokens NaN
+    and Infinity that some tools write, becomes null, since other JSON readers reject those tokens."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return {k: finite(x) for k, x in v.items()} if isinstance(v, dict) else \
+            [finite(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(finite(d), allow_nan=False))
+    return path
+
+
 def read_json(path: str | Path, what: str = "annotation file") -> dict:
     """Read a COCO JSON file with a clear error for missing, truncated or non-object files.
     `what` names the file in messages (e.g. "config file")."""
