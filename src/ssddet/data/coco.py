@@ -55,7 +55,7 @@ class CocoData:
     warnings: Counter
     info: dict
     warning_examples: dict = field(default_factory=dict)  # warning kind -> first few annotation/image ids
-    # every annotation left out (not crowd boxes): {"annotation_id", "image_id", "bbox", "category_id", "reason"},
+    # every annotation left out (crowd ones too): {"annotation_id", "image_id", "bbox", "category_id", "reason"},
     # the JSON's values as given; `ssddet audit` lists them as invalid
     dropped: list = field(default_factory=list)
 
