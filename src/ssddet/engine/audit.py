@@ -101,12 +101,16 @@ def annotation_rows(rec, ev, class_names: list[str]) -> list[dict]:
     return rows
 
 
+# a row's fields that come from refining and classifying an annotation's box: empty on the rows without one
+REFINER_FIELDS = ("score", "iou_given_refined", "iou_refined_mirror", "confidence", "given", "refined", "clean",
+                  "iou_given_clean", "iou_refined_clean", "wrong_class_score", "suggested_category", "spurious_score",
+                  "probs_given", "probs_refined")
+
+
 def missing_rows(rec, ev, class_names: list[str], min_score: float) -> list[dict]:
     """One row per likely missing object of the image (audit_kinds.missing_objects)."""
     covered = np.concatenate([rec.boxes.reshape(-1, 4), ev.refined.reshape(-1, 4), rec.crowd_boxes.reshape(-1, 4)])
-    blank = dict.fromkeys(("score", "iou_given_refined", "iou_refined_mirror", "confidence", "annotation_id",
-                           "given", "refined", "clean", "iou_given_clean", "iou_refined_clean", "wrong_class_score",
-                           "suggested_category", "spurious_score", "probs_given", "probs_refined"))
+    blank = dict.fromkeys((*REFINER_FIELDS, "annotation_id"))
     return [{**blank, "kind": "missing", "image_id": rec.image_id, "file_name": str(rec.path),
              "category": class_names[int(ev.det_labels[d]) - 1], "label": int(ev.det_labels[d]),
              "missing_score": float(ev.det_scores[d]), "detected": ev.det_boxes[d]}
@@ -119,10 +123,7 @@ def invalid_rows(dataset, records) -> list[dict]:
     ids = {r.image_id for r in records}
     known = {r.image_id: r for r in dataset.records}
     names = {c["id"]: str(c.get("name", c["id"])) for c in dataset.categories}
-    blank = dict.fromkeys(("score", "iou_given_refined", "iou_refined_mirror", "confidence", "label", "given",
-                           "refined", "clean", "iou_given_clean", "iou_refined_clean", "wrong_class_score",
-                           "suggested_category", "spurious_score", "missing_score", "detected", "probs_given",
-                           "probs_refined"))
+    blank = dict.fromkeys((*REFINER_FIELDS, "label", "missing_score", "detected"))
     rows = []
     for d in dataset.dropped:
         iid = d["image_id"] if isinstance(d["image_id"], (int, str)) else None

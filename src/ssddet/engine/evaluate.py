@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..data.boxes import xyxy_to_xywh
-from ..data.coco import finite_number
 from ..data.images import BadImages
+from ..data.results import detection_entry
 from ..errors import UserError
 from .distributed import broadcast_from_main, gather_to_main
 
@@ -159,21 +159,18 @@ def load_results(path: str | Path, gt: dict) -> list[dict]:
     for i, r in enumerate(res):
         if not isinstance(r, dict) or not {"image_id", "category_id", "bbox"} <= r.keys():
             raise UserError(f"{p}: entry {i} needs image_id, category_id and bbox")
-        cat, iid, bbox, score = r["category_id"], r["image_id"], r["bbox"], r.get("score", 1.0)
+        cat, iid = r["category_id"], r["image_id"]
         if isinstance(cat, bool) or not isinstance(cat, int) or cat not in cat_ids:
             raise UserError(f"{p}: entry {i} has category_id {cat!r} unknown to the ground truth "
                             f"(known: {sorted(cat_ids)})")
         if isinstance(iid, bool) or not isinstance(iid, int):
             raise UserError(f"{p}: entry {i} has a non-integer image_id {iid!r}")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(finite_number(v) is not None for v in bbox):
-            raise UserError(f"{p}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
+        bbox, score = detection_entry(p, i, r)
         if bbox[2] < 0 or bbox[3] < 0:  # xyxy written as xywh, most often
-            raise UserError(f"{p}: entry {i} has a bbox of negative width or height {bbox!r} (COCO results are "
-                            "[x, y, width, height])")
-        if finite_number(score) is None:
-            raise UserError(f"{p}: entry {i} has an invalid score {score!r}")
+            raise UserError(f"{p}: entry {i} has a bbox of negative width or height {r['bbox']!r} (COCO results "
+                            "are [x, y, width, height])")
         if iid in image_ids:
-            kept.append({**r, "bbox": [float(v) for v in bbox], "score": float(score)})
+            kept.append({**r, "bbox": bbox, "score": score})
     if len(kept) < len(res):
         log.warning("%s: %d detection(s) on images outside the evaluated split ignored", p,
                     len(res) - len(kept))

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.boxes import aligned_iou_np, xywh_to_xyxy
-from ..data.coco import finite_number
 from ..data.images import BadImages, UnreadableImage, read_rgb
+from ..data.results import detection_entry
 from ..errors import UserError
 from .draw import CLEAN, EXTRA_COLOURS, NOISY, REFINED, contact_sheet, draw_boxes, save_png, with_legend
 
@@ -63,19 +63,6 @@ def annotation_layers(raw: dict) -> list[Layer]:
     return [la for la in (clean, noisy, refined) if la.by_ann]
 
 
-def result_entry(path: Path, i: int, r) -> tuple[np.ndarray, float]:
-    """Entry i of a COCO results list -> (xyxy box, score), or a UserError naming the entry (as `eval --results`
-    reads them: bbox 4 finite numbers, score a finite number, 1 when absent)."""
-    if not isinstance(r, dict) or "image_id" not in r:
-        raise UserError(f"{path}: entry {i} is not a detection with an image_id")
-    bbox, s = r.get("bbox"), finite_number(r.get("score", 1.0))
-    if not isinstance(bbox, list) or len(bbox) != 4 or any(finite_number(v) is None for v in bbox):
-        raise UserError(f"{path}: entry {i} needs bbox [x, y, w, h] of 4 finite numbers, got {bbox!r}")
-    if s is None:
-        raise UserError(f"{path}: entry {i} has an invalid score {r.get('score')!r}")
-    return xywh_to_xyxy([float(v) for v in bbox]), s
-
-
 def compare_layer(path: Path, raw, colour, score: float) -> Layer:
     """A --compare file -> its layer (named after the file)."""
     layer = Layer(path.stem, colour)
@@ -88,9 +75,9 @@ def compare_layer(path: Path, raw, colour, score: float) -> Layer:
         raise UserError(f"{path}: expected a COCO dict with annotations or a COCO results list")
     boxes: dict = {}
     for i, r in enumerate(raw):
-        b, s = result_entry(path, i, r)
+        b, s = detection_entry(path, i, r)
         if s >= score:
-            boxes.setdefault(r["image_id"], []).append(b)
+            boxes.setdefault(r.get("image_id"), []).append(xywh_to_xyxy(b))
     layer.name += f" (score >= {score:g})"
     layer.by_image = {k: np.stack(v) for k, v in boxes.items()}
     return layer
