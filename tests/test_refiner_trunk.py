@@ -47,7 +47,7 @@ def test_reduce_then_pool_equals_pool_then_reduce(sampling_ratio):
 
 def _refiner(reduced: bool):
     cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
-                       trunk_reduce_train=True)  # the conv weight gradients are compared
+                       trunk_reduce_train=True, trunk_precision="fp32")  # the conv weight gradients are compared
     ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
     for m in ref.modules():  # N(0, 0.01) makes every output nearly equal: a weak check; use larger weights
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):

@@ -158,6 +158,11 @@ class SSDDetConfig:
     # the same images; docs/method.md §3.3): a BCCD step 1.27x -> 1.23x vanilla's in one interleaved run, 40 %
     # noise within the seed spread (val AP 0.434 against 0.422, 2 seeds). 1: the exact gradient. Not under autocast
     trunk_bias_grad_stride: int = 8
+    # the trunks' FCs (over ~6,200 RoIs of a BCCD step, most of the refiner's cost) multiply in bfloat16 on a
+    # CPU that does so natively (AVX512-BF16 / AMX: ~2.5x an fp32 GEMM): "auto" (that test, resolved when a run
+    # starts, so config.json records what ran) | "bf16" | "fp32". Inputs and outputs stay fp32; on a GPU autocast
+    # (train.amp) decides instead (docs/method.md §3.3)
+    trunk_precision: str = "auto"
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
     trunk_init: str = "released"
@@ -198,6 +203,24 @@ ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image
 SAMPLERS = ("large", "small", "auto", "by-noise")
 SELECTIONS = ("oldest", "random")
 TRUNK_INITS = ("released", "fan-in")
+TRUNK_PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX tiles, as torch's CPU kernels detect
+    them). Elsewhere a bfloat16 GEMM is emulated and slower than an fp32 one."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_trunk_precision(value: str) -> str:
+    """The precision of the refiner's trunk FCs on the CPU: `value`, or for "auto" bf16 where the CPU has native
+    bfloat16 dot products (`native_bf16`), else fp32."""
+    if value != "auto":
+        return value
+    return "bf16" if native_bf16() else "fp32"
 LR_SCHEDULES = ("multistep", "cosine")  # train.lr_schedule
 LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 

@@ -20,9 +20,11 @@ from .config import (
     SAMPLERS,
     SELECTIONS,
     TRUNK_INITS,
+    TRUNK_PRECISIONS,
     Config,
     SSDDetConfig,
     resolve_sampler,
+    resolve_trunk_precision,
     resolved_model,
 )
 from .errors import UserError
@@ -210,14 +212,13 @@ def config_from_mapping(d: dict, src: str = "config") -> Config:
     return cfg
 
 
-# Changed defaults, with what a run whose config.json predates the field trained with (it resumes as it started)
-PREDATED = {("model", "box_bg_iou_thresh"): 0.5, ("ssddet", "refiner_decay_epochs"): 0.0,
-            # the keep step kept every given box while trusted, trust followed the threshold step by step, no SISD
-            # arm, trust came from the agreements' running mean alone; the 1x1 trunk convs trained (before the fields)
-            ("ssddet", "trusted_keep_iou"): 0.0, ("ssddet", "trust_margin"): 0.0, ("ssddet", "keep_sisd"): 0.0,
-            ("ssddet", "trust_self"): False, ("ssddet", "trunk_reduce_train"): True, ("ssddet", "trust_mode"): 0.0,
-            ("ssddet", "trunk_bias_train"): True, ("ssddet", "trust_window"): 2048, ("ssddet", "self_view"): "previous",
-            ("ssddet", "trunk_bias_grad_stride"): 1, ("ssddet", "trust_self_delta"): 0.0}
+# Changed defaults, with what a run whose config.json predates the field trained with (it resumes as it started):
+# no ignore band or refiner decay; the keep step kept every given box while trusted, no hysteresis, SISD arm or
+# self-agreement; the 1x1 trunk convs trained; the trunks in fp32 (before the fields)
+PREDATED = {("model", "box_bg_iou_thresh"): 0.5, **{("ssddet", k): v for k, v in dict(
+    refiner_decay_epochs=0.0, trusted_keep_iou=0.0, trust_margin=0.0, keep_sisd=0.0, trust_self=False,
+    trunk_reduce_train=True, trust_mode=0.0, trunk_bias_train=True, trust_window=2048, self_view="previous",
+    trunk_bias_grad_stride=1, trust_self_delta=0.0, trunk_precision="fp32").items()}}
 
 
 def predate_defaults(cfg: Config, path: Path) -> None:
@@ -353,16 +354,15 @@ def _check_train_numbers(cfg: Config) -> None:
 
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
-    """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves
-    the "by-noise" sampler to the preset the run uses (`config.resolve_sampler`) and the R-CNN ignore band to the
-    method's (`config.resolved_model`), so config.json records both."""
-    if cfg.ssddet.sampler not in SAMPLERS:
-        raise UserError(f"ssddet.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.ssddet.sampler!r}")
-    if cfg.ssddet.selection not in SELECTIONS:
-        raise UserError(f"ssddet.selection must be one of {', '.join(SELECTIONS)}, got {cfg.ssddet.selection!r}")
-    if cfg.ssddet.trunk_init not in TRUNK_INITS:
-        raise UserError(f"ssddet.trunk_init must be one of {', '.join(TRUNK_INITS)}, got {cfg.ssddet.trunk_init!r}")
+    """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves the
+    "by-noise" sampler (`config.resolve_sampler`), the R-CNN ignore band (`config.resolved_model`) and the trunk
+    precision (`config.resolve_trunk_precision`) to what the run uses, so config.json records what ran."""
+    for name, choices in (("sampler", SAMPLERS), ("selection", SELECTIONS), ("trunk_init", TRUNK_INITS),
+                          ("trunk_precision", TRUNK_PRECISIONS)):
+        if (value := getattr(cfg.ssddet, name)) not in choices:
+            raise UserError(f"ssddet.{name} must be one of {', '.join(choices)}, got {value!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
+    cfg.ssddet.trunk_precision = resolve_trunk_precision(cfg.ssddet.trunk_precision)
     s = cfg.ssddet
     for names, what in ((("warmup_frac", "det_ramp", "band_until", "det_reset"), "a fraction of training"),
                         (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode", "unannotated_score"),

@@ -107,7 +107,8 @@ class SSDDetRefiner(nn.Module):
         two = cfg.num_stages == 2
         red, train_red, stride = int(cfg.trunk_reduce), bool(cfg.trunk_reduce_train), int(cfg.trunk_bias_grad_stride)
         train_bias = train_red or bool(cfg.trunk_bias_train)
-        self.trunk = build_trunk(in_channels, resolution, d, red, train_red, train_bias, stride)
+        trunk_args = (red, train_red, train_bias, stride, cfg.trunk_precision)
+        self.trunk = build_trunk(in_channels, resolution, d, *trunk_args)
         self.reg_ori = SPSDRegressor(d) if cfg.spsd else None
         self.cls0 = nn.Linear(d, k + 1)
         self.ins0 = nn.Linear(d, k + 1)
@@ -115,8 +116,7 @@ class SSDDetRefiner(nn.Module):
         self.cls1 = nn.Linear(d, k) if two else None
         self.ins1 = nn.Linear(d, k) if two else None
         self.sisd = (SISDHead(in_features, d, ore=cfg.ore,
-                              trunk=build_trunk(in_channels, resolution, d, red, train_red, train_bias,
-                                                stride))
+                              trunk=build_trunk(in_channels, resolution, d, *trunk_args))
                      if (cfg.sisd and two) else None)
         self.keep = KeepTheBox(cfg) if two else None  # step 8 (used while cfg.keep_given)
         self.reduced = red > 0  # reduce, then pool (trunk.py): channels [0, red) shared trunk, [red, 2 red) SISD

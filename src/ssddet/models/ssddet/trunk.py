@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
+from ...config import resolve_trunk_precision
 from ..profiling import scoped
 
 
@@ -26,7 +27,7 @@ class ReducedTwoMLPHead(nn.Sequential):
     """1x1 conv C -> c + ReLU, then TwoMLPHead(c*R*R, D)."""
 
     def __init__(self, in_channels: int, resolution: int, reduce_channels: int, dim: int, train_reduce: bool = True,
-                 train_bias: bool = True, bias_grad_stride: int = 1):
+                 train_bias: bool = True, bias_grad_stride: int = 1, precision: str = "fp32"):
         super().__init__(nn.Conv2d(in_channels, reduce_channels, 1), nn.ReLU(inplace=True),
                          TwoMLPHead(reduce_channels * resolution * resolution, dim))
         # A fixed conv weight (its init, a random projection C -> c) needs no gradient through RoIAlign. The
@@ -35,6 +36,8 @@ class ReducedTwoMLPHead(nn.Sequential):
         self[0].weight.requires_grad_(train_reduce)
         self[0].bias.requires_grad_(train_reduce or train_bias)
         self.bias_grad_stride = max(int(bias_grad_stride), 1)
+        # "bf16": fc6 and fc7 multiply in bfloat16 on the CPU (inputs, outputs and weights stay fp32; `_linear`)
+        self.bf16 = resolve_trunk_precision(precision) == "bf16"
         # passes so far that trained the bias on a subsample: its offset rotates with it (saved: a resumed run
         # takes the same rows as one that never stopped)
         self.register_buffer("bias_grad_calls", torch.zeros((), dtype=torch.int64))
@@ -56,14 +59,25 @@ class ReducedTwoMLPHead(nn.Sequential):
             # lie, (R, R, c), its weight permuted to match, instead of every RoI copied into (c, R, R) order.
             flat, bias_flat = pooled.permute(0, 2, 3, 1).reshape(n, -1), bias.repeat(r * r)
             w6 = w6.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
+        autocast = torch.is_autocast_enabled(pooled.device.type)
+        bf16 = self.bf16 and pooled.device.type == "cpu" and not autocast
         if (self.bias_grad_stride > 1 and torch.is_grad_enabled() and bias.requires_grad
-                and not pooled.requires_grad and not torch.is_autocast_enabled(pooled.device.type)):
+                and not pooled.requires_grad and not autocast):
             self.bias_grad_calls += 1
             x = SubsampledBiasLinear.apply(flat, bias_flat, w6, head.fc6.bias, self.bias_grad_stride,
-                                           int(self.bias_grad_calls) % self.bias_grad_stride)
+                                           int(self.bias_grad_calls) % self.bias_grad_stride, bf16)
         else:
-            x = F.linear(torch.relu(flat + bias_flat), w6, head.fc6.bias)
-        return F.relu(head.fc7(F.relu(x)))
+            x = _linear(torch.relu(flat + bias_flat), w6, head.fc6.bias, bf16)
+        return F.relu(_linear(F.relu(x), head.fc7.weight, head.fc7.bias, bf16))
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor, bf16: bool) -> Tensor:
+    """F.linear, or (`bf16`) its product in bfloat16: x and the weight rounded to bfloat16, the product summed in
+    fp32 by the GEMM and rounded once more, the bias added in fp32. Autograd runs the backward's products in
+    bfloat16 too and hands fp32 gradients to the fp32 weights."""
+    if not bf16:
+        return F.linear(x, weight, bias)
+    return F.linear(x.bfloat16(), weight.bfloat16()).float() + bias
 
 
 class SubsampledBiasLinear(torch.autograd.Function):
@@ -78,32 +92,36 @@ class SubsampledBiasLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: Tensor, bias_flat: Tensor, weight: Tensor, fc_bias: Tensor, stride: int,
-                offset: int) -> Tensor:
+                offset: int, bf16: bool = False) -> Tensor:
         x = torch.relu(flat + bias_flat)
+        if bf16:  # as `_linear`: the products in bfloat16, x kept in it for the backward
+            x, weight = x.bfloat16(), weight.bfloat16()
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.offset = stride, offset
-        return F.linear(x, weight, fc_bias)
+        return F.linear(x, weight).float() + fc_bias if bf16 else F.linear(x, weight, fc_bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g_w = grad.t().mm(x) if need[2] else None
+        g_out = grad.to(x.dtype)
+        g_w = g_out.t().mm(x).float() if need[2] else None
         g_fb = grad.sum(0) if need[3] else None
         g_b = None
         if need[1]:
             rows = torch.arange(ctx.offset % max(len(x), 1), len(x), ctx.stride, device=x.device)
-            g_x = grad[rows].mm(weight) * (x[rows] > 0)
+            g_x = g_out[rows].mm(weight).float() * (x[rows] > 0)
             g_b = g_x.sum(0) * (len(x) / max(len(rows), 1))
-        return None, g_b, g_w, g_fb, None, None
+        return None, g_b, g_w, g_fb, None, None, None
 
 
 def build_trunk(in_channels: int, resolution: int, dim: int, reduce_channels: int = 0,
-                train_reduce: bool = True, train_bias: bool = True, bias_grad_stride: int = 1) -> nn.Module:
+                train_reduce: bool = True, train_bias: bool = True, bias_grad_stride: int = 1,
+                precision: str = "fp32") -> nn.Module:
     if reduce_channels and reduce_channels > 0:
         return ReducedTwoMLPHead(in_channels, resolution, reduce_channels, dim, train_reduce, train_bias,
-                                 bias_grad_stride)
+                                 bias_grad_stride, precision)
     return TwoMLPHead(in_channels * resolution * resolution, dim)
 
 

@@ -1,0 +1,78 @@
+"""`ssddet.trunk_precision`: the refiner's trunk FCs multiply in bfloat16 on a CPU that does so natively
+(models/ssddet/trunk.py: `_linear`, `SubsampledBiasLinear`); "auto" is resolved when a run starts."""
+
+import pytest
+import torch
+
+from ssddet import config as config_module
+from ssddet.cli import build_parser
+from ssddet.config import SSDDetConfig, resolve_trunk_precision
+from ssddet.config_overrides import config_from_args
+from ssddet.errors import UserError
+from ssddet.models.ssddet.trunk import ReducedTwoMLPHead, SubsampledBiasLinear
+
+
+def _trunk(precision: str, stride: int = 1) -> ReducedTwoMLPHead:
+    torch.manual_seed(0)
+    trunk = ReducedTwoMLPHead(8, 3, 4, 6, train_reduce=False, train_bias=True, bias_grad_stride=stride,
+                              precision=precision)
+    torch.nn.init.normal_(trunk[0].bias)
+    return trunk
+
+
+def _run(trunk: ReducedTwoMLPHead, pooled: torch.Tensor) -> list[torch.Tensor]:
+    """Output and every trained gradient of a fixed loss."""
+    trunk.zero_grad()
+    y = trunk.from_reduced(pooled)
+    (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()
+    head = trunk[2]
+    return [y.detach(), trunk[0].bias.grad, head.fc6.weight.grad, head.fc6.bias.grad, head.fc7.weight.grad]
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_bf16_trunk_matches_fp32_to_bf16_rounding_with_fp32_gradients(stride):
+    """The same function and gradients as fp32 up to bfloat16's rounding (8 bits of mantissa: ~0.4 % per
+    product input), every gradient fp32 for the fp32 weights, and measurably not the fp32 computation."""
+    pooled = torch.randn(64, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+    exact, bf16 = _run(_trunk("fp32", stride), pooled), _run(_trunk("bf16", stride), pooled)
+    for a, b in zip(exact, bf16):
+        assert b.dtype == torch.float32
+        scale = a.abs().max()
+        assert (a - b).abs().max() <= 0.03 * scale
+    assert not torch.equal(exact[0], bf16[0])
+
+
+def test_subsampled_bias_linear_bf16_rounds_only_the_products():
+    """The Function in bfloat16 equals relu + F.linear on inputs rounded to bfloat16, the bias added in fp32."""
+    torch.manual_seed(0)
+    flat, b, w, fb = torch.randn(16, 12), torch.randn(12), torch.randn(5, 12), torch.randn(5)
+    y = SubsampledBiasLinear.apply(flat, b, w, fb, 1, 0, True)
+    x = torch.relu(flat + b).bfloat16()
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w.bfloat16()).float() + fb)
+
+
+def test_fp32_trunk_is_unchanged_by_the_field():
+    """trunk_precision=fp32 is the computation of before the field, bit for bit."""
+    pooled = torch.randn(20, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    trunk = _trunk("fp32")
+    head = trunk[2]
+    flat = pooled.reshape(20, -1) + trunk[0].bias.repeat_interleave(9)
+    ref = torch.relu(head.fc7(torch.relu(head.fc6(torch.relu(flat)))))
+    assert torch.equal(trunk.from_reduced(pooled), ref)
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_resolves_on_the_cpu_and_config_records_it(monkeypatch, native, expected):
+    monkeypatch.setattr(config_module, "native_bf16", lambda: native)
+    assert resolve_trunk_precision("auto") == expected
+    assert resolve_trunk_precision("fp32") == "fp32" and resolve_trunk_precision("bf16") == "bf16"
+    cfg = config_from_args(build_parser().parse_args(["train", "--data", "d"]))  # validated
+    assert cfg.ssddet.trunk_precision == expected
+    assert ReducedTwoMLPHead(8, 3, 4, 6, precision="auto").bf16 is native
+
+
+def test_unknown_precision_is_a_user_error():
+    args = build_parser().parse_args(["train", "--data", "d", "--set", "ssddet.trunk_precision=fp16"])
+    with pytest.raises(UserError, match="trunk_precision must be one of auto, bf16, fp32"):
+        config_from_args(args)
+    assert SSDDetConfig().trunk_precision == "auto"
