@@ -721,7 +721,7 @@ def ssddet_settings(cells: list[dict]) -> str:
             + ("" if s["trunk_reduce_train"] else f", `trunk_bias_train={str(s['trunk_bias_train']).lower()}`")
             + (f", `trunk_bias_grad_stride={s['trunk_bias_grad_stride']}`"
                if not s["trunk_reduce_train"] and s["trunk_bias_train"] else "")
-            + f", `trunk_precision={s['trunk_precision']}`"
+            + (f", `trunk_precision={s['trunk_precision']}`" if s["trunk_precision"] != "fp32" else "")
             + (f", `keep_iou={s.get('keep_iou', 0.75):g}`, `trust_agreement={s.get('trust_agreement', 0):g}`"
                + (f", `trust_mode={s['trust_mode']:g}`" if s.get("trust_mode") else "")
                if s["keep_given"] else "")

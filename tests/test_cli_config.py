@@ -2,7 +2,6 @@
 given override it) and `--print-config` shows the resolved config without training."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -30,8 +29,7 @@ def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
     t.method, t.epochs, t.lr, t.batch_size, t.lr_schedule, t.warmup_iters = "oamil", 20, 0.02, 4, "cosine", 50
     t.seed, t.eval_every, t.max_iters_per_epoch, t.amp, t.nan_policy, t.device = 3, 2, 9, True, "skip", "cpu"
     t.output = str(tmp_path / "old_run")
-    cfg.ssddet.top_k, cfg.ssddet.sampler = 5, "large"  # a run's config.json holds the resolved preset ...
-    cfg.ssddet.trunk_precision = "fp32"  # ... and the resolved trunk precision
+    cfg.ssddet.top_k, cfg.ssddet.sampler = 5, "large"  # a run's config.json holds the resolved preset
     cfg.oamil.oaie_num = 2
     path = tmp_path / "old_run" / "config.json"
     path.parent.mkdir()
@@ -85,14 +83,11 @@ def test_refiner_preset_over_a_config_file(tmp_path):
     cfg = Config()
     for k, v in PAPER_REFINER.items():
         setattr(cfg.ssddet, k, v)
-    cfg.ssddet.trunk_precision = "fp32"  # a run's config.json holds the resolved precision
     path = tmp_path / "paper.json"
     path.write_text(json.dumps(cfg.to_dict()))
     assert _resolve("--config", str(path)).ssddet == cfg.ssddet  # not given: the file's paper settings stay
-    fast = SSDDetConfig(trunk_precision="fp32")  # the preset leaves the file's precision alone
-    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == fast
-    paper = _resolve("--refiner", "paper").ssddet
-    assert paper == dataclasses.replace(cfg.ssddet, trunk_precision=paper.trunk_precision)  # "auto", resolved
+    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig()
+    assert _resolve("--refiner", "paper").ssddet == cfg.ssddet
 
 
 def test_print_config_prints_the_resolved_config_and_does_not_train(tmp_path, capsys):

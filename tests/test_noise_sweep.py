@@ -125,7 +125,8 @@ def test_full_table_and_headline(sweep):
     fixed = {**mode, "spec": {**mode["spec"], "ssddet": {**mode["spec"]["ssddet"], "trunk_reduce_train": False}}}
     assert "`trunk_bias_train=true`, `trunk_bias_grad_stride=1`" in sweep.ssddet_settings([fixed])
     fixed["spec"]["ssddet"]["trunk_bias_grad_stride"] = 8
-    assert "`trunk_bias_grad_stride=8`, `trunk_precision=fp32`" in sweep.ssddet_settings([fixed])  # predated
+    assert "`trunk_bias_grad_stride=8`" in sweep.ssddet_settings([fixed])
+    assert "trunk_precision" not in sweep.ssddet_settings([fixed])  # predated: fp32, the default, not named
     fixed["spec"]["ssddet"]["trunk_precision"] = "bf16"
     assert "`trunk_precision=bf16`" in sweep.ssddet_settings([fixed])
     summary = _summary(sweep, cells)

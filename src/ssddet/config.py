@@ -158,11 +158,12 @@ class SSDDetConfig:
     # the same images; docs/method.md §3.3): a BCCD step 1.27x -> 1.23x vanilla's in one interleaved run, 40 %
     # noise within the seed spread (val AP 0.434 against 0.422, 2 seeds). 1: the exact gradient. Not under autocast
     trunk_bias_grad_stride: int = 8
-    # the trunks' FCs (over ~6,200 RoIs of a BCCD step, most of the refiner's cost) multiply in bfloat16 on a
-    # CPU that does so natively (AVX512-BF16 / AMX: ~2.5x an fp32 GEMM): "auto" (that test, resolved when a run
-    # starts, so config.json records what ran) | "bf16" | "fp32". Inputs and outputs stay fp32; on a GPU autocast
-    # (train.amp) decides instead (docs/method.md §3.3)
-    trunk_precision: str = "auto"
+    # the trunks' FC products (over ~6,200 RoIs of a BCCD step, most of the refiner's cost) on the CPU: "fp32" |
+    # "bf16" (~2.5x an fp32 GEMM on a CPU with AVX512-BF16 or AMX; weights, gradients and SGD stay fp32) | "auto"
+    # (bf16 on such a CPU, else fp32; resolved when a run starts, so config.json records what ran). bf16 made a
+    # BCCD step 1.25x -> 1.17x vanilla's at the same val AP, but its refined boxes 0.02 IoU worse at 20 % noise
+    # on both seeds, so fp32 stays the default (docs/benchmarks.md, "Training speed"). On a GPU, train.amp decides
+    trunk_precision: str = "fp32"
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
     trunk_init: str = "released"

@@ -88,7 +88,8 @@ class SubsampledBiasLinear(torch.autograd.Function):
     [N, D] x [D, F] product as large as fc6's forward (~6,200 RoIs per BCCD step). The RoIs of one step come from
     the same few images, so the rows offset, offset + stride, ... (every bag's proposals in turn, `offset`
     rotating from call to call), scaled by N / their count, estimate that sum with an error far below the batch's
-    own gradient noise, at 1/stride of the cost (docs/method.md §3.3). fc6's own gradients stay exact."""
+    own gradient noise, at 1/stride of the cost (docs/method.md §3.3). fc6's own gradients stay exact. `bf16`: the
+    products in bfloat16 as `_linear` computes them (`trunk_precision`)."""
 
     @staticmethod
     def forward(ctx, flat: Tensor, bias_flat: Tensor, weight: Tensor, fc_bias: Tensor, stride: int,
