@@ -205,6 +205,8 @@ SAMPLERS = ("large", "small", "auto", "by-noise")
 SELECTIONS = ("oldest", "random")
 TRUNK_INITS = ("released", "fan-in")
 TRUNK_PRECISIONS = ("auto", "bf16", "fp32")
+LR_SCHEDULES = ("multistep", "cosine")  # train.lr_schedule
+LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 
 
 def native_bf16() -> bool:
@@ -222,8 +224,6 @@ def resolve_trunk_precision(value: str) -> str:
     if value != "auto":
         return value
     return "bf16" if native_bf16() else "fp32"
-LR_SCHEDULES = ("multistep", "cosine")  # train.lr_schedule
-LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 
 
 def resolve_sampler(sampler: str, noise: float | None) -> str:
