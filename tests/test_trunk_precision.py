@@ -46,9 +46,35 @@ def test_subsampled_bias_linear_bf16_rounds_only_the_products():
     """The Function in bfloat16 equals relu + F.linear on inputs rounded to bfloat16, the bias added in fp32."""
     torch.manual_seed(0)
     flat, b, w, fb = torch.randn(16, 12), torch.randn(12), torch.randn(5, 12), torch.randn(5)
-    y = SubsampledBiasLinear.apply(flat, b, w, fb, 1, 0, True)
+    y = SubsampledBiasLinear.apply(flat, b, w, fb, 1, 0, "bf16")
     x = torch.relu(flat + b).bfloat16()
     torch.testing.assert_close(y, torch.nn.functional.linear(x, w.bfloat16()).float() + fb)
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_bf16_grad_trunk_computes_in_fp32_and_rounds_only_the_weight_gradients(stride):
+    """bf16-grad: the output and the input-side gradients (the conv bias's, the FC biases') are fp32's; the FC
+    weights' gradients are fp32's up to bfloat16's rounding of their products, and measurably not fp32's."""
+    pooled = torch.randn(64, 4, 3, 3, generator=torch.Generator().manual_seed(3))
+    exact, grad = _run(_trunk("fp32", stride), pooled), _run(_trunk("bf16-grad", stride), pooled)
+    assert torch.equal(exact[0], grad[0])
+    for a, b in zip(exact[1:4:2], grad[1:4:2]):  # conv bias, fc6 bias
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in (exact[2], grad[2]), (exact[4], grad[4]):  # fc6, fc7 weights
+        assert b.dtype == torch.float32 and not torch.equal(a, b)
+        assert (a - b).abs().max() <= 0.03 * a.abs().max()
+    torch.testing.assert_close(grad[2], _bf16_product_reference(pooled, _trunk("fp32", stride)))
+
+
+def _bf16_product_reference(pooled: torch.Tensor, trunk: ReducedTwoMLPHead) -> torch.Tensor:
+    """fc6's weight gradient of `_run`'s loss as grad^T x with both rounded to bfloat16, summed in fp32 and the
+    sum rounded to bfloat16 (a bfloat16 GEMM's output)."""
+    head = trunk[2]
+    x = torch.relu(pooled.reshape(len(pooled), -1) + trunk[0].bias.repeat_interleave(9)).detach()
+    h6 = head.fc6(x).detach().requires_grad_(True)
+    y = torch.relu(head.fc7(torch.relu(h6)))
+    (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()
+    return (h6.grad.bfloat16().float().t() @ x.bfloat16().float()).bfloat16().float()
 
 
 def test_fp32_trunk_is_unchanged_by_the_field():
@@ -68,11 +94,11 @@ def test_auto_resolves_on_the_cpu_and_config_records_it(monkeypatch, native, exp
     assert resolve_trunk_precision("fp32") == "fp32" and resolve_trunk_precision("bf16") == "bf16"
     cfg = config_from_args(build_parser().parse_args(["train", "--data", "d", "--set", "ssddet.trunk_precision=auto"]))
     assert cfg.ssddet.trunk_precision == expected
-    assert ReducedTwoMLPHead(8, 3, 4, 6, precision="auto").bf16 is native
+    assert ReducedTwoMLPHead(8, 3, 4, 6, precision="auto").precision == expected
 
 
 def test_unknown_precision_is_a_user_error():
     args = build_parser().parse_args(["train", "--data", "d", "--set", "ssddet.trunk_precision=fp16"])
-    with pytest.raises(UserError, match="trunk_precision must be one of auto, bf16, fp32"):
+    with pytest.raises(UserError, match="trunk_precision must be one of auto, bf16, bf16-grad, fp32"):
         config_from_args(args)
     assert SSDDetConfig().trunk_precision == "fp32"  # the default: bf16 cost refined-box IoU (docs/benchmarks.md)

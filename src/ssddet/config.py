@@ -204,7 +204,7 @@ ON_BAD_IMAGE = ("skip", "stop")  # data.on_bad_image
 SAMPLERS = ("large", "small", "auto", "by-noise")
 SELECTIONS = ("oldest", "random")
 TRUNK_INITS = ("released", "fan-in")
-TRUNK_PRECISIONS = ("auto", "bf16", "fp32")
+TRUNK_PRECISIONS = ("auto", "bf16", "bf16-grad", "fp32")
 LR_SCHEDULES = ("multistep", "cosine")  # train.lr_schedule
 LARGE_BAG_NOISE = 0.3  # the released VOC configs: small bag at 10/20 % noise, large at 30/40 % (method.md 5 item 5)
 

@@ -36,8 +36,9 @@ class ReducedTwoMLPHead(nn.Sequential):
         self[0].weight.requires_grad_(train_reduce)
         self[0].bias.requires_grad_(train_reduce or train_bias)
         self.bias_grad_stride = max(int(bias_grad_stride), 1)
-        # "bf16": fc6 and fc7 multiply in bfloat16 on the CPU (inputs, outputs and weights stay fp32; `_linear`)
-        self.bf16 = resolve_trunk_precision(precision) == "bf16"
+        # on the CPU, "bf16": fc6 and fc7 multiply in bfloat16 (inputs, outputs and weights stay fp32; `_linear`);
+        # "bf16-grad": only their weight gradients' products do (`BF16GradLinear`), the forward stays fp32
+        self.precision = resolve_trunk_precision(precision)
         # passes so far that trained the bias on a subsample: its offset rotates with it (saved: a resumed run
         # takes the same rows as one that never stopped)
         self.register_buffer("bias_grad_calls", torch.zeros((), dtype=torch.int64))
@@ -60,24 +61,54 @@ class ReducedTwoMLPHead(nn.Sequential):
             flat, bias_flat = pooled.permute(0, 2, 3, 1).reshape(n, -1), bias.repeat(r * r)
             w6 = w6.view(-1, c, r, r).permute(0, 2, 3, 1).reshape(head.fc6.out_features, -1)
         autocast = torch.is_autocast_enabled(pooled.device.type)
-        bf16 = self.bf16 and pooled.device.type == "cpu" and not autocast
+        mode = self.precision if pooled.device.type == "cpu" and not autocast else "fp32"
         if (self.bias_grad_stride > 1 and torch.is_grad_enabled() and bias.requires_grad
                 and not pooled.requires_grad and not autocast):
             self.bias_grad_calls += 1
             x = SubsampledBiasLinear.apply(flat, bias_flat, w6, head.fc6.bias, self.bias_grad_stride,
-                                           int(self.bias_grad_calls) % self.bias_grad_stride, bf16)
+                                           int(self.bias_grad_calls) % self.bias_grad_stride, mode)
         else:
-            x = _linear(torch.relu(flat + bias_flat), w6, head.fc6.bias, bf16)
-        return F.relu(_linear(F.relu(x), head.fc7.weight, head.fc7.bias, bf16))
+            x = _linear(torch.relu(flat + bias_flat), w6, head.fc6.bias, mode)
+        return F.relu(_linear(F.relu(x), head.fc7.weight, head.fc7.bias, mode))
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor, bf16: bool) -> Tensor:
-    """F.linear, or (`bf16`) its product in bfloat16: x and the weight rounded to bfloat16, the product summed in
-    fp32 by the GEMM and rounded once more, the bias added in fp32. Autograd runs the backward's products in
-    bfloat16 too and hands fp32 gradients to the fp32 weights."""
-    if not bf16:
+def _linear(x: Tensor, weight: Tensor, bias: Tensor, mode: str = "fp32") -> Tensor:
+    """F.linear in a `trunk_precision` mode: "fp32"; "bf16", its product in bfloat16 (x and the weight rounded to
+    bfloat16, the product summed in fp32 by the GEMM and rounded once more, the bias added in fp32; autograd runs
+    the backward's products in bfloat16 too and hands fp32 gradients to the fp32 weights); "bf16-grad", the fp32
+    forward with the weight gradient's product in bfloat16 (`BF16GradLinear`)."""
+    if mode == "bf16":
+        return F.linear(x.bfloat16(), weight.bfloat16()).float() + bias
+    if mode == "bf16-grad" and torch.is_grad_enabled() and weight.requires_grad:
+        return BF16GradLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _bf16_weight_grad(grad: Tensor, x_bf16: Tensor) -> Tensor:
+    """dL/dW = grad^T x, Tensor[D, F], from grad Tensor[N, D] and x Tensor[N, F] rounded to bfloat16, summed
+    over the N RoIs in fp32 by the GEMM (~2.5x an fp32 product where the CPU has native bfloat16)."""
+    return grad.bfloat16().t().mm(x_bf16).float()
+
+
+class BF16GradLinear(torch.autograd.Function):
+    """F.linear(x, weight, bias) in fp32, whose backward computes the weight gradient's product in bfloat16
+    (`_bf16_weight_grad`); the input and bias gradients stay fp32. Every value the refiner computes is the fp32
+    one; only the weights' update direction carries bfloat16's rounding (unbiased, ~0.4 % per product input,
+    averaged over thousands of RoIs: far below the batch's own gradient noise)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(x.bfloat16(), weight)
         return F.linear(x, weight, bias)
-    return F.linear(x.bfloat16(), weight.bfloat16()).float() + bias
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x_bf16, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_x = grad.mm(weight) if need[0] else None
+        g_w = _bf16_weight_grad(grad, x_bf16) if need[1] else None
+        return g_x, g_w, grad.sum(0) if need[2] else None
 
 
 class SubsampledBiasLinear(torch.autograd.Function):
@@ -88,26 +119,32 @@ class SubsampledBiasLinear(torch.autograd.Function):
     [N, D] x [D, F] product as large as fc6's forward (~6,200 RoIs per BCCD step). The RoIs of one step come from
     the same few images, so the rows offset, offset + stride, ... (every bag's proposals in turn, `offset`
     rotating from call to call), scaled by N / their count, estimate that sum with an error far below the batch's
-    own gradient noise, at 1/stride of the cost (docs/method.md §3.3). fc6's own gradients stay exact. `bf16`: the
-    products in bfloat16 as `_linear` computes them (`trunk_precision`)."""
+    own gradient noise, at 1/stride of the cost (docs/method.md §3.3). fc6's own gradients stay exact. `mode`:
+    the products in the `trunk_precision` mode, as `_linear` computes them."""
 
     @staticmethod
     def forward(ctx, flat: Tensor, bias_flat: Tensor, weight: Tensor, fc_bias: Tensor, stride: int,
-                offset: int, bf16: bool = False) -> Tensor:
+                offset: int, mode: str = "fp32") -> Tensor:
         x = torch.relu(flat + bias_flat)
-        if bf16:  # as `_linear`: the products in bfloat16, x kept in it for the backward
+        if mode == "bf16":  # as `_linear`: the products in bfloat16, x kept in it for the backward
             x, weight = x.bfloat16(), weight.bfloat16()
+            y = F.linear(x, weight).float() + fc_bias
+        else:  # bf16-grad: x kept in bfloat16 for the weight gradient; the sign (below) is bfloat16's as well
+            y = F.linear(x, weight, fc_bias)
+            x = x.bfloat16() if mode == "bf16-grad" else x
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.offset = stride, offset
-        return F.linear(x, weight).float() + fc_bias if bf16 else F.linear(x, weight, fc_bias)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g_out = grad.to(x.dtype)
-        g_w = g_out.t().mm(x).float() if need[2] else None
+        g_out = grad.to(weight.dtype)
+        g_w = None
+        if need[2]:
+            g_w = _bf16_weight_grad(grad, x) if x.dtype == torch.bfloat16 else g_out.t().mm(x)
         g_fb = grad.sum(0) if need[3] else None
         g_b = None
         if need[1]:
