@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ssddet.cli import build_parser, main
-from ssddet.config import PAPER_REFINER, Config, SSDDetConfig, resolved_model
+from ssddet.config import PAPER_REFINER, Config, SSDDetConfig, resolve_trunk_precision, resolved_model
 from ssddet.config_overrides import config_from_args, train_flags
 from ssddet.errors import UserError
 
@@ -29,7 +29,7 @@ def _saved_run_config(tmp_path: Path) -> tuple[Path, dict]:
     t.method, t.epochs, t.lr, t.batch_size, t.lr_schedule, t.warmup_iters = "oamil", 20, 0.02, 4, "cosine", 50
     t.seed, t.eval_every, t.max_iters_per_epoch, t.amp, t.nan_policy, t.device = 3, 2, 9, True, "skip", "cpu"
     t.output = str(tmp_path / "old_run")
-    cfg.ssddet.top_k, cfg.ssddet.sampler = 5, "large"  # a run's config.json holds the resolved preset
+    cfg.ssddet.top_k, cfg.ssddet.sampler, cfg.ssddet.trunk_precision = 5, "large", "fp32"  # config.json: resolved
     cfg.oamil.oaie_num = 2
     path = tmp_path / "old_run" / "config.json"
     path.parent.mkdir()
@@ -76,6 +76,8 @@ def test_every_train_flag_reaches_its_field():
         got["train"]["output"] = default["train"]["output"]
         if flag == "--method":  # the method also names the R-CNN ignore band (`resolve_bg_iou_thresh`)
             got["model"]["box_bg_iou_thresh"] = default["model"]["box_bg_iou_thresh"]
+        if flag == "--device":  # ... and the device the trunks' precision (`resolve_trunk_precision`)
+            got["ssddet"]["trunk_precision"] = default["ssddet"]["trunk_precision"]
         assert got == default, flag
 
 
@@ -85,8 +87,10 @@ def test_refiner_preset_over_a_config_file(tmp_path):
         setattr(cfg.ssddet, k, v)
     path = tmp_path / "paper.json"
     path.write_text(json.dumps(cfg.to_dict()))
+    cfg.ssddet.trunk_precision = resolve_trunk_precision("auto")  # as a run resolves it
     assert _resolve("--config", str(path)).ssddet == cfg.ssddet  # not given: the file's paper settings stay
-    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == SSDDetConfig()
+    fast = SSDDetConfig(trunk_precision=cfg.ssddet.trunk_precision)
+    assert _resolve("--config", str(path), "--refiner", "fast").ssddet == fast
     assert _resolve("--refiner", "paper").ssddet == cfg.ssddet
 
 

@@ -108,7 +108,8 @@ def test_fixed_reduce_conv_trains_everything_else_and_skips_roialign_backward(mo
     for train, bias in ((True, True), (False, True), (False, False)):
         torch.manual_seed(0)
         cfg = SSDDetConfig(trunk_dim=16, trunk_reduce=4, num_negatives=20, max_objects_per_image=0,
-                           trunk_reduce_train=train, trunk_bias_train=bias, trunk_bias_grad_stride=1)
+                           trunk_reduce_train=train, trunk_bias_train=bias, trunk_bias_grad_stride=1,
+                           trunk_precision="fp32")  # F.linear itself, which the test watches
         ref = SSDDetRefiner(cfg, K, MultiScaleRoIAlign(NAMES, R, 1), in_channels=C, resolution=R)
         ref.manual_seed(0).train()
         trunks = ref._trunks()

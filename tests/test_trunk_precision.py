@@ -87,13 +87,17 @@ def test_fp32_trunk_is_unchanged_by_the_field():
     assert torch.equal(trunk.from_reduced(pooled), ref)
 
 
-@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+@pytest.mark.parametrize("native, expected", [(True, "bf16-grad"), (False, "fp32")])
 def test_auto_resolves_on_the_cpu_and_config_records_it(monkeypatch, native, expected):
     monkeypatch.setattr(config_module, "native_bf16", lambda: native)
     assert resolve_trunk_precision("auto") == expected
-    assert resolve_trunk_precision("fp32") == "fp32" and resolve_trunk_precision("bf16") == "bf16"
-    cfg = config_from_args(build_parser().parse_args(["train", "--data", "d", "--set", "ssddet.trunk_precision=auto"]))
-    assert cfg.ssddet.trunk_precision == expected
+    assert resolve_trunk_precision("auto", "cuda") == resolve_trunk_precision("auto", "cuda:1") == "fp32"
+    for value in ("fp32", "bf16", "bf16-grad"):
+        assert resolve_trunk_precision(value) == resolve_trunk_precision(value, "cuda") == value
+    args = ["train", "--data", "d", "--device", "cpu"]
+    assert config_from_args(build_parser().parse_args(args)).ssddet.trunk_precision == expected  # the default
+    cfg = config_from_args(build_parser().parse_args(args[:3] + ["--device", "cuda"]))
+    assert cfg.ssddet.trunk_precision == "fp32"  # on a GPU train.amp decides
     assert ReducedTwoMLPHead(8, 3, 4, 6, precision="auto").precision == expected
 
 
@@ -101,4 +105,4 @@ def test_unknown_precision_is_a_user_error():
     args = build_parser().parse_args(["train", "--data", "d", "--set", "ssddet.trunk_precision=fp16"])
     with pytest.raises(UserError, match="trunk_precision must be one of auto, bf16, bf16-grad, fp32"):
         config_from_args(args)
-    assert SSDDetConfig().trunk_precision == "fp32"  # the default: bf16 cost refined-box IoU (docs/benchmarks.md)
+    assert SSDDetConfig().trunk_precision == "auto"  # bf16-grad where the CPU has native bfloat16 (benchmarks.md)

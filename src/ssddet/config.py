@@ -159,11 +159,12 @@ class SSDDetConfig:
     # noise within the seed spread (val AP 0.434 against 0.422, 2 seeds). 1: the exact gradient. Not under autocast
     trunk_bias_grad_stride: int = 8
     # the trunks' FC products (over ~6,200 RoIs of a BCCD step, most of the refiner's cost) on the CPU: "fp32" |
-    # "bf16" (~2.5x an fp32 GEMM on a CPU with AVX512-BF16 or AMX; weights, gradients and SGD stay fp32) | "auto"
-    # (bf16 on such a CPU, else fp32; resolved when a run starts, so config.json records what ran). bf16 made a
-    # BCCD step 1.25x -> 1.17x vanilla's at the same val AP, but its refined boxes 0.02 IoU worse at 20 % noise
-    # on both seeds, so fp32 stays the default (docs/benchmarks.md, "Training speed"). On a GPU, train.amp decides
-    trunk_precision: str = "fp32"
+    # "bf16-grad" (the forward fp32, the weight gradients' products in bfloat16: ~2.5x an fp32 GEMM on a CPU with
+    # AVX512-BF16 or AMX) | "bf16" (every product in bfloat16; weights, gradients and SGD stay fp32) | "auto"
+    # (bf16-grad on such a CPU, else fp32; resolved when a run starts, so config.json records what ran). On BCCD
+    # a step 1.30x -> 1.21x vanilla's (bf16 1.19x), test AP within the seed SD at 20 and 40 %, refined IoU -0.009
+    # (bf16: -0.023 at 20 %) (docs/benchmarks.md, "Training speed"). On a GPU, train.amp decides
+    trunk_precision: str = "auto"
     # trunk FC init: "released" N(0, 0.01) as the released code | "fan-in" N(0, 0.01 * sqrt(F_released / F)), the
     # released 12544-1024-1024 trunks' activation scale at any width (docs/method.md §3.3)
     trunk_init: str = "released"
@@ -218,12 +219,19 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def resolve_trunk_precision(value: str) -> str:
-    """The precision of the refiner's trunk FCs on the CPU: `value`, or for "auto" bf16 where the CPU has native
-    bfloat16 dot products (`native_bf16`), else fp32."""
+def resolve_trunk_precision(value: str, device: str = "cpu") -> str:
+    """The precision of the refiner's trunk FCs: `value`, or for "auto" bf16-grad where the run trains
+    (`train.device`) on a CPU with native bfloat16 dot products (`native_bf16`), else fp32 (on a GPU `train.amp`
+    decides)."""
     if value != "auto":
         return value
-    return "bf16" if native_bf16() else "fp32"
+    import torch
+
+    try:
+        on_cpu = not torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cpu"
+    except RuntimeError:  # a bad device name: the Trainer reports it
+        on_cpu = False
+    return "bf16-grad" if on_cpu and native_bf16() else "fp32"
 
 
 def resolve_sampler(sampler: str, noise: float | None) -> str:

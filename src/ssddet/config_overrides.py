@@ -362,7 +362,7 @@ def validate(cfg: Config, resume: bool, output_given: bool) -> None:
         if (value := getattr(cfg.ssddet, name)) not in choices:
             raise UserError(f"ssddet.{name} must be one of {', '.join(choices)}, got {value!r}")
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
-    cfg.ssddet.trunk_precision = resolve_trunk_precision(cfg.ssddet.trunk_precision)
+    cfg.ssddet.trunk_precision = resolve_trunk_precision(cfg.ssddet.trunk_precision, cfg.train.device)
     s = cfg.ssddet
     for names, what in ((("warmup_frac", "det_ramp", "band_until", "det_reset"), "a fraction of training"),
                         (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode", "unannotated_score"),
