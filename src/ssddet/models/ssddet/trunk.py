@@ -86,7 +86,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor, mode: str = "fp32") -> Tens
 
 def _bf16_weight_grad(grad: Tensor, x_bf16: Tensor) -> Tensor:
     """dL/dW = grad^T x, Tensor[D, F], from grad Tensor[N, D] and x Tensor[N, F] rounded to bfloat16, summed
-    over the N RoIs in fp32 by the GEMM (~2.5x an fp32 product where the CPU has native bfloat16)."""
+    over the N RoIs in fp32 by the GEMM and the sum rounded once to bfloat16 (~2.5x an fp32 product where the
+    CPU has native bfloat16)."""
     return grad.bfloat16().t().mm(x_bf16).float()
 
 
