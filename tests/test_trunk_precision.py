@@ -8,6 +8,7 @@ from ssddet import config as config_module
 from ssddet.cli import build_parser
 from ssddet.config import SSDDetConfig, resolve_trunk_precision
 from ssddet.config_overrides import config_from_args
+from ssddet.engine.device import trains_on_cpu
 from ssddet.errors import UserError
 from ssddet.models.ssddet.trunk import ReducedTwoMLPHead, SubsampledBiasLinear
 
@@ -91,9 +92,11 @@ def test_fp32_trunk_is_unchanged_by_the_field():
 def test_auto_resolves_on_the_cpu_and_config_records_it(monkeypatch, native, expected):
     monkeypatch.setattr(config_module, "native_bf16", lambda: native)
     assert resolve_trunk_precision("auto") == expected
-    assert resolve_trunk_precision("auto", "cuda") == resolve_trunk_precision("auto", "cuda:1") == "fp32"
+    assert resolve_trunk_precision("auto", on_cpu=False) == "fp32"
     for value in ("fp32", "bf16", "bf16-grad"):
-        assert resolve_trunk_precision(value) == resolve_trunk_precision(value, "cuda") == value
+        assert resolve_trunk_precision(value) == resolve_trunk_precision(value, on_cpu=False) == value
+    assert trains_on_cpu("cpu") and not trains_on_cpu("cuda:1") and not trains_on_cpu("tpu")
+    assert trains_on_cpu("auto") is not torch.cuda.is_available()
     args = ["train", "--data", "d", "--device", "cpu"]
     assert config_from_args(build_parser().parse_args(args)).ssddet.trunk_precision == expected  # the default
     cfg = config_from_args(build_parser().parse_args(args[:3] + ["--device", "cuda"]))

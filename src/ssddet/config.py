@@ -219,18 +219,12 @@ def native_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
-def resolve_trunk_precision(value: str, device: str = "cpu") -> str:
-    """The precision of the refiner's trunk FCs: `value`, or for "auto" bf16-grad where the run trains
-    (`train.device`) on a CPU with native bfloat16 dot products (`native_bf16`), else fp32 (on a GPU `train.amp`
-    decides)."""
+def resolve_trunk_precision(value: str, on_cpu: bool = True) -> str:
+    """The precision of the refiner's trunk FCs: `value`, or for "auto" bf16-grad where the run trains on a CPU
+    (`on_cpu`: engine/device.py's `trains_on_cpu`) with native bfloat16 dot products (`native_bf16`), else fp32
+    (on a GPU `train.amp` decides)."""
     if value != "auto":
         return value
-    import torch
-
-    try:
-        on_cpu = not torch.cuda.is_available() if device == "auto" else torch.device(device).type == "cpu"
-    except RuntimeError:  # a bad device name: the Trainer reports it
-        on_cpu = False
     return "bf16-grad" if on_cpu and native_bf16() else "fp32"
 
 

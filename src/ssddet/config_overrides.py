@@ -355,15 +355,15 @@ def _check_train_numbers(cfg: Config) -> None:
 
 def validate(cfg: Config, resume: bool, output_given: bool) -> None:
     """Checks shared by `ssddet train` and `ssddet.train`: a UserError before any data is read. Also resolves the
-    "by-noise" sampler (`config.resolve_sampler`), the R-CNN ignore band (`config.resolved_model`) and the trunk
-    precision (`config.resolve_trunk_precision`) to what the run uses, so config.json records what ran."""
+    "by-noise" sampler, the R-CNN ignore band and the trunk precision (`config.resolve_*`) to what ran."""
     for name, choices in (("sampler", SAMPLERS), ("selection", SELECTIONS), ("trunk_init", TRUNK_INITS),
                           ("trunk_precision", TRUNK_PRECISIONS)):
         if (value := getattr(cfg.ssddet, name)) not in choices:
             raise UserError(f"ssddet.{name} must be one of {', '.join(choices)}, got {value!r}")
+    from .engine.device import trains_on_cpu  # the one reading of train.device
     cfg.ssddet.sampler = resolve_sampler(cfg.ssddet.sampler, cfg.data.noise)
-    cfg.ssddet.trunk_precision = resolve_trunk_precision(cfg.ssddet.trunk_precision, cfg.train.device)
     s = cfg.ssddet
+    s.trunk_precision = resolve_trunk_precision(s.trunk_precision, trains_on_cpu(cfg.train.device))
     for names, what in ((("warmup_frac", "det_ramp", "band_until", "det_reset"), "a fraction of training"),
                         (("trust_margin", "trusted_keep_iou", "keep_sisd", "trust_mode", "unannotated_score"),
                          "a number")):  # IoUs

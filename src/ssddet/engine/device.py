@@ -18,3 +18,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}': CUDA is not available on this machine (use cpu or auto)")
     return device
+
+
+def trains_on_cpu(name: str) -> bool:
+    """Whether a run with `train.device` = `name` trains on the CPU (a bad name: no; the Trainer reports it)."""
+    try:
+        return resolve_device(name).type == "cpu"
+    except UserError:
+        return False
